@@ -1,0 +1,100 @@
+"""Per-invoke overhead of a 3-step chain on ``fake:echo``: eslabon vs LCEL vs hand-wired.
+
+Run: ``make bench`` (or ``.venv/bin/python bench/overhead.py``). The three ways run interleaved
+in one process so machine noise hits them alike; the figure is the median µs per invoke.
+Also times ``eslabon --help`` and ``eslabon validate chains/`` as whole commands.
+Last line: ``ratio_vs_lcel=X`` (eslabon time / LCEL time; lower is better, target <= 0.25).
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnablePassthrough
+
+from eslabon import load_chain
+from eslabon.fake import EchoChatModel
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAIN = ROOT / "chains" / "analizar_planificar_resolver.yaml"
+INPUT = {"problema": "Tengo 3 manzanas y como 1. ¿Cuántas quedan?"}
+
+P1 = ChatPromptTemplate.from_messages(
+    [("system", "Eres un analista cuidadoso."), ("human", "Analiza el problema:\n{problema}")]
+)
+P2 = ChatPromptTemplate.from_messages(
+    [("human", "Problema:\n{problema}\n\nAnálisis:\n{analisis}\n\nIdentifica los pasos a seguir.")]
+)
+P3 = ChatPromptTemplate.from_messages(
+    [("human", "Resuelve paso a paso siguiendo este plan:\n{plan}")]
+)
+
+
+def lcel_chain():  # type: ignore[no-untyped-def]
+    model = EchoChatModel()
+    parse = StrOutputParser()
+    return (
+        RunnablePassthrough.assign(analisis=P1 | model | parse)
+        | RunnablePassthrough.assign(plan=P2 | model | parse)
+        | RunnablePassthrough.assign(solucion=P3 | model | parse)
+    )
+
+
+def hand_wired():  # type: ignore[no-untyped-def]
+    model = EchoChatModel()
+
+    def run(inputs: dict[str, str]) -> dict[str, str]:
+        analisis = model.invoke(P1.format_messages(**inputs)).text
+        plan = model.invoke(P2.format_messages(problema=inputs["problema"], analisis=analisis)).text
+        solucion = model.invoke(P3.format_messages(plan=plan)).text
+        return {"analisis": analisis, "plan": plan, "solucion": solucion, "output": solucion}
+
+    return run
+
+
+def per_invoke_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    for _ in range(n):
+        fn(INPUT)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def command_seconds(args: list[str], repeat: int = 5) -> float:
+    exe = Path(sys.executable).parent / "eslabon"
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([str(exe), *args], cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    eslabon = load_chain(CHAIN, model="fake:echo")
+    lcel = lcel_chain()
+    hand = hand_wired()
+    ways = {"eslabon": eslabon.invoke, "lcel": lcel.invoke, "hand-wired": hand}
+    a, b, c = eslabon.invoke(INPUT), lcel.invoke(INPUT), hand(INPUT)
+    assert a["output"] == b["solucion"] == c["output"], "the three ways disagree"
+    for fn in ways.values():  # warm up
+        per_invoke_us(fn, 200)
+    samples: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(15):
+        for name, fn in ways.items():
+            samples[name].append(per_invoke_us(fn, 200))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    for name, us in med.items():
+        print(f"{name:>11}: {us:8.1f} µs per 3-step invoke  ({us / med['lcel']:.2f}× LCEL)")
+    print(f"eslabon --help: {command_seconds(['--help']):.3f} s")
+    print(f"eslabon validate chains/: {command_seconds(['validate', 'chains/']):.3f} s")
+    print(f"ratio_vs_lcel={med['eslabon'] / med['lcel']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

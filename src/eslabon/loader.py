@@ -1,0 +1,310 @@
+"""Loading chain files: safe YAML with positions, schema and semantic checks, clear errors."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from eslabon.checks import PathT, check_chain_data, format_path
+from eslabon.errors import ChainConfigError, Problem
+from eslabon.spec import (
+    SELECTOR_TYPES,
+    AllSelector,
+    Chain,
+    ExampleFile,
+    ExamplePair,
+    InputSpec,
+    LengthSelector,
+    MMRSelector,
+    NGramSelector,
+    Params,
+    SemanticSelector,
+    Step,
+    validate_quietly,
+)
+from eslabon.suggest import did_you_mean
+
+__all__ = ["load_spec", "load_spec_text", "problems_from_validation", "validate_file"]
+
+Pos = tuple[int, int]
+
+
+class _Positions:
+    """Line/column of every key and value in a YAML document, by key path."""
+
+    def __init__(self) -> None:
+        self.values: dict[PathT, Pos] = {}
+        self.keys: dict[PathT, Pos] = {}
+        self.duplicates: list[tuple[PathT, Pos]] = []
+
+    def walk(self, node: yaml.Node, path: PathT) -> None:
+        self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+                sub = (*path, key)
+                pos = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if key in seen:
+                    self.duplicates.append((sub, pos))
+                seen.add(key)
+                self.keys[sub] = pos
+                self.walk(value_node, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.walk(item, (*path, i))
+
+    def locate(self, path: PathT, at_key: bool = False) -> Pos | None:
+        if at_key and path in self.keys:
+            return self.keys[path]
+        p = path
+        while p not in self.values and p:
+            p = p[:-1]
+        return self.values.get(p)
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, _Positions]:
+    # SafeLoader only: the same loader yaml.safe_load uses, kept so we also get node positions.
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        positions = _Positions()
+        if node is None:
+            return None, positions
+        positions.walk(node, ())
+        data = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        raise ChainConfigError(
+            [
+                Problem(
+                    f"invalid YAML: {problem}" + (f" ({context})" if context else ""),
+                    file=file,
+                    line=mark.line + 1 if mark else None,
+                    col=mark.column + 1 if mark else None,
+                    hint="check indentation, and quote values that contain ': ' or start with '{'",
+                )
+            ]
+        ) from None
+    finally:
+        loader.dispose()
+    return data, positions
+
+
+# Allowed keys per kind of mapping, for did-you-mean on unknown keys.
+def _allowed_keys(path: PathT, data: Any) -> list[str]:
+    parent = _get(data, path)
+    n = len(path)
+    if n == 0:
+        return list(Chain.model_fields)
+    if n == 2 and path[0] == "steps":
+        return list(Step.model_fields)
+    if path[-1] == "params":
+        return list(Params.model_fields)
+    if n >= 2 and path[-2] == "inputs":
+        return list(InputSpec.model_fields)
+    if path[-1] == "selector" and isinstance(parent, dict):
+        kinds = {
+            "all": AllSelector,
+            "length": LengthSelector,
+            "ngram": NGramSelector,
+            "semantic": SemanticSelector,
+            "mmr": MMRSelector,
+        }
+        model = kinds.get(str(parent.get("type", "all")))
+        return list(model.model_fields) if model else ["type"]
+    if n >= 2 and path[-2] == "examples" and isinstance(parent, dict):
+        return list((ExampleFile if "file" in parent else ExamplePair).model_fields)
+    return []
+
+
+def _get(data: Any, path: PathT) -> Any:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _real_path(loc: tuple[Any, ...], data: Any) -> PathT:
+    """Drop pydantic's union tags and markers from ``loc``, keeping real keys and indexes."""
+    out: list[str | int] = []
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int):
+            out.append(part)
+            cur = cur[part] if 0 <= part < len(cur) else None
+        elif isinstance(cur, dict) and isinstance(part, str) and part not in ("[key]",) and not (
+            part in ("str", "mapping", "pair", "file") or part in SELECTOR_TYPES
+        ):
+            out.append(part)  # a missing or unknown key
+            cur = None
+    return tuple(out)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def problems_from_validation(
+    exc: ValidationError, data: Any, file: str | None, positions: _Positions | None
+) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    errors = exc.errors(include_url=False)
+    # A typo such as 'promtp' also makes 'prompt' missing: report the typo only.
+    typo_fixes: set[PathT] = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            path = _real_path(tuple(err["loc"]), data)
+            for fix in difflib.get_close_matches(
+                str(path[-1]), _allowed_keys(path[:-1], data), n=1, cutoff=0.6
+            ):
+                typo_fixes.add((*path[:-1], fix))
+    for err in errors:
+        path = _real_path(tuple(err["loc"]), data)
+        kind = err["type"]
+        if kind == "missing" and path in typo_fixes:
+            continue
+        value = err.get("input")
+        at_key = False
+        hint: str | None = None
+        path_for_pos = path
+        if kind == "extra_forbidden":
+            key = str(path[-1])
+            allowed = _allowed_keys(path[:-1], data)
+            hint = did_you_mean(key, allowed)
+            valid = ", ".join(allowed)
+            message = f"unknown key '{key}'"
+            hint = (hint + " " if hint else "") + f"valid keys here: {valid}"
+            at_key = True
+        elif kind == "missing":
+            message = f"missing required key '{path[-1]}'"
+            where = format_path(path[:-1]) or "the chain"
+            hint = f"add '{path[-1]}' to {where}"
+            path_for_pos = path[:-1]
+        elif kind == "union_tag_invalid" and "selector" in path:
+            bad = err.get("ctx", {}).get("tag", value)
+            message = f"unknown selector type '{bad}'"
+            suggestion = did_you_mean(str(bad), SELECTOR_TYPES)
+            hint = (suggestion + " " if suggestion else "") + "valid types: " + ", ".join(
+                SELECTOR_TYPES
+            )
+            if path and path[-1] != "type":
+                path = path_for_pos = (*path, "type")
+        elif kind == "string_pattern_mismatch":
+            message = (
+                f"{_short(value)} is not a valid name: use letters, digits and '_', "
+                "not starting with a digit"
+            )
+            hint = "names are used as {name} in templates"
+            at_key = isinstance(value, str) and bool(path) and path[-1] == value
+        elif kind == "literal_error" and path == ("schema_version",):
+            message = f"unsupported schema_version {_short(value)}"
+            hint = "this version of eslabon reads schema_version: 1"
+        elif kind in ("model_ref", "input_ref", "example_ref"):
+            message = f"{err['msg']} (got {_short(value)})"
+        elif kind == "dict_type" or kind == "model_type" or kind == "model_attributes_type":
+            message = f"expected a mapping (got {_short(value)})"
+        elif kind == "list_type":
+            message = f"expected a list (got {_short(value)})"
+        elif kind == "string_type":
+            message = f"expected text (got {_short(value)})"
+            hint = "quote the value if YAML reads it as a number, boolean or mapping"
+        else:
+            message = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {_short(value)})"
+        pos = None
+        if positions is not None:
+            pos = positions.locate(path_for_pos, at_key)
+        key = (format_path(path), message)
+        if key in seen:
+            continue
+        seen.add(key)
+        problems.append(
+            Problem(
+                message,
+                path=format_path(path),
+                file=file,
+                line=pos[0] if pos else None,
+                col=pos[1] if pos else None,
+                hint=hint,
+            )
+        )
+    return problems
+
+
+def _validate_data(
+    data: Any, file: str, positions: _Positions, base_dir: Path, source: Path | None
+) -> Chain:
+    if data is None:
+        raise ChainConfigError([Problem("the file is empty", file=file, line=1, col=1,
+                                        hint="start with  schema_version: 1")])
+    if not isinstance(data, dict):
+        raise ChainConfigError(
+            [Problem(f"a chain file is a mapping of keys, got {type(data).__name__}",
+                     file=file, line=1, col=1, hint="start with  schema_version: 1")]
+        )
+    problems = [
+        Problem(f"duplicate key '{path[-1]}'", path=format_path(path), file=file,
+                line=pos[0], col=pos[1], hint="each key may appear once; remove one of them")
+        for path, pos in positions.duplicates
+    ]
+    spec: Chain | None = None
+    try:
+        spec = validate_quietly(data)
+    except ValidationError as exc:
+        problems += problems_from_validation(exc, data, file, positions)
+    problems += check_chain_data(data, base_dir, file, positions.locate)
+    if problems:
+        problems.sort(key=lambda p: (p.line or 0, p.col or 0))
+        raise ChainConfigError(problems)
+    assert spec is not None
+    if spec.name is None and source is not None:
+        spec.name = source.stem
+    spec._source = source
+    return spec
+
+
+def load_spec(path: str | Path) -> Chain:
+    """Read and check a chain file. Raises :class:`ChainConfigError` listing every problem."""
+    p = Path(path)
+    file = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ChainConfigError([Problem("file not found", file=file,
+                                        hint="check the path")]) from None
+    except IsADirectoryError:
+        raise ChainConfigError([Problem("is a folder, not a chain file", file=file)]) from None
+    except UnicodeDecodeError as exc:
+        raise ChainConfigError([Problem(f"not UTF-8 text ({exc.reason})", file=file)]) from None
+    data, positions = _parse_yaml(text, file)
+    return _validate_data(data, file, positions, p.resolve().parent, p.resolve())
+
+
+def load_spec_text(text: str, base_dir: str | Path | None = None, file: str = "<string>") -> Chain:
+    """Check chain-file YAML given as text (relative paths resolve against ``base_dir``)."""
+    data, positions = _parse_yaml(text, file)
+    return _validate_data(data, file, positions, Path(base_dir or Path.cwd()), None)
+
+
+def validate_file(path: str | Path) -> list[Problem]:
+    """Every problem in one chain file (empty when valid). Calls no model."""
+    try:
+        load_spec(path)
+    except ChainConfigError as exc:
+        return exc.problems
+    return []

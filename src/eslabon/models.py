@@ -1,0 +1,137 @@
+"""Building chat models from references: ``provider:model``, aliases, mappings; lazy imports.
+
+Resolution order for the model a chain runs on: the explicit override (``--model`` /
+``load_chain(..., model=)``) > the ``ESLABON_MODEL`` environment variable > the chain file's
+``model`` > ``local``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eslabon.errors import (
+    ChainConfigError,
+    MissingCredentialsError,
+    MissingDependencyError,
+    ModelError,
+    Problem,
+)
+from eslabon.modelspec import PROVIDERS, ModelRefError, ModelSpec, parse_model_ref
+from eslabon.spec import PARAM_NAMES
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+__all__ = ["DEFAULT_MODEL", "build_model", "load_env", "resolve_model_ref"]
+
+DEFAULT_MODEL = "local"
+ENV_MODEL = "ESLABON_MODEL"
+_ENV_LOADED = False
+
+
+def load_env() -> None:
+    """Load ``.env`` from the working directory once (never overriding the real environment)."""
+    global _ENV_LOADED
+    if not _ENV_LOADED:
+        _ENV_LOADED = True
+        from dotenv import load_dotenv
+
+        load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def resolve_model_ref(override: Any, file_ref: Any) -> tuple[Any, bool]:
+    """Apply the precedence: override > ESLABON_MODEL > chain file > local.
+
+    Returns the reference and whether it overrides the file (then it replaces step models too).
+    """
+    if override is not None:
+        return override, True
+    env = os.environ.get(ENV_MODEL)
+    if env:
+        return env, True
+    return (file_ref if file_ref is not None else DEFAULT_MODEL), False
+
+
+def parse_or_raise(ref: Any, base_dir: Path | None, where: str) -> ModelSpec:
+    try:
+        return parse_model_ref(ref, base_dir)
+    except ModelRefError as exc:
+        raise ChainConfigError([Problem(exc.message, path=where, hint=exc.hint)]) from None
+
+
+def build_model(
+    ref: Any, params: dict[str, Any] | None = None, base_dir: Path | None = None
+) -> BaseChatModel:
+    """Build a LangChain chat model from a reference and generation params.
+
+    ``ref`` may also be a ready ``BaseChatModel``; it is returned unchanged (params are the
+    caller's business then).
+    """
+    if _is_chat_model(ref):
+        return ref  # type: ignore[no-any-return]
+    spec = parse_or_raise(ref, base_dir, "model")
+    kwargs = dict(spec.kwargs)
+    merged = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAM_NAMES}
+    merged.update(params or {})
+    if spec.provider == "fake":
+        from eslabon.fake import EchoChatModel, FakeChatModel
+
+        responses = kwargs.pop("responses", None)
+        if responses:
+            return FakeChatModel(responses=[str(r) for r in responses])
+        return EchoChatModel()
+    if spec.provider in ("local", "llamacpp"):
+        return _build_local(spec, kwargs, merged, base_dir)
+    return _build_langchain(spec, kwargs, merged)
+
+
+def _is_chat_model(obj: Any) -> bool:
+    if isinstance(obj, str | dict) or obj is None:
+        return False
+    from langchain_core.language_models import BaseChatModel
+
+    return isinstance(obj, BaseChatModel)
+
+
+def _build_local(
+    spec: ModelSpec, kwargs: dict[str, Any], params: dict[str, Any], base_dir: Path | None
+) -> BaseChatModel:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise MissingDependencyError(f"Model '{spec.label}'", "local", "llama-cpp-python")
+    from eslabon.local import ChatLlamaCppLocal, bundled_model_path
+
+    if spec.provider == "local":
+        path = bundled_model_path()
+    else:
+        path = Path(os.path.expanduser(spec.name))
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+    return ChatLlamaCppLocal(model_path=str(path), **kwargs, **params)
+
+
+def _build_langchain(
+    spec: ModelSpec, kwargs: dict[str, Any], params: dict[str, Any]
+) -> BaseChatModel:
+    info = PROVIDERS[spec.provider]
+    if importlib.util.find_spec(info.module) is None:
+        raise MissingDependencyError(
+            f"Provider '{spec.provider}'", info.extra, info.module.replace("_", "-")
+        )
+    load_env()
+    if info.env_var and not os.environ.get(info.env_var) and "api_key" not in kwargs:
+        if "base_url" in kwargs:
+            # OpenAI-compatible servers often need no key, but the SDK refuses to start without one.
+            kwargs["api_key"] = "not-needed"
+        else:
+            raise MissingCredentialsError(spec.provider, info.env_var)
+    from langchain.chat_models import init_chat_model
+
+    try:
+        return init_chat_model(spec.name, model_provider=spec.provider, **kwargs, **params)
+    except ImportError as exc:
+        raise MissingDependencyError(f"Provider '{spec.provider}'", info.extra, exc.name) from None
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"could not create model '{spec.label}': {exc}") from None

@@ -1,0 +1,192 @@
+"""Model references: parsing and checking ``provider:model`` strings, aliases and mappings.
+
+Nothing here imports LangChain or a provider SDK; :mod:`eslabon.models` does that lazily when a
+model is actually built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eslabon.suggest import did_you_mean
+
+__all__ = ["PROVIDERS", "ModelSpec", "ProviderInfo", "check_model_ref", "parse_model_ref"]
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    """What eslabon knows about a provider before importing anything."""
+
+    module: str  # the integration package that must be importable
+    extra: str  # eslabon extra that installs it
+    env_var: str | None = None  # API key variable, if the provider needs one
+    via_langchain: bool = True  # built by LangChain's init_chat_model
+
+
+# Providers LangChain's ``init_chat_model`` knows, plus eslabon's own (local, llamacpp, fake).
+# A test checks every ``via_langchain`` name against LangChain's own table.
+PROVIDERS: dict[str, ProviderInfo] = {
+    "local": ProviderInfo("llama_cpp", "local", via_langchain=False),
+    "llamacpp": ProviderInfo("llama_cpp", "local", via_langchain=False),
+    "fake": ProviderInfo("langchain_core", "", via_langchain=False),
+    "openai": ProviderInfo("langchain_openai", "openai", "OPENAI_API_KEY"),
+    "azure_openai": ProviderInfo("langchain_openai", "openai", "AZURE_OPENAI_API_KEY"),
+    "google_genai": ProviderInfo("langchain_google_genai", "gemini", "GOOGLE_API_KEY"),
+    "anthropic": ProviderInfo("langchain_anthropic", "anthropic", "ANTHROPIC_API_KEY"),
+    "ollama": ProviderInfo("langchain_ollama", "ollama"),
+    "mistralai": ProviderInfo("langchain_mistralai", "all", "MISTRAL_API_KEY"),
+    "groq": ProviderInfo("langchain_groq", "all", "GROQ_API_KEY"),
+    "deepseek": ProviderInfo("langchain_deepseek", "all", "DEEPSEEK_API_KEY"),
+    "xai": ProviderInfo("langchain_xai", "all", "XAI_API_KEY"),
+    "together": ProviderInfo("langchain_together", "all", "TOGETHER_API_KEY"),
+    "fireworks": ProviderInfo("langchain_fireworks", "all", "FIREWORKS_API_KEY"),
+    "openrouter": ProviderInfo("langchain_openrouter", "all", "OPENROUTER_API_KEY"),
+    "cohere": ProviderInfo("langchain_cohere", "all", "COHERE_API_KEY"),
+}
+
+# Spellings people use for a provider, mapped to LangChain's name.
+PROVIDER_SYNONYMS = {
+    "gemini": "google_genai",
+    "google": "google_genai",
+    "llama_cpp": "llamacpp",
+    "llama.cpp": "llamacpp",
+    "claude": "anthropic",
+}
+
+# Built-in aliases; eslabon.toml aliases extend these in a later version.
+ALIASES: dict[str, str] = {"local": "local:smollm2-135m-instruct"}
+
+# A bare model name: suggest the provider it belongs to.
+_NAME_HINTS = (
+    ("gpt-", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("claude", "anthropic"),
+    ("gemini", "google_genai"),
+    ("mistral", "mistralai"),
+    ("llama", "ollama"),
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved reference: provider, model name and constructor keyword arguments."""
+
+    provider: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}:{self.name}" if self.name else self.provider
+
+    @property
+    def info(self) -> ProviderInfo:
+        return PROVIDERS[self.provider]
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.info.module) is not None
+
+
+class ModelRefError(ValueError):
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def _provider(raw: str) -> str:
+    p = raw.strip()
+    p = PROVIDER_SYNONYMS.get(p.lower(), p)
+    if p not in PROVIDERS:
+        hint = did_you_mean(p, [*PROVIDERS, *PROVIDER_SYNONYMS])
+        known = ", ".join(sorted(PROVIDERS))
+        raise ModelRefError(
+            f"unknown provider '{p}'", (hint + " " if hint else "") + f"known providers: {known}"
+        )
+    return p
+
+
+def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
+    """Parse a model reference from a chain file or the command line.
+
+    ``ref`` is ``"provider:model"``, an alias (``local``), or a mapping ``{provider, name, ...}``
+    (a dict or :class:`eslabon.spec.ModelMapping`). Raises :class:`ModelRefError`.
+    """
+    if hasattr(ref, "model_dump"):
+        ref = ref.model_dump(exclude_none=True)
+    if isinstance(ref, dict):
+        data = dict(ref)
+        if "provider" not in data:
+            raise ModelRefError("a model mapping needs 'provider'", "e.g. {provider: openai, name: gpt-4o-mini}")
+        provider = _provider(str(data.pop("provider")))
+        name = str(data.pop("name", "") or "")
+        if provider == "local" and not name:
+            name = "smollm2-135m-instruct"
+        spec = ModelSpec(provider, name, data)
+    elif isinstance(ref, str):
+        text = ref.strip()
+        if text in ALIASES:
+            text = ALIASES[text]
+        if ":" not in text:
+            if text.lower() in PROVIDERS or text.lower() in PROVIDER_SYNONYMS:
+                spec = ModelSpec(_provider(text), "", {})
+            else:
+                hint = next(
+                    (f"did you mean '{p}:{text}'?" for pre, p in _NAME_HINTS
+                     if text.lower().startswith(pre)),
+                    None,
+                )
+                raise ModelRefError(
+                    f"unknown model '{text}': write 'provider:model' or an alias",
+                    hint or "e.g. 'openai:gpt-4o-mini', 'google_genai:gemini-2.5-flash', 'local'",
+                )
+        else:
+            provider, _, name = text.partition(":")
+            spec = ModelSpec(_provider(provider), name.strip(), {})
+    else:
+        raise ModelRefError("a model is a 'provider:model' string or a {provider, name} mapping")
+    _check_provider_specifics(spec, base_dir)
+    return spec
+
+
+def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
+    if spec.provider == "llamacpp":
+        if not spec.name:
+            raise ModelRefError("llamacpp needs a GGUF path", "e.g. 'llamacpp:models/mistral-7b.Q4_K_M.gguf'")
+        path = Path(os.path.expanduser(spec.name))
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise ModelRefError(f"GGUF file not found: {path}", "give the path to a .gguf model file")
+    elif spec.provider == "fake" and spec.name not in ("", "echo"):
+        raise ModelRefError(
+            f"unknown fake model '{spec.name}'",
+            "use 'fake:echo', or {provider: fake, responses: [...]}",
+        )
+    elif spec.info.via_langchain and not spec.name:
+        raise ModelRefError(
+            f"provider '{spec.provider}' needs a model name", f"e.g. '{spec.provider}:MODEL-NAME'"
+        )
+
+
+def check_model_ref(ref: Any, base_dir: Path | None = None) -> tuple[str, str | None] | None:
+    """Return ``(message, hint)`` when ``ref`` is invalid, else None."""
+    try:
+        parse_model_ref(ref, base_dir)
+    except ModelRefError as exc:
+        return exc.message, exc.hint
+    return None
+
+
+def key_is_set(spec: ModelSpec) -> bool | None:
+    """Whether the provider's API key variable is set (None: it needs none). Never the value."""
+    var = spec.info.env_var
+    if var is None:
+        return None
+    return bool(os.environ.get(var) or spec.kwargs.get("api_key"))

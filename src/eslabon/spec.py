@@ -1,0 +1,345 @@
+"""The chain file format (version 1) as pydantic models.
+
+This module imports pydantic and nothing heavy: ``eslabon validate`` and ``eslabon schema``
+use it without loading LangChain or any provider SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+)
+
+__all__ = [
+    "SCHEMA_URL_COMMENT",
+    "Chain",
+    "ExampleFile",
+    "ExamplePair",
+    "InputSpec",
+    "ModelMapping",
+    "Params",
+    "Selector",
+    "Step",
+    "json_schema",
+]
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+SCHEMA_URL_COMMENT = "# yaml-language-server: $schema=../docs/chain.schema.json"
+SELECTOR_TYPES = ("all", "length", "ngram", "semantic", "mmr")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Params(_Strict):
+    """Generation parameters, the same names for every provider."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0, description="Maximum tokens to generate.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, gt=0)
+    stop: list[str] | None = Field(None, description="Stop sequences.")
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    def set_values(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+PARAM_NAMES = tuple(Params.model_fields)
+
+
+class ModelMapping(BaseModel):
+    """``{provider, name, ...}``: extra keys go to the model's constructor (e.g. ``base_url``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: str = Field(description="Provider, e.g. openai, google_genai, local, llamacpp, fake.")
+    name: str | None = Field(None, description="Model name (a GGUF path for llamacpp).")
+
+
+def _model_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, dict | ModelMapping):
+        return "mapping"
+    return None
+
+
+ModelRef = Annotated[
+    Annotated[str, Tag("str")] | Annotated[ModelMapping, Tag("mapping")],
+    Discriminator(
+        _model_kind,
+        custom_error_type="model_ref",
+        custom_error_message="expected 'provider:model', an alias, or a mapping {provider, name}",
+    ),
+    Field(description="'provider:model', an alias such as 'local', or {provider, name, ...}."),
+]
+
+
+class InputSpec(_Strict):
+    description: str | None = None
+    default: str | None = Field(None, description="Used when the input is not given.")
+
+
+InputRef = Annotated[
+    Annotated[str, Tag("str")] | Annotated[InputSpec, Tag("mapping")],
+    Discriminator(
+        lambda v: "str" if isinstance(v, str) else "mapping" if isinstance(v, dict | InputSpec)
+        else None,
+        custom_error_type="input_ref",
+        custom_error_message="expected a description or a mapping {description, default}",
+    ),
+]
+
+
+class ExamplePair(_Strict):
+    input: str = Field(description="What the user says.")
+    output: str = Field(description="What the assistant answers.")
+
+
+class ExampleFile(_Strict):
+    file: str = Field(description=".jsonl, .yaml/.yml or .csv with input/output; relative path.")
+
+
+ExampleRef = Annotated[
+    Annotated[ExamplePair, Tag("pair")] | Annotated[ExampleFile, Tag("file")],
+    Discriminator(
+        lambda v: (
+            ("file" if "file" in v else "pair") if isinstance(v, dict)
+            else "file" if isinstance(v, ExampleFile)
+            else "pair" if isinstance(v, ExamplePair) else None
+        ),
+        custom_error_type="example_ref",
+        custom_error_message="expected {input, output} or {file: path}",
+    ),
+]
+
+
+class AllSelector(_Strict):
+    """Every example, in order."""
+
+    type: Literal["all"] = "all"
+
+
+class LengthSelector(_Strict):
+    """As many examples as fit in ``max_length`` words together with the prompt."""
+
+    type: Literal["length"]
+    max_length: int = Field(2048, gt=0)
+
+
+class NGramSelector(_Strict):
+    """Examples ordered by n-gram overlap (BLEU) with the prompt."""
+
+    type: Literal["ngram"]
+    k: int | None = Field(None, gt=0)
+    threshold: float = Field(-1.0, description="Drop examples scoring at or below this.")
+
+
+class SemanticSelector(_Strict):
+    """The k examples most similar to the prompt (embeddings)."""
+
+    type: Literal["semantic"]
+    k: int = Field(4, gt=0)
+
+
+class MMRSelector(_Strict):
+    """k similar yet diverse examples (maximal marginal relevance)."""
+
+    type: Literal["mmr"]
+    k: int = Field(4, gt=0)
+    fetch_k: int = Field(20, gt=0)
+
+
+def _selector_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("type", "all")
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "type", None)
+
+
+Selector = Annotated[
+    Annotated[AllSelector, Tag("all")]
+    | Annotated[LengthSelector, Tag("length")]
+    | Annotated[NGramSelector, Tag("ngram")]
+    | Annotated[SemanticSelector, Tag("semantic")]
+    | Annotated[MMRSelector, Tag("mmr")],
+    Discriminator(_selector_kind),
+]
+
+
+class _Prompted(_Strict):
+    model: ModelRef | None = None
+    params: Params | None = None
+    system: str | None = Field(None, description="System message template.")
+    examples: list[ExampleRef] | None = Field(None, description="Few-shot examples.")
+    selector: Selector | None = Field(None, description="How examples are chosen (default: all).")
+
+
+class Step(_Prompted):
+    """One call to a model. Its output is available to later steps as ``{id}``."""
+
+    id: Name
+    description: str | None = None
+    prompt: str = Field(description="User message template.")
+
+    def __init__(self, **data: Any) -> None:
+        _init_or_raise(super().__init__, data)
+
+
+class Chain(_Prompted):
+    """A chain file: a single prompt (shorthand) or a list of steps."""
+
+    schema_version: Literal[1] = 1
+    name: str | None = None
+    description: str | None = None
+    inputs: dict[Name, InputRef] = Field(default_factory=dict)
+    prompt: str | None = Field(None, description="Single-step shorthand: user message template.")
+    steps: list[Step] | None = None
+    output: Name | None = Field(None, description="Step whose text is the result (default: last).")
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        _init_or_raise(super().__init__, data)
+
+    # -- files --------------------------------------------------------------------------
+    @property
+    def source(self) -> Path | None:
+        """The file this chain was loaded from, if any."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths (example files, GGUF paths) are resolved against."""
+        return self._source.parent if self._source else Path.cwd()
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> Chain:
+        """Load and validate a chain from a file path, or from YAML text."""
+        from eslabon.loader import load_spec, load_spec_text
+
+        if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
+            return load_spec(source)
+        return load_spec_text(source)
+
+    def to_data(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        data = {"schema_version": 1, **data}
+        if self.inputs:
+            data["inputs"] = {
+                k: (v if isinstance(v, str) else v.model_dump(exclude_none=True))
+                for k, v in self.inputs.items()
+            }
+        return data
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """Dump as chain-file YAML (and write it to ``path`` if given)."""
+        import yaml
+
+        text = SCHEMA_URL_COMMENT + "\n" + yaml.safe_dump(
+            self.to_data(), sort_keys=False, allow_unicode=True, width=100
+        )
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    # -- structure ------------------------------------------------------------------------
+    def input_names(self) -> list[str]:
+        return list(self.inputs)
+
+    def input_default(self, name: str) -> str | None:
+        spec = self.inputs[name]
+        return None if isinstance(spec, str) else spec.default
+
+    def normalized_steps(self) -> list[Step]:
+        """The steps to run; the single-step shorthand becomes one step with id ``output``."""
+        if self.steps is not None:
+            return list(self.steps)
+        return [
+            Step.model_construct(
+                id="output",
+                prompt=self.prompt or "",
+                system=self.system,
+                examples=self.examples,
+                selector=self.selector,
+                model=None,
+                params=None,
+                description=None,
+            )
+        ]
+
+    def output_step(self) -> str:
+        steps = self.normalized_steps()
+        return self.output or steps[-1].id
+
+    def problems(self) -> list[Any]:
+        """Every semantic problem (templates, ids, files, providers); empty when valid."""
+        from eslabon.checks import check_chain_data
+
+        return check_chain_data(self.to_data(), self.base_dir, file=str(self._source or "<chain>"))
+
+    def compile(self, model: Any = None) -> Any:
+        """Compile into a LangChain Runnable (see :func:`eslabon.compile.compile_chain`)."""
+        from eslabon.compile import compile_chain
+
+        return compile_chain(self, model=model)
+
+
+# Set while pydantic validates: nested models (and the loader) must let ValidationError through.
+_VALIDATING: ContextVar[bool] = ContextVar("eslabon_validating", default=False)
+
+
+def _init_or_raise(init: Any, data: dict[str, Any]) -> None:
+    # Building a spec in code raises the same ChainConfigError as a file would. Pydantic calls a
+    # custom __init__ for nested models too, so only the outermost call converts the error.
+    if _VALIDATING.get():
+        init(**data)
+        return
+    token = _VALIDATING.set(True)
+    try:
+        init(**data)
+    except ValidationError as exc:
+        from eslabon.errors import ChainConfigError
+        from eslabon.loader import problems_from_validation
+
+        raise ChainConfigError(problems_from_validation(exc, data, None, None)) from None
+    finally:
+        _VALIDATING.reset(token)
+
+
+def validate_quietly(data: Any) -> Chain:
+    """``Chain.model_validate`` that raises pydantic's ValidationError (for the loader)."""
+    token = _VALIDATING.set(True)
+    try:
+        return Chain.model_validate(data)
+    finally:
+        _VALIDATING.reset(token)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the chain file format, for editors (yaml-language-server)."""
+    schema = Chain.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://eslabon.dev/chain.schema.json"
+    schema["title"] = "eslabon chain file (schema_version 1)"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
