@@ -17,12 +17,12 @@ from eslabon.errors import (
     ModelError,
     UserError,
 )
-from eslabon.spec import Chain, Step
 
 if TYPE_CHECKING:
     from eslabon.compile import CompiledChain, compile_chain, load_chain
     from eslabon.fake import EchoChatModel, FakeChatModel
     from eslabon.models import build_model
+    from eslabon.spec import Chain, Step
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Chain": "eslabon.spec",
+    "Step": "eslabon.spec",
     "CompiledChain": "eslabon.compile",
     "compile_chain": "eslabon.compile",
     "load_chain": "eslabon.compile",

@@ -75,15 +75,17 @@ def check_chain_data(
     if steps is None:
         if data.get("prompt") is None:
             out.add(
-                (), "a chain needs 'prompt' (single step) or 'steps'",
-                "add  prompt: \"...{input}...\"  or a list of steps",
+                (),
+                "a chain needs 'prompt' (single step) or 'steps'",
+                'add  prompt: "...{input}..."  or a list of steps',
             )
         else:
             _check_prompted(out, data, (), input_names, [], base_dir)
         output = data.get("output")
         if isinstance(output, str) and output != "output":
             out.add(
-                ("output",), f"'output: {output}' needs 'steps'; a single-step chain has one output",
+                ("output",),
+                f"'output: {output}' needs 'steps'; a single-step chain has one output",
                 "remove 'output'",
             )
         return out.problems
@@ -91,8 +93,11 @@ def check_chain_data(
     mixed = [k for k in SHORTHAND_KEYS if data.get(k) is not None]
     for key in mixed:
         out.add(
-            (key,), f"'{key}' at top level is the single-step shorthand and cannot be "
-            "combined with 'steps'", f"move '{key}' into a step", at_key=True,
+            (key,),
+            f"'{key}' at top level is the single-step shorthand and cannot be "
+            "combined with 'steps'",
+            f"move '{key}' into a step",
+            at_key=True,
         )
     if not isinstance(steps, list):
         return out.problems
@@ -101,8 +106,7 @@ def check_chain_data(
         return out.problems
 
     ids: list[str] = [
-        s.get("id") if isinstance(s, dict) and isinstance(s.get("id"), str) else ""
-        for s in steps
+        str(s["id"]) if isinstance(s, dict) and isinstance(s.get("id"), str) else "" for s in steps
     ]
     seen: dict[str, int] = {}
     for i, sid in enumerate(ids):
@@ -110,17 +114,24 @@ def check_chain_data(
             continue  # the schema check reports a missing or malformed id
         if sid in seen:
             out.add(
-                ("steps", i, "id"), f"duplicate step id '{sid}' (also steps[{seen[sid]}])",
+                ("steps", i, "id"),
+                f"duplicate step id '{sid}' (also steps[{seen[sid]}])",
                 "give every step a unique id",
             )
         else:
             seen[sid] = i
         if sid in RESERVED_IDS:
-            out.add(("steps", i, "id"), f"'{sid}' is reserved for the chain's result",
-                    "choose another id")
+            out.add(
+                ("steps", i, "id"),
+                f"'{sid}' is reserved for the chain's result",
+                "choose another id",
+            )
         if sid in input_names:
-            out.add(("steps", i, "id"), f"step id '{sid}' is also an input name",
-                    "inputs and step ids share one namespace; rename one of them")
+            out.add(
+                ("steps", i, "id"),
+                f"step id '{sid}' is also an input name",
+                "inputs and step ids share one namespace; rename one of them",
+            )
 
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
@@ -136,14 +147,15 @@ def check_chain_data(
     if isinstance(output, str) and _NAME.match(output) and output not in valid_ids:
         hint = did_you_mean(output, valid_ids)
         out.add(
-            ("output",), f"'output' names no step: '{output}'",
+            ("output",),
+            f"'output' names no step: '{output}'",
             (hint + " " if hint else "") + f"step ids: {', '.join(valid_ids)}",
         )
     return out.problems
 
 
 def _check_model(out: _Collector, data: dict[str, Any], path: PathT, base_dir: Path) -> None:
-    ref = data.get(path[-1])
+    ref = data.get("model")
     if ref is None or not isinstance(ref, str | dict):
         return
     if isinstance(ref, dict) and not isinstance(ref.get("provider"), str):
@@ -156,7 +168,7 @@ def _check_model(out: _Collector, data: dict[str, Any], path: PathT, base_dir: P
 
 def _check_params_in_mapping(out: _Collector, data: dict[str, Any], path: PathT) -> None:
     # Extra keys of a model mapping go to the model constructor; catch typos of params there.
-    ref = data.get(path[-1])
+    ref = data.get("model")
     if not isinstance(ref, dict):
         return
     for key in ref:
@@ -195,5 +207,8 @@ def _check_prompted(
                     out.add((*path, "examples", j, "file"), f"examples file is empty: {ex['file']}")
     selector = data.get("selector")
     if isinstance(selector, dict) and selector.get("type", "all") != "all" and not examples:
-        out.add((*path, "selector"), "a selector without examples selects nothing",
-                "add 'examples', or remove 'selector'")
+        out.add(
+            (*path, "selector"),
+            "a selector without examples selects nothing",
+            "add 'examples', or remove 'selector'",
+        )

@@ -60,8 +60,9 @@ def validate(
 
     files = _chain_files(paths)
     if not files:
-        typer.echo("error: no chain files (.yaml, .yml) found in " + ", ".join(map(str, paths)),
-                   err=True)
+        typer.echo(
+            "error: no chain files (.yaml, .yml) found in " + ", ".join(map(str, paths)), err=True
+        )
         raise typer.Exit(2)
     total = bad = 0
     for file in files:
@@ -74,8 +75,11 @@ def validate(
         else:
             typer.echo(f"ok  {file}")
     if total:
-        typer.echo(f"{total} problem{'s' if total != 1 else ''} in {bad} of {len(files)} "
-                   f"file{'s' if len(files) != 1 else ''}.", err=True)
+        typer.echo(
+            f"{total} problem{'s' if total != 1 else ''} in {bad} of {len(files)} "
+            f"file{'s' if len(files) != 1 else ''}.",
+            err=True,
+        )
         raise typer.Exit(2)
 
 

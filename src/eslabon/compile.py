@@ -21,7 +21,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.utils import AddableDict
+from langchain_core.runnables.config import (
+    ensure_config,
+    get_async_callback_manager_for_config,
+    get_callback_manager_for_config,
+    patch_config,
+    set_config_context,
+)
+from langchain_core.runnables.utils import AddableDict, coro_with_context
 from pydantic import BaseModel, Field, create_model
 
 from eslabon.errors import ChainConfigError, InputError
@@ -29,7 +36,6 @@ from eslabon.examples import load_examples
 from eslabon.models import build_model, resolve_model_ref
 from eslabon.spec import Chain, Step
 from eslabon.suggest import did_you_mean
-from eslabon.templates import template_fields
 
 __all__ = ["CompiledChain", "CompiledStep", "compile_chain", "load_chain"]
 
@@ -118,17 +124,15 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         self.model_label = model_label
         self.output_id = spec.output_step()
         self._inputs = spec.input_names()
-        self._defaults = {
-            n: d for n in self._inputs if (d := spec.input_default(n)) is not None
-        }
+        self._defaults = {n: d for n in self._inputs if (d := spec.input_default(n)) is not None}
 
     # -- schema ---------------------------------------------------------------------------
     @property
-    def InputType(self) -> type[dict[str, Any]]:  # noqa: N802 - LangChain's name
+    def InputType(self) -> type[dict[str, Any]]:
         return dict
 
     @property
-    def OutputType(self) -> type[dict[str, Any]]:  # noqa: N802 - LangChain's name
+    def OutputType(self) -> type[dict[str, Any]]:
         return dict
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
@@ -160,8 +164,9 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             lines = []
             for name in missing:
                 hint = did_you_mean(name, [k for k in given if isinstance(k, str)])
-                lines.append(f"'{name}'" + (f" ({hint.replace('did you mean', 'got')})"
-                                            if hint else ""))
+                lines.append(
+                    f"'{name}'" + (f" ({hint.replace('did you mean', 'got')})" if hint else "")
+                )
             raise InputError(
                 f"chain '{self.name}' is missing input {', '.join(lines)}; "
                 f"it takes: {', '.join(self._inputs)}"
@@ -174,14 +179,30 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         return result
 
     # -- invoke ---------------------------------------------------------------------------
+    # Written out rather than via Runnable._call_with_config: that helper inspects the
+    # function's signature on every call, a measurable share of a chain's overhead. The
+    # callback/tracing protocol is the same: one chain run, model calls as its children.
     def invoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        return self._call_with_config(self._invoke, input, config, run_type="chain")
+        config = ensure_config(config)
+        run_manager = get_callback_manager_for_config(config).on_chain_start(
+            None,
+            input,
+            name=config.get("run_name") or self.get_name(),
+            run_id=config.pop("run_id", None),
+        )
+        try:
+            child = patch_config(config, callbacks=run_manager.get_child())
+            with set_config_context(child) as context:
+                output = context.run(self._invoke, input, child)
+        except BaseException as exc:
+            run_manager.on_chain_error(exc)
+            raise
+        run_manager.on_chain_end(output)
+        return output
 
-    def _invoke(
-        self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig
-    ) -> dict[str, Any]:
+    def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
             message = step.model.invoke(step.messages(values), config)
@@ -191,11 +212,24 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        return await self._acall_with_config(self._ainvoke, input, config, run_type="chain")
+        config = ensure_config(config)
+        run_manager = await get_async_callback_manager_for_config(config).on_chain_start(
+            None,
+            input,
+            name=config.get("run_name") or self.get_name(),
+            run_id=config.pop("run_id", None),
+        )
+        try:
+            child = patch_config(config, callbacks=run_manager.get_child())
+            with set_config_context(child) as context:
+                output = await coro_with_context(self._ainvoke(input, child), context)
+        except BaseException as exc:
+            await run_manager.on_chain_error(exc)
+            raise
+        await run_manager.on_chain_end(output)
+        return output
 
-    async def _ainvoke(
-        self, input: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
-    ) -> dict[str, Any]:
+    async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
             message = await step.model.ainvoke(step.messages(values), config)

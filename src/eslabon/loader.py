@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from eslabon.checks import PathT, check_chain_data, format_path
 from eslabon.errors import ChainConfigError, Problem
@@ -110,7 +110,7 @@ def _allowed_keys(path: PathT, data: Any) -> list[str]:
     if n >= 2 and path[-2] == "inputs":
         return list(InputSpec.model_fields)
     if path[-1] == "selector" and isinstance(parent, dict):
-        kinds = {
+        kinds: dict[str, type[BaseModel]] = {
             "all": AllSelector,
             "length": LengthSelector,
             "ngram": NGramSelector,
@@ -126,8 +126,8 @@ def _allowed_keys(path: PathT, data: Any) -> list[str]:
 
 def _get(data: Any, path: PathT) -> Any:
     for part in path:
-        if isinstance(data, dict) and part in data:
-            data = data[part]
+        if isinstance(data, dict):
+            data = data.get(part)
         elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
             data = data[part]
         else:
@@ -146,8 +146,11 @@ def _real_path(loc: tuple[Any, ...], data: Any) -> PathT:
         elif isinstance(cur, list) and isinstance(part, int):
             out.append(part)
             cur = cur[part] if 0 <= part < len(cur) else None
-        elif isinstance(cur, dict) and isinstance(part, str) and part not in ("[key]",) and not (
-            part in ("str", "mapping", "pair", "file") or part in SELECTOR_TYPES
+        elif (
+            isinstance(cur, dict)
+            and isinstance(part, str)
+            and part not in ("[key]",)
+            and not (part in ("str", "mapping", "pair", "file") or part in SELECTOR_TYPES)
         ):
             out.append(part)  # a missing or unknown key
             cur = None
@@ -200,8 +203,10 @@ def problems_from_validation(
             bad = err.get("ctx", {}).get("tag", value)
             message = f"unknown selector type '{bad}'"
             suggestion = did_you_mean(str(bad), SELECTOR_TYPES)
-            hint = (suggestion + " " if suggestion else "") + "valid types: " + ", ".join(
-                SELECTOR_TYPES
+            hint = (
+                (suggestion + " " if suggestion else "")
+                + "valid types: "
+                + ", ".join(SELECTOR_TYPES)
             )
             if path and path[-1] != "type":
                 path = path_for_pos = (*path, "type")
@@ -229,10 +234,10 @@ def problems_from_validation(
         pos = None
         if positions is not None:
             pos = positions.locate(path_for_pos, at_key)
-        key = (format_path(path), message)
-        if key in seen:
+        dedupe = (format_path(path), message)
+        if dedupe in seen:
             continue
-        seen.add(key)
+        seen.add(dedupe)
         problems.append(
             Problem(
                 message,
@@ -250,16 +255,38 @@ def _validate_data(
     data: Any, file: str, positions: _Positions, base_dir: Path, source: Path | None
 ) -> Chain:
     if data is None:
-        raise ChainConfigError([Problem("the file is empty", file=file, line=1, col=1,
-                                        hint="start with  schema_version: 1")])
+        raise ChainConfigError(
+            [
+                Problem(
+                    "the file is empty",
+                    file=file,
+                    line=1,
+                    col=1,
+                    hint="start with  schema_version: 1",
+                )
+            ]
+        )
     if not isinstance(data, dict):
         raise ChainConfigError(
-            [Problem(f"a chain file is a mapping of keys, got {type(data).__name__}",
-                     file=file, line=1, col=1, hint="start with  schema_version: 1")]
+            [
+                Problem(
+                    f"a chain file is a mapping of keys, got {type(data).__name__}",
+                    file=file,
+                    line=1,
+                    col=1,
+                    hint="start with  schema_version: 1",
+                )
+            ]
         )
     problems = [
-        Problem(f"duplicate key '{path[-1]}'", path=format_path(path), file=file,
-                line=pos[0], col=pos[1], hint="each key may appear once; remove one of them")
+        Problem(
+            f"duplicate key '{path[-1]}'",
+            path=format_path(path),
+            file=file,
+            line=pos[0],
+            col=pos[1],
+            hint="each key may appear once; remove one of them",
+        )
         for path, pos in positions.duplicates
     ]
     spec: Chain | None = None
@@ -285,8 +312,9 @@ def load_spec(path: str | Path) -> Chain:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ChainConfigError([Problem("file not found", file=file,
-                                        hint="check the path")]) from None
+        raise ChainConfigError(
+            [Problem("file not found", file=file, hint="check the path")]
+        ) from None
     except IsADirectoryError:
         raise ChainConfigError([Problem("is a folder, not a chain file", file=file)]) from None
     except UnicodeDecodeError as exc:

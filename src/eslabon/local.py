@@ -152,8 +152,10 @@ class ChatLlamaCppLocal(BaseChatModel):
                 output_tokens=usage.get("completion_tokens", 0),
                 total_tokens=usage.get("total_tokens", 0),
             ),
-            response_metadata={"finish_reason": choice.get("finish_reason"),
-                               "model_name": Path(self.model_path).name},
+            response_metadata={
+                "finish_reason": choice.get("finish_reason"),
+                "model_name": Path(self.model_path).name,
+            },
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 

@@ -130,8 +130,11 @@ def _build_langchain(
     from langchain.chat_models import init_chat_model
 
     try:
-        return init_chat_model(spec.name, model_provider=spec.provider, **kwargs, **params)
+        model: BaseChatModel = init_chat_model(
+            spec.name, model_provider=spec.provider, **kwargs, **params
+        )
     except ImportError as exc:
         raise MissingDependencyError(f"Provider '{spec.provider}'", info.extra, exc.name) from None
     except (ValueError, TypeError) as exc:
         raise ModelError(f"could not create model '{spec.label}': {exc}") from None
+    return model

@@ -123,7 +123,9 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
     if isinstance(ref, dict):
         data = dict(ref)
         if "provider" not in data:
-            raise ModelRefError("a model mapping needs 'provider'", "e.g. {provider: openai, name: gpt-4o-mini}")
+            raise ModelRefError(
+                "a model mapping needs 'provider'", "e.g. {provider: openai, name: gpt-4o-mini}"
+            )
         provider = _provider(str(data.pop("provider")))
         name = str(data.pop("name", "") or "")
         if provider == "local" and not name:
@@ -138,8 +140,11 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
                 spec = ModelSpec(_provider(text), "", {})
             else:
                 hint = next(
-                    (f"did you mean '{p}:{text}'?" for pre, p in _NAME_HINTS
-                     if text.lower().startswith(pre)),
+                    (
+                        f"did you mean '{p}:{text}'?"
+                        for pre, p in _NAME_HINTS
+                        if text.lower().startswith(pre)
+                    ),
                     None,
                 )
                 raise ModelRefError(
@@ -158,12 +163,16 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
 def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
     if spec.provider == "llamacpp":
         if not spec.name:
-            raise ModelRefError("llamacpp needs a GGUF path", "e.g. 'llamacpp:models/mistral-7b.Q4_K_M.gguf'")
+            raise ModelRefError(
+                "llamacpp needs a GGUF path", "e.g. 'llamacpp:models/mistral-7b.Q4_K_M.gguf'"
+            )
         path = Path(os.path.expanduser(spec.name))
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         if not path.is_file():
-            raise ModelRefError(f"GGUF file not found: {path}", "give the path to a .gguf model file")
+            raise ModelRefError(
+                f"GGUF file not found: {path}", "give the path to a .gguf model file"
+            )
     elif spec.provider == "fake" and spec.name not in ("", "echo"):
         raise ModelRefError(
             f"unknown fake model '{spec.name}'",

@@ -99,8 +99,9 @@ class InputSpec(_Strict):
 InputRef = Annotated[
     Annotated[str, Tag("str")] | Annotated[InputSpec, Tag("mapping")],
     Discriminator(
-        lambda v: "str" if isinstance(v, str) else "mapping" if isinstance(v, dict | InputSpec)
-        else None,
+        lambda v: (
+            "str" if isinstance(v, str) else "mapping" if isinstance(v, dict | InputSpec) else None
+        ),
         custom_error_type="input_ref",
         custom_error_message="expected a description or a mapping {description, default}",
     ),
@@ -120,9 +121,13 @@ ExampleRef = Annotated[
     Annotated[ExamplePair, Tag("pair")] | Annotated[ExampleFile, Tag("file")],
     Discriminator(
         lambda v: (
-            ("file" if "file" in v else "pair") if isinstance(v, dict)
-            else "file" if isinstance(v, ExampleFile)
-            else "pair" if isinstance(v, ExamplePair) else None
+            ("file" if "file" in v else "pair")
+            if isinstance(v, dict)
+            else "file"
+            if isinstance(v, ExampleFile)
+            else "pair"
+            if isinstance(v, ExamplePair)
+            else None
         ),
         custom_error_type="example_ref",
         custom_error_message="expected {input, output} or {file: path}",
@@ -252,8 +257,10 @@ class Chain(_Prompted):
         """Dump as chain-file YAML (and write it to ``path`` if given)."""
         import yaml
 
-        text = SCHEMA_URL_COMMENT + "\n" + yaml.safe_dump(
-            self.to_data(), sort_keys=False, allow_unicode=True, width=100
+        text = (
+            SCHEMA_URL_COMMENT
+            + "\n"
+            + yaml.safe_dump(self.to_data(), sort_keys=False, allow_unicode=True, width=100)
         )
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")

@@ -71,9 +71,13 @@ def check_template(
                 )
             )
             continue
-        shown = "{" + field + (f"!{conversion}" if conversion else "") + (
-            f":{spec}" if spec else ""
-        ) + "}"
+        shown = (
+            "{"
+            + field
+            + (f"!{conversion}" if conversion else "")
+            + (f":{spec}" if spec else "")
+            + "}"
+        )
         if not _IDENT.match(field):
             issues.append(
                 TemplateIssue(

@@ -1,0 +1,44 @@
+"""Test guards: no network but loopback, no real keys, no inherited model override."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAINS = ROOT / "chains"
+_LOOPBACK = ("127.", "::1", "localhost")
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    host = address[0] if isinstance(address, tuple) else address
+    if self.family == socket.AF_UNIX or str(host).startswith(_LOOPBACK):
+        return _real_connect(self, address)
+    raise RuntimeError(f"tests must not use the network (tried to connect to {address!r})")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from eslabon.modelspec import PROVIDERS
+
+    monkeypatch.delenv("ESLABON_MODEL", raising=False)
+    for info in PROVIDERS.values():
+        if info.env_var:
+            monkeypatch.delenv(info.env_var, raising=False)
+    yield
+
+
+def write(tmp_path: Path, text: str, name: str = "chain.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path

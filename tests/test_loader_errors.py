@@ -1,0 +1,241 @@
+"""Every kind of chain-file mistake: one clear message with file, line, key path and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import write
+
+from eslabon import Chain, ChainConfigError, Step, UserError
+from eslabon.errors import EslabonError, Problem
+from eslabon.loader import load_spec, load_spec_text
+
+GOOD = """\
+schema_version: 1
+name: t
+inputs:
+  problema: El problema
+steps:
+  - id: analisis
+    prompt: "Analiza {problema}"
+  - id: plan
+    prompt: "Plan para {analisis}"
+"""
+
+
+def problems(tmp_path: Path, text: str) -> list[Problem]:
+    with pytest.raises(ChainConfigError) as info:
+        load_spec(write(tmp_path, text))
+    return info.value.problems
+
+
+def one(tmp_path: Path, text: str) -> Problem:
+    found = problems(tmp_path, text)
+    assert len(found) == 1, [p.format() for p in found]
+    return found[0]
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD))
+    assert [s.id for s in spec.normalized_steps()] == ["analisis", "plan"]
+    assert spec.output_step() == "plan"
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(ChainConfigError, UserError)
+    assert issubclass(UserError, EslabonError)
+    assert not issubclass(ChainConfigError, ValueError)
+
+
+def test_invalid_yaml_has_line_and_column(tmp_path: Path) -> None:
+    p = one(tmp_path, "schema_version: 1\nprompt: [unclosed\nname: x\n")
+    assert p.message.startswith("invalid YAML")
+    assert p.line == 3 and p.file and p.file.endswith("chain.yaml")
+    assert p.hint
+
+
+def test_unknown_key_did_you_mean_at_the_key_line(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD.replace('    prompt: "Plan', '    promtp: "Plan'))
+    assert p.path == "steps[1].promtp"
+    assert (p.line, p.col) == (9, 5)
+    assert p.message == "unknown key 'promtp'"
+    assert p.hint and p.hint.startswith("did you mean 'prompt'?")
+    text = p.format()
+    assert text.startswith(f"{p.file}:9:5: steps[1].promtp: unknown key 'promtp'")
+
+
+def test_unknown_top_level_and_params_keys(tmp_path: Path) -> None:
+    found = problems(tmp_path, GOOD + "descripcion: x\nparams: {temprature: 0.1}\n")
+    by_path = {p.path: p for p in found}
+    assert "did you mean 'description'?" in (by_path["descripcion"].hint or "")
+    assert by_path["descripcion"].line == 10
+    assert "did you mean 'temperature'?" in (by_path["params.temprature"].hint or "")
+    assert by_path["params.temprature"].line == 11
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path, GOOD + "params: {temperature: caliente, max_tokens: -3}\noutput: [1]\n"
+    )
+    by_path = {p.path: p for p in found}
+    assert "valid number" in by_path["params.temperature"].message
+    assert "'caliente'" in by_path["params.temperature"].message
+    assert "greater than 0" in by_path["params.max_tokens"].message
+    assert by_path["output"].message.startswith("expected text")
+    assert all(p.line in (10, 11) for p in found)
+
+
+def test_duplicate_step_ids(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD.replace("id: plan", "id: analisis"))
+    assert p.path == "steps[1].id" and p.line == 8
+    assert "duplicate step id 'analisis'" in p.message
+
+
+def test_output_naming_no_step(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD + "output: plna\n")
+    assert p.path == "output" and p.line == 10
+    assert p.hint and "did you mean 'plan'?" in p.hint
+
+
+def test_template_using_a_later_step(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD.replace("Analiza {problema}", "Analiza {plan}"))
+    assert p.path == "steps[0].prompt" and p.line == 7
+    assert "later step" in p.message
+
+
+def test_unknown_template_name_lists_the_declared_names(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD.replace("Plan para {analisis}", "Plan para {analisys}"))
+    assert p.message == "unknown name '{analisys}'"
+    assert p.hint == "did you mean 'analisis'? available here: problema, analisis"
+
+
+def test_missing_examples_file(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  - id: plan\n", "  - id: plan\n    examples:\n      - file: ejemplos.jsonl\n"
+    )
+    p = one(tmp_path, text)
+    assert p.path == "steps[1].examples[0].file" and p.line == 10
+    assert "examples file not found" in p.message
+
+
+def test_unknown_provider_did_you_mean(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD + "model: opnai:gpt-4o-mini\n")
+    assert p.path == "model" and p.line == 10
+    assert p.message == "unknown provider 'opnai'"
+    assert p.hint and p.hint.startswith("did you mean 'openai'?")
+
+
+def test_unknown_provider_in_a_step_mapping(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  - id: plan\n", "  - id: plan\n    model: {provider: antropic, name: x}\n"
+    )
+    p = one(tmp_path, text)
+    assert p.path == "steps[1].model.provider"
+    assert p.hint and "did you mean 'anthropic'?" in p.hint
+
+
+def test_bare_model_name_suggests_a_provider(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD + "model: gpt-4o-mini\n")
+    assert p.hint == "did you mean 'openai:gpt-4o-mini'?"
+
+
+def test_unknown_selector_type_lists_valid_types(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  - id: plan\n",
+        "  - id: plan\n    examples: [{input: a, output: b}]\n    selector: {type: semantik}\n",
+    )
+    p = one(tmp_path, text)
+    assert p.path == "steps[1].selector.type" and p.line == 10
+    assert p.message == "unknown selector type 'semantik'"
+    assert p.hint == "did you mean 'semantic'? valid types: all, length, ngram, semantic, mmr"
+
+
+def test_jinja_and_attribute_access_are_rejected_at_load(tmp_path: Path) -> None:
+    found = problems(tmp_path, GOOD.replace("Plan para {analisis}", "{{ analisis }} {x.y}"))
+    assert len(found) == 1 and "Jinja" in found[0].message
+    p = one(tmp_path, GOOD.replace("Plan para {analisis}", "{analisis.__class__}"))
+    assert "not a plain name" in p.message
+
+
+def test_duplicate_yaml_keys(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD + "name: otro\n")
+    assert p.message == "duplicate key 'name'" and p.line == 10
+
+
+def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path) -> None:
+    text = (
+        "schema_version: 2\n"
+        "model: opnai:x\n"
+        "inputs: {problema: x}\n"
+        "steps:\n"
+        "  - id: a\n"
+        "    prompt: '{nada}'\n"
+        "    colour: red\n"
+        "  - id: a\n"
+        "    prompt: '{problema}'\n"
+        "output: zz\n"
+    )
+    found = problems(tmp_path, text)
+    assert [p.line for p in found] == sorted(p.line or 0 for p in found)
+    kinds = " | ".join(p.message for p in found)
+    for expected in (
+        "schema_version",
+        "unknown provider",
+        "unknown name",
+        "unknown key",
+        "duplicate step id",
+        "names no step",
+    ):
+        assert expected in kinds
+    assert f"{len(found)} problems found." in str(ChainConfigError(found))
+
+
+def test_structure_errors(tmp_path: Path) -> None:
+    assert "needs 'prompt'" in one(tmp_path, "schema_version: 1\nname: x\n").message
+    assert "empty" in one(tmp_path, "").message
+    assert "mapping" in one(tmp_path, "- a\n- b\n").message
+    mixed = one(tmp_path, GOOD + "prompt: hola\n")
+    assert mixed.path == "prompt" and "combined with 'steps'" in mixed.message
+    reserved = one(tmp_path, GOOD.replace("id: plan", "id: output"))
+    assert "reserved" in reserved.message
+    clash = one(tmp_path, GOOD.replace("id: plan", "id: problema").replace("{analisis}", "x"))
+    assert "also an input name" in clash.message
+    bad_name = one(tmp_path, GOOD.replace("id: plan", "id: 2plan"))
+    assert bad_name.path == "steps[1].id" and "not a valid name" in bad_name.message
+
+
+def test_missing_required_key_points_at_the_parent(tmp_path: Path) -> None:
+    p = one(tmp_path, GOOD.replace('    prompt: "Plan para {analisis}"\n', ""))
+    assert p.path == "steps[1].prompt" and p.line == 8
+    assert p.message == "missing required key 'prompt'"
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(ChainConfigError, match="file not found"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(ChainConfigError, match="folder"):
+        load_spec(tmp_path)
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    p = one(tmp_path, "!!python/object/apply:os.system ['echo hacked']\n")
+    assert p.message.startswith("invalid YAML")
+
+
+def test_spec_built_in_code_raises_the_same_error() -> None:
+    with pytest.raises(ChainConfigError) as info:
+        Chain(prompt="hola", promtp="x")
+    assert "did you mean 'prompt'?" in str(info.value)
+    with pytest.raises(ChainConfigError, match="missing required key 'prompt'"):
+        Step(id="a")
+    chain = Chain(inputs={"x": "X"}, steps=[Step(id="a", prompt="{y}")])
+    [problem] = chain.problems()
+    assert problem.path == "steps[0].prompt" and "unknown name '{y}'" in problem.message
+    with pytest.raises(ChainConfigError, match="unknown name"):
+        chain.compile(model="fake:echo")
+
+
+def test_yaml_text_can_be_loaded_directly() -> None:
+    spec = load_spec_text("prompt: 'Hola {nombre}'\ninputs: {nombre: Quién}\n")
+    assert spec.normalized_steps()[0].prompt == "Hola {nombre}"
