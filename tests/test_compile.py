@@ -7,11 +7,11 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from conftest import CHAINS, write
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableLambda
 
+from conftest import CHAINS, write
 from eslabon import Chain, CompiledChain, FakeChatModel, InputError, Step, load_chain
 from eslabon.compile import compile_chain
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write
 
+from conftest import write
 from eslabon import Chain, ChainConfigError, Step, UserError
 from eslabon.errors import EslabonError, Problem
 from eslabon.loader import load_spec, load_spec_text
