@@ -174,7 +174,8 @@ def _check_params_in_mapping(out: _Collector, data: dict[str, Any], path: PathT)
     for key in ref:
         if key in ("provider", "name") or key in PARAM_NAMES or not isinstance(key, str):
             continue
-        hint = did_you_mean(key, PARAM_NAMES)
+        # a high cutoff: other keys (base_url, max_retries, ...) are legitimate constructor kwargs
+        hint = did_you_mean(key, PARAM_NAMES, cutoff=0.85)
         if hint:
             out.add((*path, key), f"unknown model setting '{key}'", hint, at_key=True)
 
