@@ -9,8 +9,10 @@ completion, reuses one loaded model per file across chains, and serializes calls
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +39,24 @@ BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _LOADED: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Free llama.cpp models while the interpreter is still whole: left to Llama.__del__ at
+    # shutdown, llama-cpp-python's cleanup runs after its module globals are gone and prints
+    # "Exception ignored" tracebacks.
+    with _LOAD_LOCK:
+        for llm, _ in _LOADED.values():
+            llm.close()
+        _LOADED.clear()
+    # llama-cpp-python opens two /dev/null handles at import and never closes them
+    # (a ResourceWarning at exit); close them once nothing can use them any more.
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
 
 
 def bundled_model_path() -> Path:
@@ -123,7 +143,7 @@ class ChatLlamaCppLocal(BaseChatModel):
         params.update({k: v for k, v in kwargs.items() if k in params or k == "seed"})
         return params
 
-    def _call(self, messages: list[BaseMessage], stream: bool, **params: Any) -> Any:
+    def _prepare(self, messages: list[BaseMessage]) -> tuple[Any, threading.Lock, list[Any]]:
         llm, lock = _load(self.model_path, self.n_ctx, self.n_threads)
         payload = [{"role": _role(m), "content": m.text} for m in messages]
         return llm, lock, payload
@@ -135,7 +155,7 @@ class ChatLlamaCppLocal(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        llm, lock, payload = self._call(messages, stream=False)
+        llm, lock, payload = self._prepare(messages)
         try:
             with lock:
                 response = llm.create_chat_completion(
@@ -166,7 +186,7 @@ class ChatLlamaCppLocal(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        llm, lock, payload = self._call(messages, stream=True)
+        llm, lock, payload = self._prepare(messages)
         with lock:
             try:
                 pieces = llm.create_chat_completion(
