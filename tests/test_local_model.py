@@ -84,3 +84,30 @@ def test_canonical_chain_runs_on_the_bundled_model() -> None:
     assert len(capture.prompts) == 3
     assert result["analisis"] in capture.prompts[1][-1].content
     assert result["plan"] in capture.prompts[2][-1].content
+
+
+# the canonical chain has its own test above
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(CHAINS.glob("*.yaml")) if p.stem != "analizar_planificar_resolver"],
+    ids=lambda p: p.stem,
+)
+def test_every_example_chain_runs_on_the_bundled_model(path: Path) -> None:
+    chain = load_chain(path)
+    inputs = {name: "Ana" for name in chain.spec.input_names()}
+    result = chain.invoke(inputs)
+    assert chain.model_label == "local"
+    assert set(result) == {*(s.id for s in chain.steps), "output"}
+    assert all(isinstance(v, str) for v in result.values()) and result["output"].strip()
+
+
+def test_llamacpp_path_runs_any_gguf(tmp_path: Path) -> None:
+    from eslabon.local import bundled_model_path
+
+    gguf = tmp_path / "modelo.gguf"
+    gguf.symlink_to(bundled_model_path())
+    path = write(tmp_path, "model: llamacpp:modelo.gguf\nparams: {max_tokens: 6}\nprompt: Hi\n")
+    chain = load_chain(path)
+    model: Any = chain.steps[0].model
+    assert model.model_path == str(gguf)
+    assert chain.invoke({})["output"].strip()
