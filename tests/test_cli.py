@@ -18,12 +18,19 @@ SECRET = "sk-test-NEVER-SHOW-THIS-123456789"
 
 
 def eslabon(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "ESLABON_MODEL"}
     full_env.update(env or {})
     return subprocess.run(
-        [EXE, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120
+        [EXE, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=120,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
     )
 
 
@@ -110,6 +117,12 @@ def test_run_input_from_file_and_stream_headers(tmp_path: Path) -> None:
         < out.stdout.index("── solucion")
     )
     assert "Analiza el problema:\ndesde archivo" in out.stdout
+
+
+def test_piped_stdin_fills_the_missing_input() -> None:
+    out = eslabon("run", "chains/traductor.yaml", "-m", "fake:echo", stdin="buenas tardes\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "¿Cómo se dice 'buenas tardes' en inglés?\n"
 
 
 def test_env_model_is_used_when_no_flag() -> None:

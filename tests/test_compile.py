@@ -126,6 +126,7 @@ class Recorder(BaseCallbackHandler):
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
         self.parents: list[UUID | None] = []
+        self.tags: list[tuple[Any, Any]] = []
 
     def on_chain_start(self, serialized: Any, inputs: Any, **kw: Any) -> None:
         self.events.append(("chain_start", kw.get("name")))
@@ -136,6 +137,7 @@ class Recorder(BaseCallbackHandler):
     def on_chat_model_start(self, serialized: Any, messages: Any, **kw: Any) -> None:
         self.events.append(("model_start", messages[0][-1].content))
         self.parents.append(kw.get("parent_run_id"))
+        self.tags.append((kw.get("tags"), (kw.get("metadata") or {}).get("eslabon_step")))
 
 
 def test_callbacks_see_one_chain_run_with_model_runs_as_children() -> None:
@@ -150,6 +152,20 @@ def test_callbacks_see_one_chain_run_with_model_runs_as_children() -> None:
     ]
     assert rec.events[-1] == ("chain_end", result)
     assert len(set(rec.parents)) == 1 and rec.parents[0] is not None
+
+
+def test_model_runs_are_tagged_with_their_step() -> None:
+    chain = load_chain(CANONICAL, model="fake:echo")
+    rec = Recorder()
+    config: Any = {"callbacks": [rec], "tags": ["mine"], "metadata": {"user": "ana"}}
+    chain.invoke({"problema": "q"}, config=config)
+    list(chain.stream({"problema": "q"}, config=config))
+    expected = [
+        (["mine", "step:analisis"], "analisis"),
+        (["mine", "step:plan"], "plan"),
+        (["mine", "step:solucion"], "solucion"),
+    ]
+    assert rec.tags == expected * 2
 
 
 def test_pipe_composition_both_ways() -> None:

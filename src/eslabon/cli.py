@@ -121,7 +121,10 @@ def run(
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Run a chain file and print each step's output."""
+    """Run a chain file and print each step's output.
+
+    Piped standard input fills the chain's one required input when -i does not give it.
+    """
     try:
         from eslabon.models import load_env
 
@@ -131,6 +134,7 @@ def run(
         from eslabon.loader import load_spec
 
         chain = compile_chain(load_spec(file), model=model)
+        _read_stdin_input(chain.spec, values)
         if stream and not as_json:
             _run_streaming(chain, values)
             return
@@ -150,6 +154,15 @@ def run(
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     _print_steps(chain, result)
+
+
+def _read_stdin_input(spec: Any, values: dict[str, str]) -> None:
+    """Piped text fills the one required input not given with -i (``echo hola | eslabon run``)."""
+    missing = [n for n in spec.input_names() if n not in values and spec.input_default(n) is None]
+    if len(missing) == 1 and not sys.stdin.isatty():
+        text = sys.stdin.read()
+        if text:
+            values[missing[0]] = text.rstrip("\n")
 
 
 def _header(title: str) -> str:

@@ -43,13 +43,22 @@ __all__ = ["CompiledChain", "CompiledStep", "compile_chain", "load_chain"]
 class CompiledStep:
     """One step: its prompt (a LangChain ``ChatPromptTemplate``) and its chat model."""
 
-    __slots__ = ("fields", "id", "model", "prompt")
+    __slots__ = ("fields", "id", "model", "prompt", "tag")
 
     def __init__(self, step_id: str, prompt: ChatPromptTemplate, model: BaseChatModel) -> None:
         self.id = step_id
         self.prompt = prompt
         self.model = model
         self.fields = tuple(prompt.input_variables)
+        self.tag = f"step:{step_id}"
+
+    def config(self, config: RunnableConfig) -> RunnableConfig:
+        """The chain's child config, tagged so traces show which step a model call belongs to."""
+        return {
+            **config,
+            "tags": [*config.get("tags", ()), self.tag],
+            "metadata": {**config.get("metadata", {}), "eslabon_step": self.id},
+        }
 
     def messages(self, values: dict[str, Any]) -> list[BaseMessage]:
         """The messages this step sends, given the inputs and earlier steps' outputs."""
@@ -205,7 +214,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
-            message = step.model.invoke(step.messages(values), config)
+            message = step.model.invoke(step.messages(values), step.config(config))
             values[step.id] = message.text
         return self._result(values)
 
@@ -232,7 +241,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
-            message = await step.model.ainvoke(step.messages(values), config)
+            message = await step.model.ainvoke(step.messages(values), step.config(config))
             values[step.id] = message.text
         return self._result(values)
 
@@ -255,7 +264,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._values(self._merge(list(inputs)))
         for step in self.steps:
             parts: list[str] = []
-            for chunk in step.model.stream(step.messages(values), config):
+            for chunk in step.model.stream(step.messages(values), step.config(config)):
                 text = chunk.text
                 if text:
                     parts.append(text)
@@ -275,7 +284,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._values(self._merge([c async for c in inputs]))
         for step in self.steps:
             parts: list[str] = []
-            async for chunk in step.model.astream(step.messages(values), config):
+            async for chunk in step.model.astream(step.messages(values), step.config(config)):
                 text = chunk.text
                 if text:
                     parts.append(text)
