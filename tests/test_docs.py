@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 CASES = [
     pytest.param(code, id=f"{path.name}-{n}")
     for path in DOCS

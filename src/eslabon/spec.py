@@ -19,6 +19,7 @@ from pydantic import (
     PrivateAttr,
     Tag,
     ValidationError,
+    field_validator,
 )
 
 __all__ = [
@@ -51,10 +52,15 @@ class Params(_Strict):
     max_tokens: int | None = Field(None, gt=0, description="Maximum tokens to generate.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, gt=0)
-    stop: list[str] | None = Field(None, description="Stop sequences.")
+    stop: list[str] | str | None = Field(None, description="Stop sequences (one or a list).")
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    @field_validator("stop")
+    @classmethod
+    def _one_stop(cls, value: list[str] | str | None) -> list[str] | None:
+        return [value] if isinstance(value, str) else value
 
     def set_values(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
