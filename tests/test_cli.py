@@ -66,6 +66,16 @@ def test_validate_reports_every_problem_with_positions(tmp_path: Path) -> None:
     assert "4 problems in 1 of 2 files." in out.stderr
 
 
+def test_validate_folder_skips_examples_files(tmp_path: Path) -> None:
+    write(tmp_path, "examples: [{file: sub/ej.yaml}]\nprompt: '{x}'\ninputs: {x: x}\n", "c.yaml")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", "- {input: a, output: b}\n", "ej.yaml")
+    write(tmp_path / "sub", "examples: [{input: a, output: b}]\n", "ej2.yml")
+    out = eslabon("validate", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines() == [f"ok  {tmp_path / 'c.yaml'}"]
+
+
 def test_validate_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     bad = write(tmp_path, "prompt: 'unclosed\n")
     out = eslabon("validate", str(bad), str(tmp_path / "nope.yaml"))

@@ -42,13 +42,26 @@ def _fail(exc: BaseException) -> NoReturn:
 
 
 def _chain_files(paths: list[Path]) -> list[Path]:
+    """Files named explicitly, plus the chain files found in folders (examples files skipped)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+            files.extend(p for p in found if not _is_examples_file(p))
         else:
             files.append(path)
     return files
+
+
+def _is_examples_file(path: Path) -> bool:
+    # Few-shot example files may live beside chain files: a list, or {examples: [...]} alone.
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # let validation report it
+    return isinstance(data, list) or (isinstance(data, dict) and set(data) == {"examples"})
 
 
 @app.command()

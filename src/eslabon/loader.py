@@ -226,6 +226,10 @@ def problems_from_validation(
             message = f"expected a mapping (got {_short(value)})"
         elif kind == "list_type":
             message = f"expected a list (got {_short(value)})"
+            if path and path[-1] == "examples":
+                hint = "a list of '- {input: ..., output: ...}' or '- file: path' items"
+            elif path and path[-1] == "steps":
+                hint = "a list of '- id: ...' items, each with a prompt"
         elif kind == "string_type":
             message = f"expected text (got {_short(value)})"
             hint = "quote the value if YAML reads it as a number, boolean or mapping"
