@@ -110,6 +110,14 @@ def test_missing_integration_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
     assert "pip install 'eslabon[gemini]'" in str(info.value)
 
 
+def test_provider_without_an_extra_names_its_package() -> None:
+    if importlib.util.find_spec("langchain_groq") is not None:
+        pytest.skip("langchain-groq is installed here")
+    with pytest.raises(MissingDependencyError) as info:
+        build_model("groq:llama-3.1-8b-instant")
+    assert "fix: pip install langchain-groq" in str(info.value)
+
+
 def test_missing_llama_cpp_names_the_local_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(

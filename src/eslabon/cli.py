@@ -234,7 +234,8 @@ def models() -> None:
     for name, info in PROVIDERS.items():
         installed = importlib.util.find_spec(info.module) is not None
         key = "-" if info.env_var is None else ("yes" if os.environ.get(info.env_var) else "no")
-        hint = "" if installed or not info.extra else f"pip install 'eslabon[{info.extra}]'"
+        install = f"'eslabon[{info.extra}]'" if info.extra else info.module.replace("_", "-")
+        hint = "" if installed else f"pip install {install}"
         rows.append((name, "yes" if installed else "no", info.env_var or "-", key, hint))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:

@@ -97,15 +97,15 @@ class InputError(UserError):
 
 
 class MissingDependencyError(UserError):
-    """An optional package is not installed; the message names the extra to install."""
+    """An optional package is not installed; the message names the extra (or package) to install."""
 
-    def __init__(self, what: str, extra: str, package: str | None = None) -> None:
+    def __init__(self, what: str, extra: str | None, package: str | None = None) -> None:
         self.extra = extra
         self.package = package
         pkg = f" (package '{package}')" if package else ""
+        fix = f"pip install 'eslabon[{extra}]'" if extra else f"pip install {package}"
         super().__init__(
-            f"{what} needs an optional dependency that is not installed{pkg}.\n"
-            f"    fix: pip install 'eslabon[{extra}]'"
+            f"{what} needs an optional dependency that is not installed{pkg}.\n    fix: {fix}"
         )
 
 

@@ -22,7 +22,7 @@ class ProviderInfo:
     """What eslabon knows about a provider before importing anything."""
 
     module: str  # the integration package that must be importable
-    extra: str  # eslabon extra that installs it
+    extra: str | None  # eslabon extra that installs it (None: install the package itself)
     env_var: str | None = None  # API key variable, if the provider needs one
     via_langchain: bool = True  # built by LangChain's init_chat_model
 
@@ -32,20 +32,20 @@ class ProviderInfo:
 PROVIDERS: dict[str, ProviderInfo] = {
     "local": ProviderInfo("llama_cpp", "local", via_langchain=False),
     "llamacpp": ProviderInfo("llama_cpp", "local", via_langchain=False),
-    "fake": ProviderInfo("langchain_core", "", via_langchain=False),
+    "fake": ProviderInfo("langchain_core", None, via_langchain=False),
     "openai": ProviderInfo("langchain_openai", "openai", "OPENAI_API_KEY"),
     "azure_openai": ProviderInfo("langchain_openai", "openai", "AZURE_OPENAI_API_KEY"),
     "google_genai": ProviderInfo("langchain_google_genai", "gemini", "GOOGLE_API_KEY"),
     "anthropic": ProviderInfo("langchain_anthropic", "anthropic", "ANTHROPIC_API_KEY"),
     "ollama": ProviderInfo("langchain_ollama", "ollama"),
-    "mistralai": ProviderInfo("langchain_mistralai", "all", "MISTRAL_API_KEY"),
-    "groq": ProviderInfo("langchain_groq", "all", "GROQ_API_KEY"),
-    "deepseek": ProviderInfo("langchain_deepseek", "all", "DEEPSEEK_API_KEY"),
-    "xai": ProviderInfo("langchain_xai", "all", "XAI_API_KEY"),
-    "together": ProviderInfo("langchain_together", "all", "TOGETHER_API_KEY"),
-    "fireworks": ProviderInfo("langchain_fireworks", "all", "FIREWORKS_API_KEY"),
-    "openrouter": ProviderInfo("langchain_openrouter", "all", "OPENROUTER_API_KEY"),
-    "cohere": ProviderInfo("langchain_cohere", "all", "COHERE_API_KEY"),
+    "mistralai": ProviderInfo("langchain_mistralai", None, "MISTRAL_API_KEY"),
+    "groq": ProviderInfo("langchain_groq", None, "GROQ_API_KEY"),
+    "deepseek": ProviderInfo("langchain_deepseek", None, "DEEPSEEK_API_KEY"),
+    "xai": ProviderInfo("langchain_xai", None, "XAI_API_KEY"),
+    "together": ProviderInfo("langchain_together", None, "TOGETHER_API_KEY"),
+    "fireworks": ProviderInfo("langchain_fireworks", None, "FIREWORKS_API_KEY"),
+    "openrouter": ProviderInfo("langchain_openrouter", None, "OPENROUTER_API_KEY"),
+    "cohere": ProviderInfo("langchain_cohere", None, "COHERE_API_KEY"),
 }
 
 # Spellings people use for a provider, mapped to LangChain's name.
