@@ -8,6 +8,7 @@ Last line: ``ratio_vs_lcel=X`` (eslabon time / LCEL time; lower is better, targe
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from eslabon import load_chain
 from eslabon.fake import EchoChatModel
 
 ROOT = Path(__file__).resolve().parent.parent
+# BENCH_QUICK=1: one tiny round, to check that the benchmark runs (the test suite does this)
+QUICK = bool(os.environ.get("BENCH_QUICK"))
+ROUNDS, PER_ROUND, REPEAT = (1, 5, 1) if QUICK else (15, 200, 7)
 CHAIN = ROOT / "chains" / "analizar_planificar_resolver.yaml"
 INPUT = {"problema": "Tengo 3 manzanas y como 1. ¿Cuántas quedan?"}
 
@@ -68,7 +72,7 @@ def per_invoke_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
 FLOOR = "import typer, pydantic\nclass A(pydantic.BaseModel):\n    x: int\n"
 
 
-def command_seconds(args: list[str], repeat: int = 7, exe: str = "eslabon") -> float:
+def command_seconds(args: list[str], repeat: int = REPEAT, exe: str = "eslabon") -> float:
     path = Path(sys.executable).parent / exe
     times = []
     for _ in range(repeat):
@@ -86,11 +90,11 @@ def main() -> None:
     a, b, c = eslabon.invoke(INPUT), lcel.invoke(INPUT), hand(INPUT)
     assert a["output"] == b["solucion"] == c["output"], "the three ways disagree"
     for fn in ways.values():  # warm up
-        per_invoke_us(fn, 200)
+        per_invoke_us(fn, PER_ROUND)
     samples: dict[str, list[float]] = {k: [] for k in ways}
-    for _ in range(15):
+    for _ in range(ROUNDS):
         for name, fn in ways.items():
-            samples[name].append(per_invoke_us(fn, 200))
+            samples[name].append(per_invoke_us(fn, PER_ROUND))
     med = {k: statistics.median(v) for k, v in samples.items()}
     for name, us in med.items():
         print(f"{name:>11}: {us:8.1f} µs per 3-step invoke  ({us / med['lcel']:.2f}× LCEL)")

@@ -1,0 +1,28 @@
+"""The benchmark runs and prints its figure last (timings are not asserted, only the format)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_overhead_benchmark_runs_and_prints_its_figure_last() -> None:
+    env = {**os.environ, "BENCH_QUICK": "1"}
+    env.pop("ESLABON_MODEL", None)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "overhead.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio_vs_lcel=\d+\.\d{3}", lines[-1])
+    for label in ("eslabon:", "lcel:", "hand-wired:", "eslabon --help:", "validate chains/:"):
+        assert any(label in line for line in lines), label
