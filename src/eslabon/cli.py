@@ -178,38 +178,47 @@ def _read_stdin_input(spec: Any, values: dict[str, str]) -> None:
             values[missing[0]] = text.rstrip("\n")
 
 
-def _header(title: str) -> str:
-    text = f"── {title} "
-    text += "─" * max(4, 60 - len(text))
-    return typer.style(text, bold=True) if sys.stdout.isatty() else text
+def _console() -> Any:
+    from rich.console import Console
+
+    # Model text is data: no markup, emoji codes or highlighting, and no re-wrapping.
+    return Console(highlight=False, emoji=False, markup=False, soft_wrap=True)
+
+
+def _header(console: Any, title: str) -> None:
+    from rich.rule import Rule
+    from rich.text import Text
+
+    console.print(Rule(Text.assemble(("── ", "dim"), (title, "bold")), align="left", style="dim"))
 
 
 def _print_steps(chain: Any, result: dict[str, str]) -> None:
+    console = _console()
     if len(chain.steps) == 1:
-        typer.echo(result["output"])
+        console.print(result["output"])
         return
     for step in chain.steps:
-        typer.echo(_header(step.id))
-        typer.echo(result[step.id].strip())
-        typer.echo("")
+        _header(console, step.id)
+        console.print(result[step.id].strip())
+        console.print()
 
 
 def _run_streaming(chain: Any, values: dict[str, str]) -> None:
+    console = _console()
     current: str | None = None
     single = len(chain.steps) == 1
-    out = sys.stdout
     for chunk in chain.stream(values):
         for key, text in chunk.items():
             if key == "output" and not single:
                 continue
             if key != current and not single:
                 if current is not None:
-                    out.write("\n\n")
-                out.write(_header(key) + "\n")
+                    console.print("\n")
+                _header(console, key)
                 current = key
-            out.write(text)
-            out.flush()
-    out.write("\n")
+            console.print(text, end="")
+            console.file.flush()
+    console.print()
 
 
 @app.command()
@@ -229,17 +238,23 @@ def models() -> None:
         from eslabon.local import bundled_model_path
 
         typer.echo(f"bundled model: {bundled_model_path()}")
-    typer.echo("")
-    rows = [("provider", "installed", "key variable", "key set", "install")]
+    from rich.table import Table
+
+    table = Table("provider", "installed", "key variable", "key set", "install", box=None)
     for name, info in PROVIDERS.items():
         installed = importlib.util.find_spec(info.module) is not None
         key = "-" if info.env_var is None else ("yes" if os.environ.get(info.env_var) else "no")
         install = f"'eslabon[{info.extra}]'" if info.extra else info.module.replace("_", "-")
-        hint = "" if installed else f"pip install {install}"
-        rows.append((name, "yes" if installed else "no", info.env_var or "-", key, hint))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for row in rows:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        table.add_row(
+            name,
+            "yes" if installed else "no",
+            info.env_var or "-",
+            key,
+            "" if installed else f"pip install {install}",
+        )
+    console = _console()
+    console.print()
+    console.print(table)
 
 
 def main() -> None:
