@@ -18,6 +18,7 @@ from eslabon.errors import (
     MissingDependencyError,
     ModelError,
     Problem,
+    redact,
 )
 from eslabon.modelspec import PROVIDERS, ModelRefError, ModelSpec, parse_model_ref
 from eslabon.spec import PARAM_NAMES
@@ -108,8 +109,70 @@ def _build_local(
     else:
         path = Path(os.path.expanduser(spec.name))
         if not path.is_absolute():
-            path = (base_dir or Path.cwd()) / path
+            path = (spec.base_dir or base_dir or Path.cwd()) / path
     return ChatLlamaCppLocal(model_path=str(path), **kwargs, **params)
+
+
+# Each API names the same generation settings its own way. eslabon name -> constructor keyword;
+# None: the API has no such setting (an error, rather than a silently ignored param).
+_PARAM_NAMES: dict[str, dict[str, str | None]] = {
+    "openai": {"top_k": None},
+    "azure_openai": {"top_k": None},
+    "anthropic": {
+        "stop": "stop_sequences",
+        "seed": None,
+        "presence_penalty": None,
+        "frequency_penalty": None,
+    },
+    "google_genai": {"max_tokens": "max_output_tokens"},
+    "ollama": {"max_tokens": "num_predict", "presence_penalty": None, "frequency_penalty": None},
+}
+
+
+def provider_params(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Translate eslabon params to the provider's constructor keywords."""
+    names = _PARAM_NAMES.get(spec.provider, {})
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        target = names.get(key, key)
+        if target is None:
+            if key == "top_k" and "base_url" in spec.kwargs:
+                # OpenAI-compatible servers (vLLM, llama.cpp, ...) take top_k in the body
+                out.setdefault("extra_body", {})["top_k"] = value
+                continue
+            raise ChainConfigError(
+                [
+                    Problem(
+                        f"provider '{spec.provider}' does not support the param '{key}'",
+                        path=f"params.{key}",
+                        hint="remove it, or set it only on steps that use another model",
+                    )
+                ]
+            )
+        out[target] = value
+    return out
+
+
+def _credentials(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
+    """Fill ``api_key`` from ``api_key_env`` or the provider's variable; never log it."""
+    info = PROVIDERS[spec.provider]
+    var = kwargs.pop("api_key_env", None) or info.env_var
+    if var is None or "api_key" in kwargs:
+        return
+    load_env()
+    value = os.environ.get(str(var))
+    if value:
+        kwargs["api_key"] = value
+    elif "base_url" in kwargs and "api_key_env" not in spec.kwargs:
+        # OpenAI-compatible servers often need no key, but the SDK refuses to start without one.
+        kwargs["api_key"] = "not-needed"
+    else:
+        raise MissingCredentialsError(spec.provider, str(var))
+
+
+def _timeout(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
+    if "timeout" in kwargs and spec.provider == "ollama":
+        kwargs.setdefault("client_kwargs", {})["timeout"] = kwargs.pop("timeout")
 
 
 def _build_langchain(
@@ -120,21 +183,16 @@ def _build_langchain(
         raise MissingDependencyError(
             f"Provider '{spec.provider}'", info.extra, info.module.replace("_", "-")
         )
-    load_env()
-    if info.env_var and not os.environ.get(info.env_var) and "api_key" not in kwargs:
-        if "base_url" in kwargs:
-            # OpenAI-compatible servers often need no key, but the SDK refuses to start without one.
-            kwargs["api_key"] = "not-needed"
-        else:
-            raise MissingCredentialsError(spec.provider, info.env_var)
+    _credentials(spec, kwargs)
+    _timeout(spec, kwargs)
     from langchain.chat_models import init_chat_model
 
     try:
         model: BaseChatModel = init_chat_model(
-            spec.name, model_provider=spec.provider, **kwargs, **params
+            spec.name, model_provider=spec.provider, **kwargs, **provider_params(spec, params)
         )
     except ImportError as exc:
         raise MissingDependencyError(f"Provider '{spec.provider}'", info.extra, exc.name) from None
     except (ValueError, TypeError) as exc:
-        raise ModelError(f"could not create model '{spec.label}': {exc}") from None
+        raise ModelError(f"could not create model '{spec.label}': {redact(str(exc))}") from None
     return model

@@ -57,7 +57,7 @@ PROVIDER_SYNONYMS = {
     "claude": "anthropic",
 }
 
-# Built-in aliases; eslabon.toml aliases extend these in a later version.
+# Built-in aliases; ``[models]`` in eslabon.toml adds more and may redefine these.
 ALIASES: dict[str, str] = {"local": "local:smollm2-135m-instruct"}
 
 # A bare model name: suggest the provider it belongs to.
@@ -80,6 +80,8 @@ class ModelSpec:
     provider: str
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    alias: str | None = None  # the alias it was reached through, if any
+    base_dir: Path | None = None  # where relative paths (GGUF files) resolve
 
     @property
     def label(self) -> str:
@@ -112,14 +114,46 @@ def _provider(raw: str) -> str:
     return p
 
 
+def resolve_alias(ref: Any, base_dir: Path | None = None) -> tuple[Any, Path | None, str | None]:
+    """Follow aliases: ``eslabon.toml``'s ``[models]`` first, then the built-in ones.
+
+    Returns the target reference, the folder its relative paths resolve against (the project
+    root for project aliases) and the alias name used, if any.
+    """
+    if not isinstance(ref, str):
+        return ref, base_dir, None
+    from eslabon.project import load_project
+
+    project = load_project()
+    alias: str | None = None
+    seen: list[str] = []
+    while isinstance(ref, str) and ref.strip() in project.models:
+        key = ref.strip()
+        if key in seen:
+            chain = " -> ".join([*seen, key])
+            raise ModelRefError(
+                f"alias loop in {project.file}: {chain}", "make one alias name a model"
+            )
+        seen.append(key)
+        ref, base_dir, alias = project.models[key], project.root, alias or key
+        if isinstance(ref, str) and ref.strip() == key:
+            break  # e.g. local = "local": the built-in one
+    if isinstance(ref, str) and ref.strip() in ALIASES:
+        alias = alias or ref.strip()
+        ref = ALIASES[ref.strip()]
+    return ref, base_dir, alias
+
+
 def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
     """Parse a model reference from a chain file or the command line.
 
-    ``ref`` is ``"provider:model"``, an alias (``local``), or a mapping ``{provider, name, ...}``
-    (a dict or :class:`eslabon.spec.ModelMapping`). Raises :class:`ModelRefError`.
+    ``ref`` is ``"provider:model"``, an alias (``local``, or one from ``eslabon.toml``), or a
+    mapping ``{provider, name, ...}`` (a dict or :class:`eslabon.spec.ModelMapping`).
+    Raises :class:`ModelRefError`.
     """
     if hasattr(ref, "model_dump"):
         ref = ref.model_dump(exclude_none=True)
+    ref, base_dir, alias = resolve_alias(ref, base_dir)
     if isinstance(ref, dict):
         data = dict(ref)
         if "provider" not in data:
@@ -130,14 +164,12 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
         name = str(data.pop("name", "") or "")
         if provider == "local" and not name:
             name = "smollm2-135m-instruct"
-        spec = ModelSpec(provider, name, data)
+        spec = ModelSpec(provider, name, data, alias, base_dir)
     elif isinstance(ref, str):
         text = ref.strip()
-        if text in ALIASES:
-            text = ALIASES[text]
         if ":" not in text:
             if text.lower() in PROVIDERS or text.lower() in PROVIDER_SYNONYMS:
-                spec = ModelSpec(_provider(text), "", {})
+                spec = ModelSpec(_provider(text), "", {}, alias, base_dir)
             else:
                 hint = next(
                     (
@@ -149,15 +181,24 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
                 )
                 raise ModelRefError(
                     f"unknown model '{text}': write 'provider:model' or an alias",
-                    hint or "e.g. 'openai:gpt-4o-mini', 'google_genai:gemini-2.5-flash', 'local'",
+                    hint or _alias_hint(),
                 )
         else:
             provider, _, name = text.partition(":")
-            spec = ModelSpec(_provider(provider), name.strip(), {})
+            spec = ModelSpec(_provider(provider), name.strip(), {}, alias, base_dir)
     else:
         raise ModelRefError("a model is a 'provider:model' string or a {provider, name} mapping")
     _check_provider_specifics(spec, base_dir)
     return spec
+
+
+def _alias_hint() -> str:
+    from eslabon.project import load_project
+
+    names = sorted({*ALIASES, *load_project().models})
+    return "e.g. 'openai:gpt-4o-mini', 'google_genai:gemini-2.5-flash'; aliases: " + ", ".join(
+        names
+    )
 
 
 def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
