@@ -62,24 +62,13 @@ def test_schema_forbids_unknown_keys_and_lists_selector_types() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(eslabon.__all__) == sorted(
         [
-            "Chain",
-            "ChainConfigError",
-            "CompiledChain",
-            "EchoChatModel",
-            "EslabonError",
-            "EslabonRuntimeError",
-            "FakeChatModel",
-            "InputError",
-            "MissingCredentialsError",
-            "MissingDependencyError",
-            "ModelError",
-            "Step",
-            "UserError",
-            "build_model",
-            "compile_chain",
-            "load_chain",
+            "Chain", "ChainConfigError", "CompiledChain", "ContextLengthError", "EchoChatModel",
+            "EslabonError", "EslabonRuntimeError", "FakeChatModel", "InputError",
+            "KeyRejectedError", "MissingCredentialsError", "MissingDependencyError", "ModelError",
+            "ModelNotFoundError", "ProviderError", "ProviderUnavailableError", "RateLimitedError",
+            "Step", "UserError", "build_model", "compile_chain", "load_chain",
         ]
-    )
+    )  # fmt: skip
     for name in eslabon.__all__:
         assert getattr(eslabon, name) is not None
     with pytest.raises(AttributeError):

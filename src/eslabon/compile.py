@@ -31,9 +31,10 @@ from langchain_core.runnables.config import (
 from langchain_core.runnables.utils import AddableDict, coro_with_context
 from pydantic import BaseModel, Field, create_model
 
-from eslabon.errors import ChainConfigError, InputError
+from eslabon.errors import ChainConfigError, EslabonError, InputError, translate_model_error
 from eslabon.examples import load_examples
-from eslabon.models import build_model, resolve_model_ref
+from eslabon.models import build_from_spec, is_chat_model, parse_or_raise, resolve_model_ref
+from eslabon.modelspec import ModelSpec
 from eslabon.spec import Chain, Step
 from eslabon.suggest import did_you_mean
 
@@ -43,14 +44,30 @@ __all__ = ["CompiledChain", "CompiledStep", "compile_chain", "load_chain"]
 class CompiledStep:
     """One step: its prompt (a LangChain ``ChatPromptTemplate``) and its chat model."""
 
-    __slots__ = ("fields", "id", "model", "prompt", "tag")
+    __slots__ = ("fields", "id", "model", "origin", "prompt", "tag")
 
-    def __init__(self, step_id: str, prompt: ChatPromptTemplate, model: BaseChatModel) -> None:
+    def __init__(
+        self,
+        step_id: str,
+        prompt: ChatPromptTemplate,
+        model: BaseChatModel,
+        origin: ModelSpec | None = None,
+    ) -> None:
         self.id = step_id
         self.prompt = prompt
         self.model = model
+        self.origin = origin  # what the model was built from (None: a ready model was given)
         self.fields = tuple(prompt.input_variables)
         self.tag = f"step:{step_id}"
+
+    def translate(self, exc: BaseException) -> EslabonError | None:
+        """The eslabon error for a provider failure in this step (None: not one we map)."""
+        if self.origin is not None:
+            spec = self.origin
+            var = spec.kwargs.get("api_key_env") or spec.info.env_var
+            return translate_model_error(exc, spec.provider, spec.name, var)
+        name = str(getattr(self.model, "model_name", "") or getattr(self.model, "model", ""))
+        return translate_model_error(exc, self.model._llm_type, name)
 
     def config(self, config: RunnableConfig) -> RunnableConfig:
         """The chain's child config, tagged so traces show which step a model call belongs to."""
@@ -87,15 +104,20 @@ def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
     base_dir = spec.base_dir
     chain_ref, overridden = resolve_model_ref(model, spec.model)
     chain_params = spec.params.set_values() if spec.params else {}
-    built: dict[tuple[str, str], BaseChatModel] = {}
+    built: dict[tuple[str, str], tuple[BaseChatModel, ModelSpec | None]] = {}
     steps: list[CompiledStep] = []
     for step in spec.normalized_steps():
         ref = chain_ref if overridden or step.model is None else step.model
         params = {**chain_params, **(step.params.set_values() if step.params else {})}
         key = (repr(ref), repr(sorted(params.items())))
         if key not in built:  # steps with the same model and params share one instance
-            built[key] = build_model(ref, params, base_dir)
-        steps.append(CompiledStep(step.id, _step_prompt(step, base_dir), built[key]))
+            if is_chat_model(ref):
+                built[key] = (ref, None)
+            else:
+                origin = parse_or_raise(ref, base_dir, "model")
+                built[key] = (build_from_spec(origin, params, base_dir), origin)
+        model_, origin_ = built[key]
+        steps.append(CompiledStep(step.id, _step_prompt(step, base_dir), model_, origin_))
     return CompiledChain(spec, steps, model_label=_label(chain_ref))
 
 
@@ -214,7 +236,12 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
-            message = step.model.invoke(step.messages(values), step.config(config))
+            try:
+                message = step.model.invoke(step.messages(values), step.config(config))
+            except Exception as exc:
+                if (mapped := step.translate(exc)) is None:
+                    raise
+                raise mapped from exc
             values[step.id] = message.text
         return self._result(values)
 
@@ -241,7 +268,12 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
-            message = await step.model.ainvoke(step.messages(values), step.config(config))
+            try:
+                message = await step.model.ainvoke(step.messages(values), step.config(config))
+            except Exception as exc:
+                if (mapped := step.translate(exc)) is None:
+                    raise
+                raise mapped from exc
             values[step.id] = message.text
         return self._result(values)
 
@@ -264,11 +296,16 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._values(self._merge(list(inputs)))
         for step in self.steps:
             parts: list[str] = []
-            for chunk in step.model.stream(step.messages(values), step.config(config)):
-                text = chunk.text
-                if text:
-                    parts.append(text)
-                    yield AddableDict({step.id: text})
+            try:
+                for chunk in step.model.stream(step.messages(values), step.config(config)):
+                    text = chunk.text
+                    if text:
+                        parts.append(text)
+                        yield AddableDict({step.id: text})
+            except Exception as exc:
+                if (mapped := step.translate(exc)) is None:
+                    raise
+                raise mapped from exc
             values[step.id] = "".join(parts)
             if not parts:
                 yield AddableDict({step.id: ""})
@@ -284,11 +321,16 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._values(self._merge([c async for c in inputs]))
         for step in self.steps:
             parts: list[str] = []
-            async for chunk in step.model.astream(step.messages(values), step.config(config)):
-                text = chunk.text
-                if text:
-                    parts.append(text)
-                    yield AddableDict({step.id: text})
+            try:
+                async for chunk in step.model.astream(step.messages(values), step.config(config)):
+                    text = chunk.text
+                    if text:
+                        parts.append(text)
+                        yield AddableDict({step.id: text})
+            except Exception as exc:
+                if (mapped := step.translate(exc)) is None:
+                    raise
+                raise mapped from exc
             values[step.id] = "".join(parts)
             if not parts:
                 yield AddableDict({step.id: ""})

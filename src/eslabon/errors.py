@@ -16,15 +16,22 @@ from dataclasses import dataclass
 
 __all__ = [
     "ChainConfigError",
+    "ContextLengthError",
     "EslabonError",
     "EslabonRuntimeError",
     "InputError",
+    "KeyRejectedError",
     "MissingCredentialsError",
     "MissingDependencyError",
     "ModelError",
+    "ModelNotFoundError",
     "Problem",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitedError",
     "UserError",
     "redact",
+    "translate_model_error",
 ]
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
@@ -125,3 +132,96 @@ class MissingCredentialsError(UserError):
 
 class ModelError(EslabonRuntimeError):
     """A chat model failed while answering."""
+
+
+class ProviderError(ModelError):
+    """The provider answered with an error (or could not be reached)."""
+
+    def __init__(self, message: str, provider: str, status: int | None = None) -> None:
+        self.provider = provider
+        self.status = status
+        super().__init__(message)
+
+
+class KeyRejectedError(ProviderError, UserError):
+    """The provider refused the API key (HTTP 401/403). The key is never shown."""
+
+
+class ModelNotFoundError(ProviderError, UserError):
+    """The provider does not know the model (HTTP 404)."""
+
+
+class ContextLengthError(ProviderError, UserError):
+    """The prompt does not fit the model's context window."""
+
+
+class RateLimitedError(ProviderError):
+    """The provider is rate limiting (HTTP 429)."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """Server error (5xx), timeout or connection failure."""
+
+
+_CONTEXT = re.compile(
+    r"context (length|window)|maximum context|too long|exceeds the (maximum|context)|"
+    r"context_length_exceeded|token count .* exceeds",
+    re.IGNORECASE,
+)
+
+
+def translate_model_error(
+    exc: BaseException, provider: str, model: str, env_var: str | None = None
+) -> EslabonError | None:
+    """Map a provider failure to eslabon's hierarchy; None when it is not one we recognize.
+
+    LangChain's integrations raise ``langchain_core.exceptions`` subclasses (auth, not found,
+    context overflow, ...); Ollama and OpenAI-compatible servers may raise plain SDK errors, so
+    the HTTP status is the fallback. Messages are scrubbed of secrets.
+    """
+    if isinstance(exc, EslabonError):
+        return None
+    from langchain_core import exceptions as lc
+
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):
+        status = getattr(exc, "code", None) if isinstance(getattr(exc, "code", None), int) else None
+    detail = redact(str(exc)).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    where = f"{provider}:{model}" if model else provider
+    key_hint = f"check {env_var}" if env_var else "check the key"
+    if (
+        isinstance(exc, lc.ModelAuthenticationError | lc.ModelPermissionDeniedError)
+        or status in (401, 403)
+        or "API key not valid" in detail
+        or "API_KEY_INVALID" in detail
+    ):
+        shown = f"HTTP {status}" if status else "invalid key"
+        return KeyRejectedError(
+            f"{provider} refused the API key ({shown}).\n    fix: {key_hint}; "
+            "the key is not shown here",
+            provider,
+            status,
+        )
+    if isinstance(exc, lc.ModelNotFoundError) or status == 404:
+        return ModelNotFoundError(
+            f"{provider} does not know the model '{model}' (HTTP 404).\n"
+            "    fix: check the model name (for Ollama: ollama pull MODEL)",
+            provider,
+            status,
+        )
+    if isinstance(exc, lc.ContextOverflowError) or (
+        status in (400, 413, None) and _CONTEXT.search(detail)
+    ):
+        return ContextLengthError(
+            f"the prompt does not fit the context window of {where}: {detail}\n"
+            "    fix: shorten the inputs, lower max_tokens, or use a model with a longer context",
+            provider,
+            status,
+        )
+    if isinstance(exc, lc.ModelRateLimitError) or status == 429:
+        return RateLimitedError(f"{where} is rate limiting (HTTP 429): {detail}", provider, 429)
+    if isinstance(exc, lc.ModelAPIError | lc.ModelConnectionError | lc.ModelTimeoutError) or (
+        status is not None and status >= 500
+    ):
+        return ProviderUnavailableError(f"{where} failed: {detail}", provider, status)
+    return None

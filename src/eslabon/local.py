@@ -31,7 +31,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from eslabon.errors import MissingDependencyError, ModelError
+from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError
 
 __all__ = ["BUNDLED_MODEL_FILE", "ChatLlamaCppLocal", "bundled_model_path"]
 
@@ -88,6 +88,18 @@ def _load(path: str, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
                 raise ModelError(f"could not load GGUF model {path}: {exc}") from None
             _LOADED[key] = (llm, threading.Lock())
         return _LOADED[key]
+
+
+def _value_error(exc: ValueError, model: ChatLlamaCppLocal) -> ModelError:
+    # llama-cpp-python reports an over-long prompt as a ValueError ("exceed context window")
+    if "context window" in str(exc):
+        return ContextLengthError(
+            f"the prompt does not fit the context window of {Path(model.model_path).name} "
+            f"(n_ctx={model.n_ctx}): {exc}\n"
+            "    fix: shorten the inputs, lower max_tokens, or raise n_ctx in the model mapping",
+            "local",
+        )
+    return ModelError(f"local model: {exc}")
 
 
 def _role(message: BaseMessage) -> str:
@@ -162,7 +174,7 @@ class ChatLlamaCppLocal(BaseChatModel):
                     messages=payload, stream=False, **self._params(stop, **kwargs)
                 )
         except ValueError as exc:  # e.g. the prompt does not fit the context window
-            raise ModelError(f"local model: {exc}") from None
+            raise _value_error(exc, self) from None
         choice = response["choices"][0]
         usage = response.get("usage") or {}
         message = AIMessage(
@@ -208,4 +220,4 @@ class ChatLlamaCppLocal(BaseChatModel):
                         run_manager.on_llm_new_token(text, chunk=chunk)
                     yield chunk
             except ValueError as exc:
-                raise ModelError(f"local model: {exc}") from None
+                raise _value_error(exc, self) from None

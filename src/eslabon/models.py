@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from eslabon.errors import (
     ChainConfigError,
@@ -26,7 +26,15 @@ from eslabon.spec import PARAM_NAMES
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-__all__ = ["DEFAULT_MODEL", "build_model", "load_env", "resolve_model_ref"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "build_from_spec",
+    "build_model",
+    "is_chat_model",
+    "load_env",
+    "parse_or_raise",
+    "resolve_model_ref",
+]
 
 DEFAULT_MODEL = "local"
 ENV_MODEL = "ESLABON_MODEL"
@@ -71,9 +79,15 @@ def build_model(
     ``ref`` may also be a ready ``BaseChatModel``; it is returned unchanged (params are the
     caller's business then).
     """
-    if _is_chat_model(ref):
-        return ref  # type: ignore[no-any-return]
-    spec = parse_or_raise(ref, base_dir, "model")
+    if is_chat_model(ref):
+        return ref
+    return build_from_spec(parse_or_raise(ref, base_dir, "model"), params, base_dir)
+
+
+def build_from_spec(
+    spec: ModelSpec, params: dict[str, Any] | None = None, base_dir: Path | None = None
+) -> BaseChatModel:
+    """Build the chat model a parsed :class:`ModelSpec` describes."""
     kwargs = dict(spec.kwargs)
     merged = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAM_NAMES}
     merged.update(params or {})
@@ -89,7 +103,7 @@ def build_model(
     return _build_langchain(spec, kwargs, merged)
 
 
-def _is_chat_model(obj: Any) -> bool:
+def is_chat_model(obj: Any) -> TypeGuard[BaseChatModel]:
     if isinstance(obj, str | dict) or obj is None:
         return False
     from langchain_core.language_models import BaseChatModel

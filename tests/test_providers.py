@@ -1,0 +1,317 @@
+"""Every provider, at the wire: one chain file, the same behaviour, each API's own shapes.
+
+``ProviderConformance`` is the shared behaviour suite. A provider subclass says how to point the
+model at the loopback server and how to read its request body back into plain
+``(role, text)`` turns and params; everything else is inherited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from conftest import CHAINS, write
+from eslabon import (
+    ContextLengthError,
+    KeyRejectedError,
+    MissingCredentialsError,
+    ModelNotFoundError,
+    load_chain,
+)
+from eslabon.errors import ProviderUnavailableError, RateLimitedError
+from wire_server import Recorded, WireServer
+
+SECRET = "sk-wire-test-SECRET-0123456789"
+Turn = tuple[str, str]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[WireServer]:
+    with WireServer() as wire:
+        yield wire
+
+
+class ProviderConformance:
+    provider: ClassVar[str]
+    wire: ClassVar[str]  # the protocol name the server records
+    env_var: ClassVar[str | None]
+    invoke_streams: ClassVar[bool] = False  # LangChain's ChatOllama streams even on invoke
+
+    # -- what a provider subclass supplies ------------------------------------------------
+    def model_ref(self, server: WireServer) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def turns(self, body: dict[str, Any]) -> list[Turn]:
+        """The request's conversation as (system|user|assistant, text)."""
+        raise NotImplementedError
+
+    def params(self, body: dict[str, Any]) -> dict[str, Any]:
+        """temperature, max_tokens, top_p and stop as sent."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    @pytest.fixture(autouse=True)
+    def _setup(self, server: WireServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        server.requests.clear()
+        server.replies.clear()
+        server.failures.clear()
+        if self.env_var:
+            monkeypatch.setenv(self.env_var, SECRET)
+
+    def ref(self, server: WireServer, **extra: Any) -> dict[str, Any]:
+        return {**self.model_ref(server), **extra}
+
+    def sent(self, server: WireServer) -> list[Recorded]:
+        assert all(r.provider == self.wire for r in server.requests)
+        return list(server.requests)
+
+    def test_system_and_few_shot_turns(self, server: WireServer) -> None:
+        chain = load_chain(CHAINS / "traductor.yaml", model=self.ref(server))
+        server.replies.append("Good evening")
+        assert chain.invoke({"frase": "buenas tardes"})["output"] == "Good evening"
+        [request] = self.sent(server)
+        assert self.turns(request.body) == [
+            ("system", "Eres un traductor de español a inglés. Responde solo con la traducción."),
+            ("user", "¿Cómo se dice 'buenas noches' en inglés?"),
+            ("assistant", "Good night"),
+            ("user", "¿Cómo se dice 'buenos días' en inglés?"),
+            ("assistant", "Good morning"),
+            ("user", "¿Cómo se dice 'hola' en inglés?"),
+            ("assistant", "Hello"),
+            ("user", "¿Cómo se dice 'buenas tardes' en inglés?"),
+        ]
+        assert request.stream is self.invoke_streams
+
+    def test_multi_step_chain_feeds_each_output_forward(self, server: WireServer) -> None:
+        chain = load_chain(CHAINS / "analizar_planificar_resolver.yaml", model=self.ref(server))
+        server.replies.extend(["ANÁLISIS", "PLAN", "SOLUCIÓN"])
+        result = chain.invoke({"problema": "2+2"})
+        assert (result["analisis"], result["plan"], result["output"]) == (
+            "ANÁLISIS",
+            "PLAN",
+            "SOLUCIÓN",
+        )
+        first, second, third = (self.turns(r.body) for r in self.sent(server))
+        assert first == [
+            ("system", "Eres un analista cuidadoso."),
+            ("user", "Analiza el problema:\n2+2"),
+        ]
+        assert second == [
+            ("user", "Problema:\n2+2\n\nAnálisis:\nANÁLISIS\n\nIdentifica los pasos a seguir.")
+        ]
+        assert third == [("user", "Resuelve paso a paso siguiendo este plan:\nPLAN")]
+
+    def test_streaming_token_by_token(self, server: WireServer) -> None:
+        chain = load_chain(CHAINS / "analizar_planificar_resolver.yaml", model=self.ref(server))
+        server.replies.extend(["uno dos tres", "cuatro", "cinco seis"])
+        chunks = list(chain.stream({"problema": "x"}))
+        assert [c["analisis"] for c in chunks if "analisis" in c] == ["uno ", "dos ", "tres"]
+        assert chunks[-1] == {"output": "cinco seis"}
+        assert all(r.stream for r in self.sent(server))
+
+    async def test_async_streaming(self, server: WireServer) -> None:
+        chain = load_chain(CHAINS / "hola.yaml", model=self.ref(server))
+        server.replies.append("hola Ana")
+        chunks = [c async for c in chain.astream({"nombre": "Ana"})]
+        assert [c["output"] for c in chunks] == ["hola ", "Ana"]
+
+    def test_params_reach_the_wire(self, server: WireServer, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            "params: {temperature: 0.3, max_tokens: 42, top_p: 0.9, stop: [FIN]}\nprompt: hola\n",
+        )
+        load_chain(path, model=self.ref(server)).invoke({})
+        [request] = self.sent(server)
+        assert self.params(request.body) == {
+            "temperature": 0.3,
+            "max_tokens": 42,
+            "top_p": 0.9,
+            "stop": ["FIN"],
+        }
+
+    def test_missing_key_names_the_variable(
+        self, server: WireServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        if not self.env_var:
+            pytest.skip(f"{self.provider} needs no key")
+        monkeypatch.delenv(self.env_var)
+        monkeypatch.chdir(tmp_path)  # no .env here
+        ref = {k: v for k, v in self.ref(server).items() if k != "base_url"}
+        with pytest.raises(MissingCredentialsError, match=self.env_var):
+            load_chain(CHAINS / "hola.yaml", model=ref)
+        assert server.requests == []
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
+    @pytest.mark.parametrize(
+        ("kind", "error"),
+        [
+            ("auth", KeyRejectedError),
+            ("forbidden", KeyRejectedError),
+            ("not_found", ModelNotFoundError),
+            ("context", ContextLengthError),
+            ("rate", RateLimitedError),
+            ("server", ProviderUnavailableError),
+        ],
+    )
+    def test_errors_are_clear_and_never_show_the_key(
+        self, server: WireServer, kind: str, error: type[Exception], stream: bool
+    ) -> None:
+        chain = load_chain(CHAINS / "hola.yaml", model=self.ref(server))
+        server.fail_next(kind)
+        with pytest.raises(error) as info:
+            if stream:
+                list(chain.stream({}))
+            else:
+                chain.invoke({})
+        message = str(info.value)
+        assert SECRET not in message
+        assert self.provider in message
+        if kind in ("auth", "forbidden") and self.env_var:
+            assert "refused the API key" in message and self.env_var in message
+        if kind == "not_found":
+            assert self.model_ref(server)["name"] in message
+        assert len(server.requests) == 1  # max_retries: 0, so one request
+
+
+class TestOpenAI(ProviderConformance):
+    provider, wire, env_var = "openai", "openai", "OPENAI_API_KEY"
+
+    def model_ref(self, server: WireServer) -> dict[str, Any]:
+        return {
+            "provider": "openai",
+            "name": "gpt-4o-mini",
+            "base_url": server.url + "/v1",
+            "max_retries": 0,
+        }
+
+    def turns(self, body: dict[str, Any]) -> list[Turn]:
+        return [(m["role"], m["content"]) for m in body["messages"]]
+
+    def params(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "temperature": body["temperature"],
+            "max_tokens": body["max_completion_tokens"],
+            "top_p": body["top_p"],
+            "stop": body["stop"],
+        }
+
+    def test_wire_shape(self, server: WireServer) -> None:
+        load_chain(CHAINS / "nutricionista.yaml", model=self.ref(server)).invoke({})
+        [request] = self.sent(server)
+        assert request.path == "/v1/chat/completions"
+        assert request.headers["authorization"] == f"Bearer {SECRET}"
+        assert request.body["messages"][0]["role"] == "system"
+
+    def test_api_key_env_and_openai_compatible_top_k(
+        self, server: WireServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv("VLLM_KEY", "vllm-key-value")
+        path = write(tmp_path, "params: {top_k: 7}\nprompt: hola\n")
+        load_chain(path, model=self.ref(server, api_key_env="VLLM_KEY")).invoke({})
+        [request] = self.sent(server)
+        assert request.headers["authorization"] == "Bearer vllm-key-value"
+        assert request.body["top_k"] == 7
+
+
+class TestAnthropic(ProviderConformance):
+    provider, wire, env_var = "anthropic", "anthropic", "ANTHROPIC_API_KEY"
+
+    def model_ref(self, server: WireServer) -> dict[str, Any]:
+        return {
+            "provider": "anthropic",
+            "name": "claude-wire-test",
+            "base_url": server.url,
+            "max_retries": 0,
+        }
+
+    def turns(self, body: dict[str, Any]) -> list[Turn]:
+        system = body.get("system")
+        head = [("system", system)] if system else []
+        return head + [(m["role"], m["content"]) for m in body["messages"]]
+
+    def params(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "temperature": body["temperature"],
+            "max_tokens": body["max_tokens"],
+            "top_p": body["top_p"],
+            "stop": body["stop_sequences"],
+        }
+
+    def test_wire_shape(self, server: WireServer) -> None:
+        load_chain(CHAINS / "nutricionista.yaml", model=self.ref(server)).invoke({})
+        [request] = self.sent(server)
+        assert request.path == "/v1/messages"
+        # anthropic 2.x SDKs send the key as a bearer token; older ones as x-api-key
+        sent_key = request.headers.get("x-api-key") or request.headers["authorization"]
+        assert sent_key.removeprefix("Bearer ") == SECRET
+        # system is a top-level field, not a message
+        assert request.body["system"].startswith("Eres un nutricionista")
+        assert [m["role"] for m in request.body["messages"]] == ["user"]
+
+
+class TestGemini(ProviderConformance):
+    provider, wire, env_var = "google_genai", "gemini", "GOOGLE_API_KEY"
+
+    def model_ref(self, server: WireServer) -> dict[str, Any]:
+        return {
+            "provider": "google_genai",
+            "name": "gemini-2.5-flash",
+            "base_url": server.url,
+            "max_retries": 0,
+        }
+
+    def turns(self, body: dict[str, Any]) -> list[Turn]:
+        def text(parts: list[dict[str, Any]]) -> str:
+            return "".join(p["text"] for p in parts)
+
+        system = body.get("systemInstruction")
+        head = [("system", text(system["parts"]))] if system else []
+        roles = {"user": "user", "model": "assistant"}
+        return head + [(roles[c["role"]], text(c["parts"])) for c in body["contents"]]
+
+    def params(self, body: dict[str, Any]) -> dict[str, Any]:
+        config = body["generationConfig"]
+        return {
+            "temperature": config["temperature"],
+            "max_tokens": config["maxOutputTokens"],
+            "top_p": config["topP"],
+            "stop": config["stopSequences"],
+        }
+
+    def test_wire_shape(self, server: WireServer) -> None:
+        load_chain(CHAINS / "traductor.yaml", model=self.ref(server)).invoke({"frase": "gato"})
+        [request] = self.sent(server)
+        assert request.path.endswith("/models/gemini-2.5-flash:generateContent")
+        assert request.headers["x-goog-api-key"] == SECRET
+        # the course's lesson: system_instruction apart, and "model" instead of "assistant"
+        assert "systemInstruction" in request.body
+        assert {c["role"] for c in request.body["contents"]} == {"user", "model"}
+
+
+class TestOllama(ProviderConformance):
+    provider, wire, env_var = "ollama", "ollama", None
+    invoke_streams = True
+
+    def model_ref(self, server: WireServer) -> dict[str, Any]:
+        return {"provider": "ollama", "name": "llama3.2", "base_url": server.url}
+
+    def turns(self, body: dict[str, Any]) -> list[Turn]:
+        return [(m["role"], m["content"]) for m in body["messages"]]
+
+    def params(self, body: dict[str, Any]) -> dict[str, Any]:
+        options = body["options"]
+        return {
+            "temperature": options["temperature"],
+            "max_tokens": options["num_predict"],
+            "top_p": options["top_p"],
+            "stop": options["stop"],
+        }
+
+    def test_wire_shape(self, server: WireServer) -> None:
+        load_chain(CHAINS / "nutricionista.yaml", model=self.ref(server)).invoke({})
+        [request] = self.sent(server)
+        assert request.path == "/api/chat"
+        assert request.body["messages"][0]["role"] == "system"

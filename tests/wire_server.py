@@ -1,0 +1,483 @@
+"""A loopback server speaking each provider's wire protocol, for offline tests.
+
+It answers OpenAI chat completions (JSON and SSE), Gemini ``generateContent`` /
+``streamGenerateContent`` (JSON and SSE), Anthropic messages (JSON and SSE events) and Ollama
+``/api/chat`` (JSON and NDJSON), in each API's documented shapes, error bodies included. It
+records every request so tests can assert exactly what went over the wire.
+
+The provider SDKs send through ``httpx2``, which respx cannot intercept; a real socket on
+127.0.0.1 tests the real client code instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["Recorded", "WireServer"]
+
+_GEMINI = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)")
+
+
+@dataclass
+class Recorded:
+    provider: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    stream: bool
+
+
+# (status, provider) -> error body, in each API's documented shape
+def _error_body(provider: str, kind: str, model: str) -> tuple[int, dict[str, Any]]:
+    if provider == "openai":
+        return {
+            "auth": (
+                401,
+                {
+                    "error": {
+                        "message": "Incorrect API key provided: sk-te***",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+            ),
+            "forbidden": (
+                403,
+                {
+                    "error": {
+                        "message": "You are not allowed to use this model.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "unsupported_country_region_territory",
+                    }
+                },
+            ),
+            "not_found": (
+                404,
+                {
+                    "error": {
+                        "message": f"The model `{model}` does not exist or "
+                        "you do not have access to it.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "model_not_found",
+                    }
+                },
+            ),
+            "context": (
+                400,
+                {
+                    "error": {
+                        "message": "This model's maximum context length is "
+                        "8192 tokens. However, your messages resulted in 9000 "
+                        "tokens. Please reduce the length of the messages.",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": "context_length_exceeded",
+                    }
+                },
+            ),
+            "rate": (
+                429,
+                {
+                    "error": {
+                        "message": "Rate limit reached",
+                        "type": "requests",
+                        "param": None,
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+            ),
+            "server": (
+                500,
+                {
+                    "error": {
+                        "message": "The server had an error",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            ),
+        }[kind]
+    if provider == "anthropic":
+        kinds = {
+            "auth": (401, "authentication_error", "invalid x-api-key"),
+            "forbidden": (
+                403,
+                "permission_error",
+                "Your API key does not have permission to use the specified resource.",
+            ),
+            "not_found": (404, "not_found_error", f"model: {model}"),
+            "context": (
+                400,
+                "invalid_request_error",
+                "prompt is too long: 210000 tokens > 200000 maximum",
+            ),
+            "rate": (429, "rate_limit_error", "Number of request tokens has exceeded your limit."),
+            "server": (529, "overloaded_error", "Overloaded"),
+        }
+        status, etype, message = kinds[kind]
+        return status, {"type": "error", "error": {"type": etype, "message": message}}
+    if provider == "gemini":
+        kinds = {
+            "auth": (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
+            "forbidden": (403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."),
+            "not_found": (
+                404,
+                "NOT_FOUND",
+                f"models/{model} is not found for API version "
+                "v1beta, or is not supported for generateContent.",
+            ),
+            "context": (
+                400,
+                "INVALID_ARGUMENT",
+                "The input token count (1200000) exceeds the "
+                "maximum number of tokens allowed (1048576).",
+            ),
+            "rate": (429, "RESOURCE_EXHAUSTED", "Resource has been exhausted."),
+            "server": (500, "INTERNAL", "An internal error has occurred."),
+        }
+        status, state, message = kinds[kind]
+        details: list[Any] = []
+        if kind == "auth":
+            details = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                }
+            ]
+        return status, {
+            "error": {"code": status, "message": message, "status": state, "details": details}
+        }
+    # ollama: no keys; plain {"error": "..."} bodies
+    kinds_o = {
+        "auth": (401, "unauthorized"),
+        "forbidden": (403, "forbidden"),
+        "not_found": (404, f'model "{model}" not found, try pulling it first'),
+        "context": (400, "the input length exceeds the context length"),
+        "rate": (429, "too many requests"),
+        "server": (500, "llama runner process has terminated"),
+    }
+    status, message = kinds_o[kind]
+    return status, {"error": message}
+
+
+class WireServer:
+    """Start with ``with WireServer() as server:``; ``server.url`` is its base URL."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.requests: list[Recorded] = []
+        self.replies: deque[str] = deque()
+        self.failures: deque[str] = deque()
+        self.delay = delay
+        self.first_token_delay = 0.0
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> WireServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def fail_next(self, kind: str) -> None:
+        """The next request gets this error: auth, forbidden, not_found, context, rate, server."""
+        self.failures.append(kind)
+
+    def _reply_for(self, last_user: str) -> str:
+        with self._lock:
+            return self.replies.popleft() if self.replies else f"eco: {last_user}"
+
+    # -- request handling -------------------------------------------------------------------
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b"{}"
+                body = json.loads(raw or b"{}")
+                path = self.path.split("?")[0]
+                query = self.path.partition("?")[2]
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if path.endswith("/chat/completions"):
+                    provider, stream, model = "openai", bool(body.get("stream")), body["model"]
+                elif path.endswith("/v1/messages"):
+                    provider, stream, model = "anthropic", bool(body.get("stream")), body["model"]
+                elif match := _GEMINI.search(path):
+                    model = match["model"]
+                    provider, stream = "gemini", match["method"] == "streamGenerateContent"
+                elif path == "/api/chat":
+                    provider, model = "ollama", body["model"]
+                    stream = body.get("stream", True)
+                else:
+                    self._send_json(404, {"error": f"no route {path}"})
+                    return
+                with server._lock:
+                    server.requests.append(Recorded(provider, path, headers, body, stream))
+                    failure = server.failures.popleft() if server.failures else None
+                if server.delay:
+                    time.sleep(server.delay)
+                if failure:
+                    status, payload = _error_body(provider, failure, model)
+                    self._send_json(status, payload)
+                    return
+                text = server._reply_for(_last_user_text(provider, body))
+                getattr(self, f"_{provider}")(body, text, stream, model, query)
+
+            # -- plumbing ------------------------------------------------------------------
+            def _send_json(self, status: int, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _start_stream(self, content_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+
+            def _chunk(self, data: str) -> None:
+                raw = data.encode()
+                self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+                self.wfile.flush()
+
+            def _end_stream(self) -> None:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+            def _tokens(self, text: str) -> list[str]:
+                tokens = re.findall(r"\S+\s*|\s+", text) or [""]
+                if server.first_token_delay:
+                    time.sleep(server.first_token_delay)
+                return tokens
+
+            # -- OpenAI: chat completions -------------------------------------------------
+            def _openai(self, body: Any, text: str, stream: bool, model: str, q: str) -> None:
+                usage = {
+                    "prompt_tokens": 10,
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": 10 + len(text.split()),
+                }
+                if not stream:
+                    self._send_json(
+                        200,
+                        {
+                            "id": "chatcmpl-1",
+                            "object": "chat.completion",
+                            "created": 1,
+                            "model": model,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "logprobs": None,
+                                    "message": {"role": "assistant", "content": text},
+                                }
+                            ],
+                            "usage": usage,
+                        },
+                    )
+                    return
+                self._start_stream("text/event-stream")
+                base = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": model,
+                }
+                first = {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+                self._chunk(f"data: {json.dumps(first)}\n\n")
+                for token in self._tokens(text):
+                    chunk = {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {"content": token}, "finish_reason": None}
+                        ],
+                    }
+                    self._chunk(f"data: {json.dumps(chunk)}\n\n")
+                last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                self._chunk(f"data: {json.dumps(last)}\n\n")
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    self._chunk(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n")
+                self._chunk("data: [DONE]\n\n")
+                self._end_stream()
+
+            # -- Anthropic: messages --------------------------------------------------------
+            def _anthropic(self, body: Any, text: str, stream: bool, model: str, q: str) -> None:
+                usage = {"input_tokens": 10, "output_tokens": len(text.split())}
+                message = {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                }
+                if not stream:
+                    self._send_json(
+                        200,
+                        {**message, "content": [{"type": "text", "text": text}], "usage": usage},
+                    )
+                    return
+                self._start_stream("text/event-stream")
+
+                def event(name: str, data: dict[str, Any]) -> None:
+                    self._chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+
+                event(
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {
+                            **message,
+                            "content": [],
+                            "stop_reason": None,
+                            "usage": {"input_tokens": 10, "output_tokens": 1},
+                        },
+                    },
+                )
+                event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+                event("ping", {"type": "ping"})
+                for token in self._tokens(text):
+                    event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "text_delta", "text": token},
+                        },
+                    )
+                event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": usage["output_tokens"]},
+                    },
+                )
+                event("message_stop", {"type": "message_stop"})
+                self._end_stream()
+
+            # -- Gemini: generateContent / streamGenerateContent ----------------------------
+            def _gemini(self, body: Any, text: str, stream: bool, model: str, q: str) -> None:
+                def response(part: str, finish: str | None) -> dict[str, Any]:
+                    candidate: dict[str, Any] = {
+                        "content": {"parts": [{"text": part}], "role": "model"},
+                        "index": 0,
+                    }
+                    if finish:
+                        candidate["finishReason"] = finish
+                    return {
+                        "candidates": [candidate],
+                        "usageMetadata": {
+                            "promptTokenCount": 10,
+                            "candidatesTokenCount": len(text.split()),
+                            "totalTokenCount": 10 + len(text.split()),
+                        },
+                        "modelVersion": model,
+                        "responseId": "r1",
+                    }
+
+                if not stream:
+                    self._send_json(200, response(text, "STOP"))
+                    return
+                self._start_stream("text/event-stream")
+                tokens = self._tokens(text)
+                for n, token in enumerate(tokens):
+                    finish = "STOP" if n == len(tokens) - 1 else None
+                    self._chunk(f"data: {json.dumps(response(token, finish))}\r\n\r\n")
+                self._end_stream()
+
+            # -- Ollama: /api/chat ------------------------------------------------------------
+            def _ollama(self, body: Any, text: str, stream: bool, model: str, q: str) -> None:
+                done = {
+                    "model": model,
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    "done_reason": "stop",
+                    "total_duration": 1000,
+                    "load_duration": 10,
+                    "prompt_eval_count": 10,
+                    "prompt_eval_duration": 100,
+                    "eval_count": len(text.split()),
+                    "eval_duration": 500,
+                }
+                if not stream:
+                    self._send_json(
+                        200, {**done, "message": {"role": "assistant", "content": text}}
+                    )
+                    return
+                self._start_stream("application/x-ndjson")
+                for token in self._tokens(text):
+                    line = {
+                        "model": model,
+                        "created_at": "2026-01-01T00:00:00Z",
+                        "message": {"role": "assistant", "content": token},
+                        "done": False,
+                    }
+                    self._chunk(json.dumps(line) + "\n")
+                self._chunk(json.dumps(done) + "\n")
+                self._end_stream()
+
+        return Handler
+
+
+def _last_user_text(provider: str, body: dict[str, Any]) -> str:
+    if provider == "gemini":
+        turns = [c for c in body.get("contents", []) if c.get("role") == "user"]
+        parts = turns[-1]["parts"] if turns else []
+        return "".join(p.get("text", "") for p in parts)
+    messages = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    if not messages:
+        return ""
+    content = messages[-1]["content"]
+    if isinstance(content, list):
+        return "".join(c.get("text", "") for c in content if isinstance(c, dict))
+    return str(content)
