@@ -178,7 +178,7 @@ class WireServer:
     def __init__(self, delay: float = 0.0) -> None:
         self.requests: list[Recorded] = []
         self.replies: deque[str] = deque()
-        self.failures: deque[str] = deque()
+        self.failures: deque[tuple[str, str | None]] = deque()
         self.delay = delay
         self.first_token_delay = 0.0
         self._lock = threading.Lock()
@@ -199,9 +199,12 @@ class WireServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def fail_next(self, kind: str) -> None:
-        """The next request gets this error: auth, forbidden, not_found, context, rate, server."""
-        self.failures.append(kind)
+    def fail_next(self, kind: str, retry_after: str | None = None) -> None:
+        """The next request gets this error: auth, forbidden, not_found, context, rate, server.
+
+        ``retry_after`` adds a Retry-After header, as rate limiters send.
+        """
+        self.failures.append((kind, retry_after))
 
     def _reply_for(self, last_user: str) -> str:
         with self._lock:
@@ -243,16 +246,21 @@ class WireServer:
                 if server.delay:
                     time.sleep(server.delay)
                 if failure:
-                    status, payload = _error_body(provider, failure, model)
-                    self._send_json(status, payload)
+                    status, payload = _error_body(provider, failure[0], model)
+                    extra = {"Retry-After": failure[1]} if failure[1] is not None else {}
+                    self._send_json(status, payload, extra)
                     return
                 text = server._reply_for(_last_user_text(provider, body))
                 getattr(self, f"_{provider}")(body, text, stream, model, query)
 
             # -- plumbing ------------------------------------------------------------------
-            def _send_json(self, status: int, payload: Any) -> None:
+            def _send_json(
+                self, status: int, payload: Any, headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

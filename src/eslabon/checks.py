@@ -71,6 +71,7 @@ def check_chain_data(
 
     _check_model(out, data, ("model",), base_dir)
     _check_params_in_mapping(out, data, ("model",))
+    _check_fallbacks(out, data, (), base_dir)
 
     if steps is None:
         if data.get("prompt") is None:
@@ -140,6 +141,7 @@ def check_chain_data(
         later = [s for s in ids[i + 1 :] if s]
         _check_model(out, step, ("steps", i, "model"), base_dir)
         _check_params_in_mapping(out, step, ("steps", i, "model"))
+        _check_fallbacks(out, step, ("steps", i), base_dir)
         _check_prompted(out, step, ("steps", i), input_names + earlier, later, base_dir)
 
     output = data.get("output")
@@ -154,8 +156,18 @@ def check_chain_data(
     return out.problems
 
 
+def _check_fallbacks(out: _Collector, data: dict[str, Any], path: PathT, base_dir: Path) -> None:
+    fallbacks = data.get("fallbacks")
+    if isinstance(fallbacks, list):
+        for n, ref in enumerate(fallbacks):
+            _check_ref(out, ref, (*path, "fallbacks", n), base_dir)
+
+
 def _check_model(out: _Collector, data: dict[str, Any], path: PathT, base_dir: Path) -> None:
-    ref = data.get("model")
+    _check_ref(out, data.get("model"), path, base_dir)
+
+
+def _check_ref(out: _Collector, ref: Any, path: PathT, base_dir: Path) -> None:
     if ref is None or not isinstance(ref, str | dict):
         return
     if isinstance(ref, dict) and not isinstance(ref.get("provider"), str):

@@ -10,6 +10,7 @@ chain run, calls each step's model as a child run (so callbacks, tracing, stream
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from eslabon.errors import ChainConfigError, EslabonError, InputError, translate
 from eslabon.examples import load_examples
 from eslabon.models import build_from_spec, is_chat_model, parse_or_raise, resolve_model_ref
 from eslabon.modelspec import ModelSpec
-from eslabon.spec import Chain, Step
+from eslabon.spec import Chain, Retry, Step
 from eslabon.suggest import did_you_mean
 
 __all__ = ["CompiledChain", "CompiledStep", "compile_chain", "load_chain"]
@@ -50,7 +51,7 @@ class CompiledStep:
         self,
         step_id: str,
         prompt: ChatPromptTemplate,
-        model: BaseChatModel,
+        model: Runnable[Any, Any],
         origin: ModelSpec | None = None,
     ) -> None:
         self.id = step_id
@@ -67,7 +68,7 @@ class CompiledStep:
             var = spec.kwargs.get("api_key_env") or spec.info.env_var
             return translate_model_error(exc, spec.provider, spec.name, var)
         name = str(getattr(self.model, "model_name", "") or getattr(self.model, "model", ""))
-        return translate_model_error(exc, self.model._llm_type, name)
+        return translate_model_error(exc, getattr(self.model, "_llm_type", "model"), name)
 
     def config(self, config: RunnableConfig) -> RunnableConfig:
         """The chain's child config, tagged so traces show which step a model call belongs to."""
@@ -104,21 +105,47 @@ def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
     base_dir = spec.base_dir
     chain_ref, overridden = resolve_model_ref(model, spec.model)
     chain_params = spec.params.set_values() if spec.params else {}
-    built: dict[tuple[str, str], tuple[BaseChatModel, ModelSpec | None]] = {}
+    built: dict[str, tuple[Runnable[Any, Any], ModelSpec | None]] = {}
     steps: list[CompiledStep] = []
     for step in spec.normalized_steps():
         ref = chain_ref if overridden or step.model is None else step.model
         params = {**chain_params, **(step.params.set_values() if step.params else {})}
-        key = (repr(ref), repr(sorted(params.items())))
-        if key not in built:  # steps with the same model and params share one instance
-            if is_chat_model(ref):
-                built[key] = (ref, None)
-            else:
-                origin = parse_or_raise(ref, base_dir, "model")
-                built[key] = (build_from_spec(origin, params, base_dir), origin)
+        retry = step.retry or spec.retry
+        # an explicit model replaces every model in the file, fallbacks included
+        fallbacks = [] if overridden else (step.fallbacks or spec.fallbacks or [])
+        key = repr((ref, sorted(params.items()), retry, fallbacks))
+        if key not in built:  # steps with the same model and settings share one instance
+            built[key] = _step_model(ref, params, retry, fallbacks, base_dir)
         model_, origin_ = built[key]
         steps.append(CompiledStep(step.id, _step_prompt(step, base_dir), model_, origin_))
     return CompiledChain(spec, steps, model_label=_label(chain_ref))
+
+
+# SDKs that retry on their own. When a chain says what to do on failure (retry or fallbacks),
+# theirs is turned off: one retry layer (which honors Retry-After), and fallbacks take over at
+# once instead of after the SDK's hidden retries.
+_SDK_RETRIES = ("openai", "azure_openai", "anthropic", "google_genai")
+
+
+def _step_model(
+    ref: Any, params: dict[str, Any], retry: Retry | None, fallbacks: list[Any], base_dir: Path
+) -> tuple[Runnable[Any, Any], ModelSpec | None]:
+    def build(one: Any, where: str) -> tuple[BaseChatModel, ModelSpec | None]:
+        if is_chat_model(one):
+            return one, None
+        origin = parse_or_raise(one, base_dir, where)
+        resilient = retry or fallbacks
+        if resilient and origin.provider in _SDK_RETRIES and "max_retries" not in origin.kwargs:
+            origin = replace(origin, kwargs={**origin.kwargs, "max_retries": 0})
+        return build_from_spec(origin, params, base_dir), origin
+
+    model, origin = build(ref, "model")
+    if not retry and not fallbacks:
+        return model, origin
+    from eslabon.resilience import wrap
+
+    backups = [build(f, f"fallbacks[{n}]")[0] for n, f in enumerate(fallbacks)]
+    return wrap(model, retry.model_dump() if retry else None, backups), origin
 
 
 def _label(ref: Any) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "InputSpec",
     "ModelMapping",
     "Params",
+    "Retry",
     "Selector",
     "Step",
     "json_schema",
@@ -194,9 +195,22 @@ Selector = Annotated[
 ]
 
 
+class Retry(_Strict):
+    """Retry rate limits (429), server errors (5xx) and timeouts, honoring Retry-After."""
+
+    attempts: int = Field(3, ge=1, le=20, description="Tries in all, the first included.")
+    backoff: float = Field(
+        1.0, ge=0, le=60, description="First wait in seconds; doubles each time, with jitter."
+    )
+
+
 class _Prompted(_Strict):
     model: ModelRef | None = None
     params: Params | None = None
+    retry: Retry | None = Field(None, description="Retries for this model's transient failures.")
+    fallbacks: list[ModelRef] | None = Field(
+        None, description="Models to try in order when the model fails."
+    )
     system: str | None = Field(None, description="System message template.")
     examples: list[ExampleRef] | None = Field(None, description="Few-shot examples.")
     selector: Selector | None = Field(None, description="How examples are chosen (default: all).")
@@ -293,6 +307,8 @@ class Chain(_Prompted):
                 selector=self.selector,
                 model=None,
                 params=None,
+                retry=None,
+                fallbacks=None,
                 description=None,
             )
         ]
