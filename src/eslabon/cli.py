@@ -233,6 +233,33 @@ def _run_streaming(chain: Any, values: dict[str, str]) -> None:
 
 
 @app.command()
+def render(
+    file: Annotated[Path, typer.Argument(help="The chain file.")],
+    provider: Annotated[
+        str, typer.Option("--provider", "-p", help="openai, google_genai, anthropic or ollama.")
+    ],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("-i", "--input", help="name=value, or name=@file.txt (repeatable)."),
+    ] = None,
+    step: Annotated[str | None, typer.Option("--step", help="Only this step.")] = None,
+) -> None:
+    """Print the exact request body each step would send to a provider (no network, no key).
+
+    Earlier steps' outputs appear as <output of ID>; inputs not given as <input NAME>.
+    """
+    try:
+        values = _parse_inputs(inputs or [])
+        from eslabon.loader import load_spec
+        from eslabon.render import render_requests
+
+        requests = render_requests(load_spec(file), provider, values, step)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(json.dumps(requests, ensure_ascii=False, indent=2))
+
+
+@app.command()
 def models() -> None:
     """Show providers: is the extra installed, is the key set (never the key itself)."""
     import importlib.util

@@ -83,7 +83,7 @@ class CompiledStep:
         return self.prompt.format_messages(**{name: values[name] for name in self.fields})
 
 
-def _step_prompt(step: Step, base_dir: Path) -> ChatPromptTemplate:
+def step_prompt(step: Step, base_dir: Path) -> ChatPromptTemplate:
     parts: list[Any] = []
     if step.system:
         parts.append(("system", step.system))
@@ -117,7 +117,7 @@ def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
         if key not in built:  # steps with the same model and settings share one instance
             built[key] = _step_model(ref, params, retry, fallbacks, base_dir)
         model_, origin_ = built[key]
-        steps.append(CompiledStep(step.id, _step_prompt(step, base_dir), model_, origin_))
+        steps.append(CompiledStep(step.id, step_prompt(step, base_dir), model_, origin_))
     return CompiledChain(spec, steps, model_label=_label(chain_ref))
 
 
