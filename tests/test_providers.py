@@ -15,6 +15,7 @@ import pytest
 
 from conftest import CHAINS, write
 from eslabon import (
+    ChainConfigError,
     ContextLengthError,
     KeyRejectedError,
     MissingCredentialsError,
@@ -180,10 +181,12 @@ class TestOpenAI(ProviderConformance):
     provider, wire, env_var = "openai", "openai", "OPENAI_API_KEY"
 
     def model_ref(self, server: WireServer) -> dict[str, Any]:
+        # openai_api_base (ChatOpenAI's own field) rather than base_url: eslabon treats a
+        # base_url as an OpenAI-compatible server and adapts the body; this is OpenAI itself
         return {
             "provider": "openai",
             "name": "gpt-4o-mini",
-            "base_url": server.url + "/v1",
+            "openai_api_base": server.url + "/v1",
             "max_retries": 0,
         }
 
@@ -205,15 +208,28 @@ class TestOpenAI(ProviderConformance):
         assert request.headers["authorization"] == f"Bearer {SECRET}"
         assert request.body["messages"][0]["role"] == "system"
 
-    def test_api_key_env_and_openai_compatible_top_k(
+    def test_openai_compatible_server_body(
         self, server: WireServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
         monkeypatch.setenv("VLLM_KEY", "vllm-key-value")
-        path = write(tmp_path, "params: {top_k: 7}\nprompt: hola\n")
-        load_chain(path, model=self.ref(server, api_key_env="VLLM_KEY")).invoke({})
+        path = write(tmp_path, "params: {top_k: 7, max_tokens: 9}\nprompt: hola\n")
+        ref = {
+            "provider": "openai",
+            "name": "qwen2.5-7b-instruct",
+            "base_url": server.url + "/v1",
+            "api_key_env": "VLLM_KEY",
+        }
+        load_chain(path, model=ref).invoke({})
         [request] = self.sent(server)
         assert request.headers["authorization"] == "Bearer vllm-key-value"
+        # what such servers read: max_tokens (not max_completion_tokens), and top_k
+        assert request.body["max_tokens"] == 9 and "max_completion_tokens" not in request.body
         assert request.body["top_k"] == 7
+
+    def test_top_k_is_refused_for_openai_itself(self, server: WireServer, tmp_path: Path) -> None:
+        path = write(tmp_path, "params: {top_k: 7}\nprompt: hola\n")
+        with pytest.raises(ChainConfigError, match="does not support the param 'top_k'"):
+            load_chain(path, model=self.ref(server))
 
 
 class TestAnthropic(ProviderConformance):

@@ -140,7 +140,9 @@ def run(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Run on this model: provider:model or an alias."),
+        typer.Option(
+            "--model", "-m", help="Run on this model: provider:model, an alias, or '{...}'."
+        ),
     ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -157,7 +159,7 @@ def run(
         from eslabon.compile import compile_chain
         from eslabon.loader import load_spec
 
-        chain = compile_chain(load_spec(file), model=model)
+        chain = compile_chain(load_spec(file), model=_model_option(model))
         _read_stdin_input(chain.spec, values)
         if stream and not as_json:
             _run_streaming(chain, values)
@@ -178,6 +180,21 @@ def run(
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     _print_steps(chain, result)
+
+
+def _model_option(text: str | None) -> Any:
+    """--model takes 'provider:model', an alias, or a YAML mapping '{provider: ..., ...}'."""
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"--model: not a valid mapping: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError("--model: expected a mapping such as '{provider: openai, name: ...}'")
+    return data
 
 
 def _read_stdin_input(spec: Any, values: dict[str, str]) -> None:

@@ -147,7 +147,13 @@ def provider_params(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
     """Translate eslabon params to the provider's constructor keywords."""
     names = _PARAM_NAMES.get(spec.provider, {})
     out: dict[str, Any] = {}
+    compatible = spec.provider == "openai" and "base_url" in spec.kwargs
     for key, value in params.items():
+        if compatible and key == "max_tokens":
+            # langchain-openai renames it max_completion_tokens, which OpenAI-compatible servers
+            # (llama.cpp, older vLLM, LM Studio) ignore; they all read max_tokens.
+            out.setdefault("extra_body", {})["max_tokens"] = value
+            continue
         target = names.get(key, key)
         if target is None:
             if key == "top_k" and "base_url" in spec.kwargs:

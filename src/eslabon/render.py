@@ -110,11 +110,13 @@ def render_requests(
     values.update({sid: f"<output of {sid}>" for sid in ids})
 
     name = RENDER_PROVIDERS[provider]
+    compatible = False  # the chain targets an OpenAI-compatible server (base_url)
     chain_model = spec.model
     if chain_model is not None:
         own = parse_model_ref(chain_model, spec.base_dir)
         if own.provider == provider:
             name = own.name
+            compatible = "base_url" in own.kwargs
     chain_params = spec.params.set_values() if spec.params else {}
     out: list[dict[str, Any]] = []
     with _Capture() as capture:
@@ -124,11 +126,13 @@ def render_requests(
             prompt = step_prompt(step, spec.base_dir)
             messages = prompt.format_messages(**{f: values[f] for f in prompt.input_variables})
             params = {**chain_params, **(step.params.set_values() if step.params else {})}
-            ref: dict[str, Any] = {
-                "provider": provider,
-                "name": name,
-                "base_url": capture.url + ("/v1" if provider == "openai" else ""),
-            }
+            ref: dict[str, Any] = {"provider": provider, "name": name}
+            if provider == "openai" and not compatible:
+                # ChatOpenAI's own field, not base_url: a base_url would make eslabon shape
+                # the body for an OpenAI-compatible server instead of OpenAI itself
+                ref["openai_api_base"] = capture.url + "/v1"
+            else:
+                ref["base_url"] = capture.url + ("/v1" if provider == "openai" else "")
             if provider != "ollama":
                 ref.update(api_key=_PLACEHOLDER_KEY, max_retries=0)
             model = build_from_spec(parse_model_ref(ref), params)
