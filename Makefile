@@ -36,6 +36,7 @@ test: lint typecheck unit
 
 bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/stream_latency.py
 
 schema: $(VENV)/.stamp-dev
 	$(BIN)/eslabon schema > docs/chain.schema.json

@@ -26,3 +26,19 @@ def test_overhead_benchmark_runs_and_prints_its_figure_last() -> None:
     assert re.fullmatch(r"ratio_vs_lcel=\d+\.\d{3}", lines[-1])
     for label in ("eslabon:", "lcel:", "hand-wired:", "eslabon --help:", "validate chains/:"):
         assert any(label in line for line in lines), label
+
+
+def test_stream_latency_benchmark_runs_and_prints_its_figure_last() -> None:
+    env = {**os.environ, "BENCH_QUICK": "1"}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stream_latency.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"ttft_overhead_ms=-?\d+\.\d{2}", lines[-1])
+    assert any("bare ChatOpenAI.stream" in line for line in lines)

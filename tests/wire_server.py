@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -191,7 +192,8 @@ class WireServer:
         self.replies: deque[str] = deque()
         self.failures: deque[tuple[str, str | None]] = deque()
         self.delay = delay
-        self.first_token_delay = 0.0
+        self.first_token_delay = 0.0  # seconds before the first streamed token
+        self.token_delay = 0.0  # seconds between streamed tokens
         self._lock = threading.Lock()
         self._httpd = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -292,11 +294,14 @@ class WireServer:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 
-            def _tokens(self, text: str) -> list[str]:
+            def _tokens(self, text: str) -> Iterator[str]:
                 tokens = re.findall(r"\S+\s*|\s+", text) or [""]
                 if server.first_token_delay:
                     time.sleep(server.first_token_delay)
-                return tokens
+                for n, token in enumerate(tokens):
+                    if n and server.token_delay:
+                        time.sleep(server.token_delay)
+                    yield token
 
             # -- OpenAI: chat completions -------------------------------------------------
             def _openai(self, body: Any, text: str, stream: bool, model: str, q: str) -> None:
@@ -446,7 +451,7 @@ class WireServer:
                     self._send_json(200, response(text, "STOP"))
                     return
                 self._start_stream("text/event-stream")
-                tokens = self._tokens(text)
+                tokens = list(self._tokens(text))
                 for n, token in enumerate(tokens):
                     finish = "STOP" if n == len(tokens) - 1 else None
                     self._chunk(f"data: {json.dumps(response(token, finish))}\r\n\r\n")
