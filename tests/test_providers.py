@@ -7,6 +7,7 @@ model at the loopback server and how to read its request body back into plain
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,9 @@ class ProviderConformance:
     wire: ClassVar[str]  # the protocol name the server records
     env_var: ClassVar[str | None]
     invoke_streams: ClassVar[bool] = False  # LangChain's ChatOllama streams even on invoke
+    # every eslabon param -> where it lands in the request body (None: the API has no such
+    # setting, and eslabon refuses it); the table in docs/providers.md says the same
+    wire_names: ClassVar[dict[str, tuple[str, ...] | None]]
 
     # -- what a provider subclass supplies ------------------------------------------------
     def model_ref(self, server: WireServer) -> dict[str, Any]:
@@ -133,6 +137,31 @@ class ProviderConformance:
             "stop": ["FIN"],
         }
 
+    def test_every_param_lands_where_the_docs_say(self, server: WireServer, tmp_path: Path) -> None:
+        values = {
+            "temperature": 0.3,
+            "max_tokens": 42,
+            "top_p": 0.9,
+            "top_k": 5,
+            "stop": ["FIN"],
+            "seed": 7,
+            "presence_penalty": 0.1,
+            "frequency_penalty": 0.2,
+        }
+        supported = {k: v for k, v in values.items() if self.wire_names[k] is not None}
+        path = write(tmp_path, f"params: {json.dumps(supported)}\nprompt: hola\n")
+        load_chain(path, model=self.ref(server)).invoke({})
+        [request] = self.sent(server)
+        for key, value in supported.items():
+            node: Any = request.body
+            for part in self.wire_names[key] or ():
+                node = node[part]
+            assert node == value, key
+        for key in values.keys() - supported.keys():
+            refused = write(tmp_path, f"params: {{{key}: {json.dumps(values[key])}}}\nprompt: x\n")
+            with pytest.raises(ChainConfigError, match=f"does not support the param '{key}'"):
+                load_chain(refused, model=self.ref(server))
+
     def test_missing_key_names_the_variable(
         self, server: WireServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
@@ -179,6 +208,16 @@ class ProviderConformance:
 
 class TestOpenAI(ProviderConformance):
     provider, wire, env_var = "openai", "openai", "OPENAI_API_KEY"
+    wire_names: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        "temperature": ("temperature",),
+        "max_tokens": ("max_completion_tokens",),
+        "top_p": ("top_p",),
+        "top_k": None,
+        "stop": ("stop",),
+        "seed": ("seed",),
+        "presence_penalty": ("presence_penalty",),
+        "frequency_penalty": ("frequency_penalty",),
+    }
 
     def model_ref(self, server: WireServer) -> dict[str, Any]:
         # openai_api_base (ChatOpenAI's own field) rather than base_url: eslabon treats a
@@ -234,6 +273,16 @@ class TestOpenAI(ProviderConformance):
 
 class TestAnthropic(ProviderConformance):
     provider, wire, env_var = "anthropic", "anthropic", "ANTHROPIC_API_KEY"
+    wire_names: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        "temperature": ("temperature",),
+        "max_tokens": ("max_tokens",),
+        "top_p": ("top_p",),
+        "top_k": ("top_k",),
+        "stop": ("stop_sequences",),
+        "seed": None,
+        "presence_penalty": None,
+        "frequency_penalty": None,
+    }
 
     def model_ref(self, server: WireServer) -> dict[str, Any]:
         return {
@@ -270,6 +319,19 @@ class TestAnthropic(ProviderConformance):
 
 class TestGemini(ProviderConformance):
     provider, wire, env_var = "google_genai", "gemini", "GOOGLE_API_KEY"
+    wire_names: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        k: ("generationConfig", v)
+        for k, v in {
+            "temperature": "temperature",
+            "max_tokens": "maxOutputTokens",
+            "top_p": "topP",
+            "top_k": "topK",
+            "stop": "stopSequences",
+            "seed": "seed",
+            "presence_penalty": "presencePenalty",
+            "frequency_penalty": "frequencyPenalty",
+        }.items()
+    }
 
     def model_ref(self, server: WireServer) -> dict[str, Any]:
         return {
@@ -309,6 +371,16 @@ class TestGemini(ProviderConformance):
 
 class TestOllama(ProviderConformance):
     provider, wire, env_var = "ollama", "ollama", None
+    wire_names: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        "temperature": ("options", "temperature"),
+        "max_tokens": ("options", "num_predict"),
+        "top_p": ("options", "top_p"),
+        "top_k": ("options", "top_k"),
+        "stop": ("options", "stop"),
+        "seed": ("options", "seed"),
+        "presence_penalty": None,
+        "frequency_penalty": None,
+    }
     invoke_streams = True
 
     def model_ref(self, server: WireServer) -> dict[str, Any]:
