@@ -149,3 +149,16 @@ def test_local_model_gets_params() -> None:
     assert (model.temperature, model.max_tokens, model.top_p, model.seed) == (0.0, 5, 0.5, 1)
     assert Path(model.model_path).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert Path(model.model_path).is_file()
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ({"provider": "local", "n_ctxx": 512}, "did you mean 'n_ctx'?"),
+        ({"provider": "local", "timeout": 3}, "in-process"),
+        ({"provider": "fake", "respones": ["a"]}, "did you mean 'responses'?"),
+    ],
+)
+def test_unknown_settings_of_local_and_fake_models(ref: dict[str, Any], message: str) -> None:
+    with pytest.raises(ChainConfigError, match=message):
+        build_model(ref)

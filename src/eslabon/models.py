@@ -94,6 +94,7 @@ def build_from_spec(
     if spec.provider == "fake":
         from eslabon.fake import EchoChatModel, FakeChatModel
 
+        _only(spec, kwargs, ("responses",))
         responses = kwargs.pop("responses", None)
         if responses:
             return FakeChatModel(responses=[str(r) for r in responses])
@@ -111,6 +112,31 @@ def is_chat_model(obj: Any) -> TypeGuard[BaseChatModel]:
     return isinstance(obj, BaseChatModel)
 
 
+# What a local/llamacpp model mapping may set besides params (anything else is a mistake that
+# llama.cpp would silently ignore, so it is reported instead).
+LOCAL_SETTINGS = ("n_ctx", "n_threads", "repeat_penalty")
+
+
+def _only(spec: ModelSpec, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    from eslabon.suggest import did_you_mean
+
+    for key in kwargs:
+        if key in allowed:
+            continue
+        hint = did_you_mean(key, allowed)
+        why = " (it runs in-process)" if key == "timeout" else ""
+        raise ChainConfigError(
+            [
+                Problem(
+                    f"'{key}' is not a setting of the {spec.provider} provider{why}",
+                    path=f"model.{key}",
+                    hint=(hint + " " if hint else "")
+                    + f"settings here: {', '.join(allowed) or 'none'}, plus params",
+                )
+            ]
+        )
+
+
 def _build_local(
     spec: ModelSpec, kwargs: dict[str, Any], params: dict[str, Any], base_dir: Path | None
 ) -> BaseChatModel:
@@ -118,6 +144,7 @@ def _build_local(
         raise MissingDependencyError(f"Model '{spec.label}'", "local", "llama-cpp-python")
     from eslabon.local import ChatLlamaCppLocal, bundled_model_path
 
+    _only(spec, kwargs, LOCAL_SETTINGS)
     if spec.provider == "local":
         path = bundled_model_path()
     else:
