@@ -190,6 +190,27 @@ def test_secrets_never_appear(tmp_path: Path) -> None:
         assert SECRET not in out.stdout + out.stderr
 
 
+def test_a_refused_key_exits_2_naming_the_variable_not_the_key(tmp_path: Path) -> None:
+    from wire_server import WireServer
+
+    with WireServer() as server:
+        server.fail_next("auth")
+        model = f"{{provider: openai, name: m, base_url: '{server.url}/v1', api_key_env: MI_LLAVE}}"
+        chain = write(tmp_path, f"model: {model}\nprompt: hola\n")
+        out = eslabon("run", str(chain), env={"MI_LLAVE": SECRET})
+    assert out.returncode == 2, out.stderr
+    assert "openai refused the API key (HTTP 401)" in out.stderr
+    assert "MI_LLAVE" in out.stderr and SECRET not in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_redact_hides_keys_handed_to_clients() -> None:
+    from eslabon.errors import add_secret, redact
+
+    add_secret("a-custom-credential-value")
+    assert redact("oops: a-custom-credential-value leaked") == "oops: *** leaked"
+
+
 HEAVY = (
     "langchain_core",
     "langchain",

@@ -30,17 +30,26 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitedError",
     "UserError",
+    "add_secret",
     "redact",
     "translate_model_error",
 ]
 
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+_SECRETS: set[str] = set()
+
+
+def add_secret(value: str) -> None:
+    """Remember a key eslabon handed to a client (e.g. from ``api_key_env``) for :func:`redact`."""
+    if len(value) >= 8:
+        _SECRETS.add(value)
 
 
 def redact(text: str) -> str:
-    """Replace the value of every secret-looking environment variable in ``text`` with ***."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+    """Replace known keys and the values of secret-looking environment variables with ***."""
+    values = {v for k, v in os.environ.items() if len(v) >= 8 and _SECRET_NAME.search(k)}
+    for value in sorted(values | _SECRETS, key=len, reverse=True):
+        if value in text:
             text = text.replace(value, "***")
     return text
 

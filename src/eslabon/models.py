@@ -18,6 +18,7 @@ from eslabon.errors import (
     MissingDependencyError,
     ModelError,
     Problem,
+    add_secret,
     redact,
 )
 from eslabon.modelspec import PROVIDERS, ModelRefError, ModelSpec, parse_model_ref
@@ -209,6 +210,7 @@ def _credentials(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
     load_env()
     value = os.environ.get(str(var))
     if value:
+        add_secret(value)
         kwargs["api_key"] = value
     elif "base_url" in kwargs and "api_key_env" not in spec.kwargs:
         # OpenAI-compatible servers often need no key, but the SDK refuses to start without one.
