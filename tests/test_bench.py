@@ -1,4 +1,4 @@
-"""The benchmark runs and prints its figure last (timings are not asserted, only the format)."""
+"""The benchmarks run and print their figure last (timings are not asserted, only the format)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 from conftest import ROOT
 
 
-def test_overhead_benchmark_runs_and_prints_its_figure_last() -> None:
+def run_quick(script: str) -> list[str]:
     env = {**os.environ, "BENCH_QUICK": "1"}
     env.pop("ESLABON_MODEL", None)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "overhead.py")],
+        [sys.executable, str(ROOT / "bench" / script)],
         capture_output=True,
         text=True,
         env=env,
@@ -22,23 +22,17 @@ def test_overhead_benchmark_runs_and_prints_its_figure_last() -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+    return out.stdout.strip().splitlines()
+
+
+def test_overhead_benchmark_runs_and_prints_its_figure_last() -> None:
+    lines = run_quick("overhead.py")
     assert re.fullmatch(r"ratio_vs_lcel=\d+\.\d{3}", lines[-1])
     for label in ("eslabon:", "lcel:", "hand-wired:", "eslabon --help:", "validate chains/:"):
         assert any(label in line for line in lines), label
 
 
 def test_stream_latency_benchmark_runs_and_prints_its_figure_last() -> None:
-    env = {**os.environ, "BENCH_QUICK": "1"}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "stream_latency.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+    lines = run_quick("stream_latency.py")
     assert re.fullmatch(r"ttft_overhead_ms=-?\d+\.\d{2}", lines[-1])
     assert any("bare ChatOpenAI.stream" in line for line in lines)

@@ -10,6 +10,7 @@ chain run, calls each step's model as a child run (so callbacks, tracing, stream
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ class CompiledStep:
         self.origin = origin  # what the model was built from (None: a ready model was given)
         self.fields = tuple(prompt.input_variables)
         self.tag = f"step:{step_id}"
+
+    @contextmanager
+    def provider_errors(self) -> Iterator[None]:
+        """Re-raise a provider failure inside the block as eslabon's clear error for it."""
+        try:
+            yield
+        except Exception as exc:
+            if (mapped := self.translate(exc)) is None:
+                raise
+            raise mapped from exc
 
     def translate(self, exc: BaseException) -> EslabonError | None:
         """The eslabon error for a provider failure in this step (None: not one we map)."""
@@ -263,12 +274,8 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
-            try:
+            with step.provider_errors():
                 message = step.model.invoke(step.messages(values), step.config(config))
-            except Exception as exc:
-                if (mapped := step.translate(exc)) is None:
-                    raise
-                raise mapped from exc
             values[step.id] = message.text
         return self._result(values)
 
@@ -295,12 +302,8 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
         for step in self.steps:
-            try:
+            with step.provider_errors():
                 message = await step.model.ainvoke(step.messages(values), step.config(config))
-            except Exception as exc:
-                if (mapped := step.translate(exc)) is None:
-                    raise
-                raise mapped from exc
             values[step.id] = message.text
         return self._result(values)
 
@@ -323,16 +326,11 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._values(self._merge(list(inputs)))
         for step in self.steps:
             parts: list[str] = []
-            try:
+            with step.provider_errors():
                 for chunk in step.model.stream(step.messages(values), step.config(config)):
-                    text = chunk.text
-                    if text:
+                    if text := chunk.text:
                         parts.append(text)
                         yield AddableDict({step.id: text})
-            except Exception as exc:
-                if (mapped := step.translate(exc)) is None:
-                    raise
-                raise mapped from exc
             values[step.id] = "".join(parts)
             if not parts:
                 yield AddableDict({step.id: ""})
@@ -348,16 +346,11 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._values(self._merge([c async for c in inputs]))
         for step in self.steps:
             parts: list[str] = []
-            try:
+            with step.provider_errors():
                 async for chunk in step.model.astream(step.messages(values), step.config(config)):
-                    text = chunk.text
-                    if text:
+                    if text := chunk.text:
                         parts.append(text)
                         yield AddableDict({step.id: text})
-            except Exception as exc:
-                if (mapped := step.translate(exc)) is None:
-                    raise
-                raise mapped from exc
             values[step.id] = "".join(parts)
             if not parts:
                 yield AddableDict({step.id: ""})
