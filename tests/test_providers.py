@@ -257,6 +257,7 @@ class TestOpenAI(ProviderConformance):
             "name": "qwen2.5-7b-instruct",
             "base_url": server.url + "/v1",
             "api_key_env": "VLLM_KEY",
+            "extra_body": {"repetition_penalty": 1.1},
         }
         load_chain(path, model=ref).invoke({})
         [request] = self.sent(server)
@@ -264,6 +265,7 @@ class TestOpenAI(ProviderConformance):
         # what such servers read: max_tokens (not max_completion_tokens), and top_k
         assert request.body["max_tokens"] == 9 and "max_completion_tokens" not in request.body
         assert request.body["top_k"] == 7
+        assert request.body["repetition_penalty"] == 1.1  # the mapping's own extra_body too
 
     def test_top_k_is_refused_for_openai_itself(self, server: WireServer, tmp_path: Path) -> None:
         path = write(tmp_path, "params: {top_k: 7}\nprompt: hola\n")

@@ -236,9 +236,12 @@ def _build_langchain(
     _timeout(spec, kwargs)
     from langchain.chat_models import init_chat_model
 
+    settings = provider_params(spec, params)
+    if "extra_body" in kwargs and "extra_body" in settings:  # the mapping's own, plus ours
+        settings["extra_body"] = {**kwargs.pop("extra_body"), **settings["extra_body"]}
     try:
         model: BaseChatModel = init_chat_model(
-            spec.name, model_provider=spec.provider, **kwargs, **provider_params(spec, params)
+            spec.name, model_provider=spec.provider, **kwargs, **settings
         )
     except ImportError as exc:
         raise MissingDependencyError(f"Provider '{spec.provider}'", info.extra, exc.name) from None
