@@ -165,7 +165,7 @@ def run(
             _run_streaming(chain, values)
             return
         result = chain.invoke(values)
-    except (EslabonError, Exception) as exc:
+    except Exception as exc:
         _fail(exc)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted", err=True)
