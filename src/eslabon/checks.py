@@ -23,6 +23,7 @@ __all__ = ["RESERVED_IDS", "check_chain_data", "format_path"]
 PathT = tuple[str | int, ...]
 Locate = Callable[[PathT, bool], tuple[int, int] | None]
 RESERVED_IDS = {"output"}  # the result dict's own key
+RETRIEVAL_NAMES = ("context", "documents")  # {context} in prompts, "documents" in results
 SHORTHAND_KEYS = ("prompt", "system", "examples", "selector")
 _NAME = re.compile(NAME_PATTERN)
 
@@ -73,6 +74,25 @@ def check_chain_data(
     _check_params_in_mapping(out, data, ("model",))
     _check_fallbacks(out, data, (), base_dir)
 
+    chain_retrieves = isinstance(data.get("retriever"), dict)
+    _check_embeddings(out, data)
+    if chain_retrieves:
+        _check_retriever(out, data["retriever"], ("retriever",), input_names)
+    retrieves = chain_retrieves or (
+        isinstance(steps, list)
+        and any(isinstance(s, dict) and isinstance(s.get("retriever"), dict) for s in steps)
+    )
+    if retrieves:
+        for name in input_names:
+            if name in RETRIEVAL_NAMES:
+                out.add(
+                    ("inputs", name),
+                    f"'{name}' is reserved in a chain with a retriever",
+                    "rename the input",
+                    at_key=True,
+                )
+    context = ["context"] if chain_retrieves else []
+
     if steps is None:
         if data.get("prompt") is None:
             out.add(
@@ -81,7 +101,7 @@ def check_chain_data(
                 'add  prompt: "...{input}..."  or a list of steps',
             )
         else:
-            _check_prompted(out, data, (), input_names, [], base_dir)
+            _check_prompted(out, data, (), input_names + context, [], base_dir)
         output = data.get("output")
         if isinstance(output, str) and output != "output":
             out.add(
@@ -121,7 +141,7 @@ def check_chain_data(
             )
         else:
             seen[sid] = i
-        if sid in RESERVED_IDS:
+        if sid in RESERVED_IDS or (retrieves and sid in RETRIEVAL_NAMES):
             out.add(
                 ("steps", i, "id"),
                 f"'{sid}' is reserved for the chain's result",
@@ -142,7 +162,14 @@ def check_chain_data(
         _check_model(out, step, ("steps", i, "model"), base_dir)
         _check_params_in_mapping(out, step, ("steps", i, "model"))
         _check_fallbacks(out, step, ("steps", i), base_dir)
-        _check_prompted(out, step, ("steps", i), input_names + earlier, later, base_dir)
+        own: list[str] = []
+        if isinstance(step.get("retriever"), dict):
+            _check_retriever(
+                out, step["retriever"], ("steps", i, "retriever"), input_names + earlier
+            )
+            own = ["context"]
+        names = input_names + earlier + (context or own)
+        _check_prompted(out, step, ("steps", i), names, later, base_dir)
 
     output = data.get("output")
     valid_ids = list(dict.fromkeys(s for s in ids if s))
@@ -154,6 +181,32 @@ def check_chain_data(
             (hint + " " if hint else "") + f"step ids: {', '.join(valid_ids)}",
         )
     return out.problems
+
+
+def _check_retriever(
+    out: _Collector, retriever: dict[str, Any], path: PathT, available: list[str]
+) -> None:
+    query = retriever.get("query")
+    if isinstance(query, str):
+        for issue in check_template(query, available):
+            out.add((*path, "query"), issue.message, issue.hint)
+    elif query is None and not available:
+        out.add(
+            path,
+            "a retriever needs a search query, and the chain declares no input",
+            'add an input, or a query such as  query: "..."',
+        )
+
+
+def _check_embeddings(out: _Collector, data: dict[str, Any]) -> None:
+    ref = data.get("embeddings")
+    if isinstance(ref, str) and ref != "local" and ":" not in ref:
+        out.add(
+            ("embeddings",),
+            f"unknown embeddings '{ref}'",
+            "use 'local' (offline, lexical) or 'provider:model', e.g. "
+            "'openai:text-embedding-3-small'",
+        )
 
 
 def _check_fallbacks(out: _Collector, data: dict[str, Any], path: PathT, base_dir: Path) -> None:

@@ -177,6 +177,8 @@ def run(
             "output": result["output"],
             "steps": {s.id: result[s.id] for s in chain.steps},
         }
+        if "documents" in result:
+            out["documents"] = result["documents"]
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     _print_steps(chain, result)
@@ -220,8 +222,18 @@ def _header(console: Any, title: str) -> None:
     console.print(Rule(Text.assemble(("── ", "dim"), (title, "bold")), align="left", style="dim"))
 
 
-def _print_steps(chain: Any, result: dict[str, str]) -> None:
+def _print_documents(console: Any, documents: list[dict[str, Any]]) -> None:
+    _header(console, "documents")
+    for n, doc in enumerate(documents, 1):
+        score = f"  score {doc['score']:.3f}" if isinstance(doc.get("score"), float) else ""
+        console.print(f"[{n}] {doc.get('source')}{score}")
+    console.print()
+
+
+def _print_steps(chain: Any, result: dict[str, Any]) -> None:
     console = _console()
+    if result.get("documents"):
+        _print_documents(console, result["documents"])
     if len(chain.steps) == 1:
         console.print(result["output"])
         return
@@ -237,6 +249,10 @@ def _run_streaming(chain: Any, values: dict[str, str]) -> None:
     single = len(chain.steps) == 1
     for chunk in chain.stream(values):
         for key, text in chunk.items():
+            if key == "documents":
+                if text:
+                    _print_documents(console, text)
+                continue
             if key == "output" and not single:
                 continue
             if key != current and not single:

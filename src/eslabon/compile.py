@@ -43,10 +43,32 @@ from eslabon.suggest import did_you_mean
 __all__ = ["CompiledChain", "CompiledStep", "compile_chain", "load_chain"]
 
 
+class Retrieval:
+    """A retriever and the template of its search query; fills ``{context}``."""
+
+    __slots__ = ("query", "retriever", "step")
+
+    def __init__(self, retriever: Runnable[str, Any], query: str, step: str | None) -> None:
+        from langchain_core.prompts import PromptTemplate
+
+        self.retriever = retriever
+        self.query = PromptTemplate.from_template(query)
+        self.step = step  # None: the chain's own retriever, run once before the steps
+
+    def search_text(self, values: dict[str, Any]) -> str:
+        return self.query.format(**{n: values[n] for n in self.query.input_variables})
+
+    def apply(self, docs: list[Any], values: dict[str, Any]) -> list[dict[str, Any]]:
+        from eslabon.retrieval import document_record, format_context
+
+        values["context"] = format_context(docs)
+        return [document_record(d, self.step) for d in docs]
+
+
 class CompiledStep:
     """One step: its prompt (a LangChain ``ChatPromptTemplate``) and its chat model."""
 
-    __slots__ = ("fields", "id", "model", "origin", "prompt", "tag")
+    __slots__ = ("fields", "id", "model", "origin", "prompt", "retrieval", "tag")
 
     def __init__(
         self,
@@ -54,8 +76,10 @@ class CompiledStep:
         prompt: ChatPromptTemplate,
         model: Runnable[Any, Any],
         origin: ModelSpec | None = None,
+        retrieval: Retrieval | None = None,
     ) -> None:
         self.id = step_id
+        self.retrieval = retrieval
         self.prompt = prompt
         self.model = model
         self.origin = origin  # what the model was built from (None: a ready model was given)
@@ -94,7 +118,7 @@ class CompiledStep:
         return self.prompt.format_messages(**{name: values[name] for name in self.fields})
 
 
-def step_prompt(step: Step, base_dir: Path) -> ChatPromptTemplate:
+def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> ChatPromptTemplate:
     parts: list[Any] = []
     if step.system:
         parts.append(("system", step.system))
@@ -103,7 +127,7 @@ def step_prompt(step: Step, base_dir: Path) -> ChatPromptTemplate:
 
         examples = load_examples(step.examples, base_dir)
         selector = step.selector.model_dump() if step.selector is not None else None
-        parts.append(few_shot_prompt(examples, selector, step.prompt))
+        parts.append(few_shot_prompt(examples, selector, step.prompt, embeddings))
     parts.append(("human", step.prompt))
     return ChatPromptTemplate.from_messages(parts, template_format="f-string")
 
@@ -118,6 +142,7 @@ def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
     chain_params = spec.params.set_values() if spec.params else {}
     built: dict[str, tuple[Runnable[Any, Any], ModelSpec | None]] = {}
     steps: list[CompiledStep] = []
+    retrieval = _retrieval(spec, spec.retriever, None)
     for step in spec.normalized_steps():
         ref = chain_ref if overridden or step.model is None else step.model
         params = {**chain_params, **(step.params.set_values() if step.params else {})}
@@ -128,8 +153,22 @@ def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
         if key not in built:  # steps with the same model and settings share one instance
             built[key] = _step_model(ref, params, retry, fallbacks, base_dir)
         model_, origin_ = built[key]
-        steps.append(CompiledStep(step.id, step_prompt(step, base_dir), model_, origin_))
-    return CompiledChain(spec, steps, model_label=_label(chain_ref))
+        own = _retrieval(spec, step.retriever, step.id) if spec.steps is not None else None
+        prompt = step_prompt(step, base_dir, spec.embeddings)
+        steps.append(CompiledStep(step.id, prompt, model_, origin_, own))
+    return CompiledChain(spec, steps, model_label=_label(chain_ref), retrieval=retrieval)
+
+
+def _retrieval(spec: Chain, retriever: Any, step: str | None) -> Retrieval | None:
+    if retriever is None:
+        return None
+    from eslabon.project import load_project
+    from eslabon.retrieval import build_embeddings, build_retriever
+
+    embeddings = build_embeddings(spec.embeddings)
+    built = build_retriever(retriever, embeddings, load_project().root)
+    query = retriever.query or "{" + spec.input_names()[0] + "}"
+    return Retrieval(built, query, step)
 
 
 # SDKs that retry on their own. When a chain says what to do on failure (retry or fallbacks),
@@ -186,9 +225,17 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     then ``{"output": text}`` once.
     """
 
-    def __init__(self, spec: Chain, steps: list[CompiledStep], model_label: str) -> None:
+    def __init__(
+        self,
+        spec: Chain,
+        steps: list[CompiledStep],
+        model_label: str,
+        retrieval: Retrieval | None = None,
+    ) -> None:
         self.spec = spec
         self.steps = steps
+        self.retrieval = retrieval  # the chain's own retriever, run once before the steps
+        self.retrieves = retrieval is not None or any(s.retrieval for s in steps)
         self.name = spec.name or "chain"
         self.model_label = model_label
         self.output_id = spec.output_step()
@@ -216,6 +263,8 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
         fields: dict[str, Any] = {s.id: (str, ...) for s in self.steps}
         fields["output"] = (str, ...)
+        if self.retrieves:
+            fields["documents"] = (list[dict[str, Any]], ...)
         return create_model(f"{self.name}_output", **fields)
 
     # -- inputs ---------------------------------------------------------------------------
@@ -242,9 +291,11 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             )
         return values
 
-    def _result(self, values: dict[str, Any]) -> dict[str, Any]:
+    def _result(self, values: dict[str, Any], documents: list[Any] | None) -> dict[str, Any]:
         result = {s.id: values[s.id] for s in self.steps}
         result["output"] = values[self.output_id]
+        if documents is not None:
+            result["documents"] = documents
         return result
 
     # -- invoke ---------------------------------------------------------------------------
@@ -273,11 +324,21 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
 
     def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
+        documents: list[Any] | None = [] if self.retrieves else None
+        if self.retrieval:
+            found = self.retrieval.retriever.invoke(self.retrieval.search_text(values), config)
+            documents += self.retrieval.apply(found, values)  # type: ignore[operator]
         for step in self.steps:
+            step_values = values
+            if step.retrieval:
+                step_values = {**values}
+                query = step.retrieval.search_text(values)
+                found = step.retrieval.retriever.invoke(query, step.config(config))
+                documents += step.retrieval.apply(found, step_values)  # type: ignore[operator]
             with step.provider_errors():
-                message = step.model.invoke(step.messages(values), step.config(config))
+                message = step.model.invoke(step.messages(step_values), step.config(config))
             values[step.id] = message.text
-        return self._result(values)
+        return self._result(values, documents)
 
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -301,11 +362,22 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
 
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
+        documents: list[Any] | None = [] if self.retrieves else None
+        if self.retrieval:
+            query = self.retrieval.search_text(values)
+            found = await self.retrieval.retriever.ainvoke(query, config)
+            documents += self.retrieval.apply(found, values)  # type: ignore[operator]
         for step in self.steps:
+            step_values = values
+            if step.retrieval:
+                step_values = {**values}
+                query = step.retrieval.search_text(values)
+                found = await step.retrieval.retriever.ainvoke(query, step.config(config))
+                documents += step.retrieval.apply(found, step_values)  # type: ignore[operator]
             with step.provider_errors():
-                message = await step.model.ainvoke(step.messages(values), step.config(config))
+                message = await step.model.ainvoke(step.messages(step_values), step.config(config))
             values[step.id] = message.text
-        return self._result(values)
+        return self._result(values, documents)
 
     # -- streaming ------------------------------------------------------------------------
     @staticmethod
@@ -324,10 +396,22 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         config: RunnableConfig,
     ) -> Iterator[dict[str, Any]]:
         values = self._values(self._merge(list(inputs)))
+        if self.retrieval:
+            found = self.retrieval.retriever.invoke(self.retrieval.search_text(values), config)
+            yield AddableDict({"documents": self.retrieval.apply(found, values)})
+        elif self.retrieves:
+            yield AddableDict({"documents": []})
         for step in self.steps:
             parts: list[str] = []
+            step_values = values
+            if step.retrieval:
+                step_values = {**values}
+                query = step.retrieval.search_text(values)
+                found = step.retrieval.retriever.invoke(query, step.config(config))
+                yield AddableDict({"documents": step.retrieval.apply(found, step_values)})
             with step.provider_errors():
-                for chunk in step.model.stream(step.messages(values), step.config(config)):
+                messages = step.messages(step_values)
+                for chunk in step.model.stream(messages, step.config(config)):
                     if text := chunk.text:
                         parts.append(text)
                         yield AddableDict({step.id: text})
@@ -344,10 +428,23 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         config: RunnableConfig,
     ) -> AsyncIterator[dict[str, Any]]:
         values = self._values(self._merge([c async for c in inputs]))
+        if self.retrieval:
+            query = self.retrieval.search_text(values)
+            found = await self.retrieval.retriever.ainvoke(query, config)
+            yield AddableDict({"documents": self.retrieval.apply(found, values)})
+        elif self.retrieves:
+            yield AddableDict({"documents": []})
         for step in self.steps:
             parts: list[str] = []
+            step_values = values
+            if step.retrieval:
+                step_values = {**values}
+                query = step.retrieval.search_text(values)
+                found = await step.retrieval.retriever.ainvoke(query, step.config(config))
+                yield AddableDict({"documents": step.retrieval.apply(found, step_values)})
             with step.provider_errors():
-                async for chunk in step.model.astream(step.messages(values), step.config(config)):
+                messages = step.messages(step_values)
+                async for chunk in step.model.astream(messages, step.config(config)):
                     if text := chunk.text:
                         parts.append(text)
                         yield AddableDict({step.id: text})

@@ -15,7 +15,7 @@ import unicodedata
 
 from langchain_core.embeddings import Embeddings
 
-__all__ = ["HashingEmbeddings"]
+__all__ = ["HashingEmbeddings", "words"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -26,6 +26,11 @@ def _fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+def words(text: str) -> list[str]:
+    """Lower-cased, accent-folded words: the tokens lexical search compares."""
+    return _WORD.findall(_fold(text))
+
+
 class HashingEmbeddings(Embeddings):
     """Feature hashing of words (weight 1) and character 3-grams (weight 0.5), L2-normalized."""
 
@@ -34,7 +39,7 @@ class HashingEmbeddings(Embeddings):
 
     def _features(self, text: str) -> list[tuple[str, float]]:
         feats: list[tuple[str, float]] = []
-        for word in _WORD.findall(_fold(text)):
+        for word in words(text):
             feats.append(("w:" + word, 1.0))
             padded = f"<{word}>"
             feats.extend(("c:" + padded[i : i + 3], 0.5) for i in range(len(padded) - 2))

@@ -12,17 +12,22 @@ from pydantic import BaseModel, ValidationError
 from eslabon.checks import PathT, check_chain_data, format_path
 from eslabon.errors import ChainConfigError, Problem
 from eslabon.spec import (
+    RETRIEVER_TYPES,
     SELECTOR_TYPES,
     AllSelector,
+    BM25RetrieverSpec,
     Chain,
+    ChromaRetriever,
     ExampleFile,
     ExamplePair,
     InputSpec,
     LengthSelector,
+    MemoryRetriever,
     MMRSelector,
     NGramSelector,
     Params,
     SemanticSelector,
+    StaticRetriever,
     Step,
     validate_quietly,
 )
@@ -109,6 +114,15 @@ def _allowed_keys(path: PathT, data: Any) -> list[str]:
         return list(Params.model_fields)
     if n >= 2 and path[-2] == "inputs":
         return list(InputSpec.model_fields)
+    if path[-1] == "retriever" and isinstance(parent, dict):
+        retrievers: dict[str, type[BaseModel]] = {
+            "static": StaticRetriever,
+            "memory": MemoryRetriever,
+            "bm25": BM25RetrieverSpec,
+            "chroma": ChromaRetriever,
+        }
+        found = retrievers.get(str(parent.get("type")))
+        return list(found.model_fields) if found else ["type"]
     if path[-1] == "selector" and isinstance(parent, dict):
         kinds: dict[str, type[BaseModel]] = {
             "all": AllSelector,
@@ -199,6 +213,24 @@ def problems_from_validation(
             where = format_path(path[:-1]) or "the chain"
             hint = f"add '{path[-1]}' to {where}"
             path_for_pos = path[:-1]
+        elif kind == "union_tag_invalid" and "retriever" in path:
+            bad = err.get("ctx", {}).get("tag", value)
+            message = f"unknown retriever type '{bad}'"
+            suggestion = did_you_mean(str(bad), RETRIEVER_TYPES)
+            hint = (
+                (suggestion + " " if suggestion else "")
+                + "valid types: "
+                + ", ".join(RETRIEVER_TYPES)
+            )
+            if path and path[-1] != "type":
+                path = path_for_pos = (*path, "type")
+        elif (
+            kind in ("union_tag_not_found", "union_tag_invalid")
+            and path
+            and path[-1] == "retriever"
+        ):
+            message = "a retriever needs a 'type'"
+            hint = "valid types: " + ", ".join(RETRIEVER_TYPES)
         elif kind == "union_tag_invalid" and "selector" in path:
             bad = err.get("ctx", {}).get("tag", value)
             message = f"unknown selector type '{bad}'"

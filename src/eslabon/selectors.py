@@ -48,7 +48,9 @@ class PromptQuerySelector(BaseExampleSelector):
         return chosen[: self.k] if self.k else chosen
 
 
-def _selector(kind: str, settings: dict[str, Any], examples: list[dict[str, str]]) -> Any:
+def _selector(
+    kind: str, settings: dict[str, Any], examples: list[dict[str, str]], embeddings: str | None
+) -> Any:
     if kind == "length":
         return LengthBasedExampleSelector(
             examples=examples,
@@ -71,11 +73,11 @@ def _selector(kind: str, settings: dict[str, Any], examples: list[dict[str, str]
             threshold=settings.get("threshold", -1.0),
         )
     if kind in ("semantic", "mmr"):
-        from eslabon.embeddings import HashingEmbeddings
+        from eslabon.retrieval import build_embeddings
 
         common: dict[str, Any] = {
             "examples": examples,
-            "embeddings": HashingEmbeddings(),
+            "embeddings": build_embeddings(embeddings),
             "vectorstore_cls": InMemoryVectorStore,
             "k": settings.get("k", 4),
             "input_keys": ["input"],
@@ -89,14 +91,17 @@ def _selector(kind: str, settings: dict[str, Any], examples: list[dict[str, str]
 
 
 def few_shot_prompt(
-    examples: list[dict[str, str]], selector: dict[str, Any] | None, prompt: str
+    examples: list[dict[str, str]],
+    selector: dict[str, Any] | None,
+    prompt: str,
+    embeddings: str | None = None,
 ) -> FewShotChatMessagePromptTemplate:
     """Examples as user/assistant message pairs, chosen by the configured selector."""
     settings = dict(selector or {})
     kind = settings.pop("type", "all")
     if kind == "all":
         return FewShotChatMessagePromptTemplate(examples=examples, example_prompt=EXAMPLE_PROMPT)
-    inner = _selector(kind, settings, examples)
+    inner = _selector(kind, settings, examples, embeddings)
     k = settings.get("k") if kind == "ngram" else None
     variables = PromptTemplate.from_template(prompt).input_variables
     return FewShotChatMessagePromptTemplate(

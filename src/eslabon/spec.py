@@ -195,6 +195,78 @@ Selector = Annotated[
 ]
 
 
+class DocumentSpec(_Strict):
+    content: str
+    source: str | None = Field(None, description="Where it comes from, for citations.")
+
+
+DocumentRef = Annotated[
+    Annotated[str, Tag("str")] | Annotated[DocumentSpec, Tag("mapping")],
+    Discriminator(
+        lambda v: (
+            "str"
+            if isinstance(v, str)
+            else "mapping"
+            if isinstance(v, dict | DocumentSpec)
+            else None
+        ),
+        custom_error_type="document_ref",
+        custom_error_message="expected text or a mapping {content, source}",
+    ),
+]
+
+
+class _RetrieverBase(_Strict):
+    k: int = Field(4, gt=0, description="How many documents to retrieve.")
+    query: str | None = Field(
+        None, description="Template for the search query (default: the first input)."
+    )
+
+
+class StaticRetriever(_RetrieverBase):
+    """The documents listed here, always (the first k): a stub for tests and lessons."""
+
+    type: Literal["static"]
+    documents: list[DocumentRef]
+
+
+class MemoryRetriever(_RetrieverBase):
+    """An in-memory vector store over the documents listed here (the chain's embeddings)."""
+
+    type: Literal["memory"]
+    documents: list[DocumentRef]
+
+
+class BM25RetrieverSpec(_RetrieverBase):
+    """Keyword search (BM25) over the documents listed here."""
+
+    type: Literal["bm25"]
+    documents: list[DocumentRef]
+
+
+class ChromaRetriever(_RetrieverBase):
+    """A Chroma collection: embedded and persistent at ``path``, or a server at host/port."""
+
+    type: Literal["chroma"]
+    collection: str = Field(min_length=3, max_length=512)
+    path: str | None = Field(
+        None, description="Persistent folder (default .eslabon/chroma in the project root)."
+    )
+    host: str | None = Field(None, description="A `chroma run` server instead of a folder.")
+    port: int = Field(8000, gt=0, lt=65536)
+
+
+RETRIEVER_TYPES = ("static", "memory", "bm25", "chroma")
+
+RetrieverRef = Annotated[
+    Annotated[StaticRetriever, Tag("static")]
+    | Annotated[MemoryRetriever, Tag("memory")]
+    | Annotated[BM25RetrieverSpec, Tag("bm25")]
+    | Annotated[ChromaRetriever, Tag("chroma")],
+    Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None)),
+]
+
+
 class Retry(_Strict):
     """Retry rate limits (429), server errors (5xx) and timeouts, honoring Retry-After."""
 
@@ -210,6 +282,9 @@ class _Prompted(_Strict):
     retry: Retry | None = Field(None, description="Retries for this model's transient failures.")
     fallbacks: list[ModelRef] | None = Field(
         None, description="Models to try in order when the model fails."
+    )
+    retriever: RetrieverRef | None = Field(
+        None, description="Documents to retrieve; prompts use them as {context}."
     )
     system: str | None = Field(None, description="System message template.")
     examples: list[ExampleRef] | None = Field(None, description="Few-shot examples.")
@@ -237,6 +312,9 @@ class Chain(_Prompted):
     prompt: str | None = Field(None, description="Single-step shorthand: user message template.")
     steps: list[Step] | None = None
     output: Name | None = Field(None, description="Step whose text is the result (default: last).")
+    embeddings: str | None = Field(
+        None, description="Embeddings for retrievers and selectors: 'local' or 'provider:model'."
+    )
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -309,6 +387,7 @@ class Chain(_Prompted):
                 params=None,
                 retry=None,
                 fallbacks=None,
+                retriever=None,
                 description=None,
             )
         ]

@@ -1,0 +1,176 @@
+"""Retrievers from chain files: static, memory, bm25, chroma — each a LangChain ``BaseRetriever``.
+
+Every retriever returns ``Document``s whose metadata carries ``source`` and, where the backend
+gives one, a relevance ``score`` (higher is closer), so answers can cite what they used.
+Heavy packages (chromadb, langchain-community) are imported only when such a retriever is built.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
+
+from eslabon.errors import MissingDependencyError, UserError
+
+__all__ = [
+    "ScoredVectorStoreRetriever",
+    "StaticRetriever",
+    "build_embeddings",
+    "build_retriever",
+    "format_context",
+]
+
+
+class StaticRetriever(BaseRetriever):
+    """Always the same documents (the first ``k``): a stub for tests and lessons."""
+
+    documents: list[Document]
+    k: int = 4
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        return [d.model_copy(deep=True) for d in self.documents[: self.k]]
+
+
+class ScoredVectorStoreRetriever(BaseRetriever):
+    """Similarity search that keeps each hit's relevance score in ``metadata["score"]``.
+
+    LangChain's ``VectorStoreRetriever`` drops the scores; citing answers wants them.
+    """
+
+    vectorstore: VectorStore
+    k: int = 4
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        try:
+            hits = self.vectorstore.similarity_search_with_relevance_scores(query, k=self.k)
+        except NotImplementedError:  # InMemoryVectorStore: its score is cosine similarity
+            hits = self.vectorstore.similarity_search_with_score(query, k=self.k)
+        out = []
+        for doc, score in hits:
+            copy = doc.model_copy(deep=True)
+            copy.metadata["score"] = round(float(score), 6)
+            out.append(copy)
+        return out
+
+
+def _documents(refs: list[Any]) -> list[Document]:
+    docs = []
+    for n, ref in enumerate(refs, 1):
+        data = ref.model_dump() if hasattr(ref, "model_dump") else ref
+        if isinstance(data, str):
+            data = {"content": data, "source": None}
+        docs.append(Document(data["content"], metadata={"source": data.get("source") or f"#{n}"}))
+    return docs
+
+
+def build_embeddings(ref: str | None) -> Embeddings:
+    """``local`` (offline, lexical) or ``provider:model`` through LangChain's init_embeddings."""
+    if ref in (None, "local"):
+        from eslabon.embeddings import HashingEmbeddings
+
+        return HashingEmbeddings()
+    from langchain.embeddings import init_embeddings
+
+    try:
+        return init_embeddings(ref)
+    except ImportError as exc:
+        raise MissingDependencyError(f"Embeddings '{ref}'", None, exc.name) from None
+    except ValueError as exc:
+        raise UserError(f"embeddings '{ref}': {exc}") from None
+
+
+def build_retriever(spec: Any, embeddings: Embeddings, project_root: Path) -> BaseRetriever:
+    """The retriever a chain file's ``retriever:`` mapping describes."""
+    kind = spec.type
+    if kind == "static":
+        return StaticRetriever(documents=_documents(spec.documents), k=spec.k)
+    if kind == "memory":
+        from langchain_core.vectorstores import InMemoryVectorStore
+
+        store = InMemoryVectorStore(embeddings)
+        store.add_documents(_documents(spec.documents))
+        return ScoredVectorStoreRetriever(vectorstore=store, k=spec.k)
+    if kind == "bm25":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from langchain_community.retrievers import BM25Retriever
+            import rank_bm25  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError(
+                "The 'bm25' retriever", "rag", "langchain-community, rank-bm25"
+            ) from None
+        from eslabon.embeddings import words
+
+        # LangChain's default splits on spaces only, so "token." never matches "token"
+        return BM25Retriever.from_documents(
+            _documents(spec.documents), k=spec.k, preprocess_func=words
+        )
+    if kind == "chroma":
+        return ScoredVectorStoreRetriever(
+            vectorstore=chroma_store(
+                spec.collection, embeddings, spec.path, spec.host, spec.port, project_root
+            ),
+            k=spec.k,
+        )
+    raise ValueError(f"unknown retriever type {kind!r}")  # the spec rejects it before this
+
+
+DEFAULT_STORE = ".eslabon/chroma"
+
+
+def chroma_store(
+    collection: str,
+    embeddings: Embeddings,
+    path: str | None,
+    host: str | None,
+    port: int,
+    project_root: Path,
+) -> VectorStore:
+    """A Chroma collection, always with eslabon's embeddings (Chroma's default downloads a
+    model at first use and fails offline)."""
+    try:
+        import chromadb
+        from langchain_chroma import Chroma
+    except ImportError:
+        raise MissingDependencyError("The 'chroma' retriever", "rag", "langchain-chroma") from None
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if host:
+        client = chromadb.HttpClient(host=host, port=port, settings=settings)
+    else:
+        folder = Path(path or DEFAULT_STORE)
+        if not folder.is_absolute():
+            folder = project_root / folder
+        client = chromadb.PersistentClient(path=str(folder), settings=settings)
+    return Chroma(collection_name=collection, embedding_function=embeddings, client=client)
+
+
+def format_context(docs: list[Document]) -> str:
+    """Numbered passages with their source, as ``{context}`` shows them to the model."""
+    return "\n\n".join(
+        f"[{n}] (source: {d.metadata.get('source', '?')})\n{d.page_content}"
+        for n, d in enumerate(docs, 1)
+    )
+
+
+def document_record(doc: Document, step: str | None) -> dict[str, Any]:
+    """How a retrieved document appears in a run's result."""
+    return {
+        "content": doc.page_content,
+        "source": doc.metadata.get("source"),
+        "score": doc.metadata.get("score"),
+        "step": step,
+    }

@@ -1,0 +1,174 @@
+"""Retrievers in chain files: static, memory, bm25, chroma (embedded); {context} and documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import write
+from eslabon import FakeChatModel, load_chain
+from eslabon.loader import validate_file
+from eslabon.retrieval import build_embeddings, chroma_store
+
+DOCS = """\
+    documents:
+      - {content: "Los LLM predicen el siguiente token.", source: llm.md}
+      - {content: "Los embeddings representan palabras como vectores.", source: embeddings.md}
+      - {content: "El mecanismo de atención pondera el contexto.", source: transformers.md}
+"""
+
+
+def chain(
+    tmp_path: Path, retriever: str, prompt: str = "{context}\\n\\nPregunta: {pregunta}"
+) -> Path:
+    return write(
+        tmp_path,
+        f'inputs: {{pregunta: x}}\nretriever:\n{retriever}prompt: "{prompt}"\n',
+    )
+
+
+def run(path: Path, pregunta: str) -> tuple[dict[str, Any], str]:
+    model = FakeChatModel(responses=["respuesta"])
+    result = load_chain(path, model=model).invoke({"pregunta": pregunta})
+    return result, model.calls[0][-1].text
+
+
+def test_static_retriever_fills_context_and_the_result(tmp_path: Path) -> None:
+    path = chain(tmp_path, f"    type: static\n    k: 2\n{DOCS}")
+    result, prompt = run(path, "¿Qué es un token?")
+    assert prompt == (
+        "[1] (source: llm.md)\nLos LLM predicen el siguiente token.\n\n"
+        "[2] (source: embeddings.md)\nLos embeddings representan palabras como vectores.\n\n"
+        "Pregunta: ¿Qué es un token?"
+    )
+    assert result["output"] == "respuesta"
+    assert [d["source"] for d in result["documents"]] == ["llm.md", "embeddings.md"]
+    assert result["documents"][0] == {
+        "content": "Los LLM predicen el siguiente token.",
+        "source": "llm.md",
+        "score": None,
+        "step": None,
+    }
+
+
+def test_memory_retriever_ranks_by_similarity_with_scores(tmp_path: Path) -> None:
+    path = chain(tmp_path, f"    type: memory\n    k: 1\n{DOCS}")
+    result, prompt = run(path, "¿qué son los embeddings y los vectores?")
+    [doc] = result["documents"]
+    assert doc["source"] == "embeddings.md" and 0 < doc["score"] <= 1
+    assert "[1] (source: embeddings.md)" in prompt
+
+
+def test_bm25_retriever(tmp_path: Path) -> None:
+    path = chain(tmp_path, f"    type: bm25\n    k: 1\n{DOCS}")
+    result, _ = run(path, "atención contexto")
+    assert [d["source"] for d in result["documents"]] == ["transformers.md"]
+
+
+def test_chroma_embedded_persistent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    store = chroma_store("curso_test", build_embeddings("local"), None, None, 8000, tmp_path)
+    store.add_texts(
+        ["Los LLM predicen el siguiente token.", "La atención pondera el contexto."],
+        metadatas=[{"source": "llm.md"}, {"source": "transformers.md"}],
+    )
+    assert (tmp_path / ".eslabon" / "chroma").is_dir()  # the default, in the project root
+    sub = tmp_path / "chains"
+    sub.mkdir()
+    path = chain(sub, "    type: chroma\n    collection: curso_test\n    k: 1\n")
+    result, prompt = run(path, "¿cómo predicen el siguiente token los LLM?")
+    assert [d["source"] for d in result["documents"]] == ["llm.md"]
+    assert isinstance(result["documents"][0]["score"], float)
+    assert "(source: llm.md)" in prompt
+
+
+def test_step_retriever_searches_with_an_earlier_output(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "inputs: {pregunta: x}\n"
+        "steps:\n"
+        "  - {id: tema, prompt: 'Tema de: {pregunta}'}\n"
+        "  - id: respuesta\n"
+        "    retriever:\n"
+        f"      type: bm25\n      k: 1\n      query: '{{tema}}'\n{DOCS.replace('    ', '      ')}"
+        "    prompt: '{context} | {pregunta}'\n",
+    )
+    model = FakeChatModel(responses=["atención", "ok"])
+    result = load_chain(path, model=model).invoke({"pregunta": "x"})
+    assert result["documents"][0]["source"] == "transformers.md"
+    assert result["documents"][0]["step"] == "respuesta"
+    assert model.calls[1][-1].text.startswith("[1] (source: transformers.md)")
+
+
+def test_stream_yields_documents_first_and_adds_up_to_invoke(tmp_path: Path) -> None:
+    path = chain(tmp_path, f"    type: static\n    k: 1\n{DOCS}")
+    chain_ = load_chain(path, model={"provider": "fake", "responses": ["uno dos"]})
+    chunks = list(chain_.stream({"pregunta": "q"}))
+    assert chunks[0] == {
+        "documents": [
+            {
+                "content": "Los LLM predicen el siguiente token.",
+                "source": "llm.md",
+                "score": None,
+                "step": None,
+            }
+        ]
+    }
+    assert [c["output"] for c in chunks[1:]] == ["uno ", "dos"]
+
+
+async def test_retriever_runs_show_in_events(tmp_path: Path) -> None:
+    path = chain(tmp_path, f"    type: memory\n    k: 2\n{DOCS}")
+    chain_ = load_chain(path, model="fake:echo")
+    events = [e["event"] async for e in chain_.astream_events({"pregunta": "q"}, version="v2")]
+    assert "on_retriever_start" in events and "on_retriever_end" in events
+    assert len((await chain_.ainvoke({"pregunta": "q"}))["documents"]) == 2
+
+
+def test_validation_of_retrievers(tmp_path: Path) -> None:
+    no_retriever = write(tmp_path, "inputs: {q: x}\nprompt: '{context} {q}'\n", "a.yaml")
+    [problem] = validate_file(no_retriever)
+    assert problem.message == "unknown name '{context}'"
+    typo = chain(tmp_path, "    type: chromma\n    collection: abc\n")
+    [problem] = validate_file(typo)
+    assert problem.path == "retriever.type" and "did you mean 'chroma'?" in (problem.hint or "")
+    bad_query = chain(tmp_path, f"    type: static\n    query: '{{preguntaa}}'\n{DOCS}")
+    [problem] = validate_file(bad_query)
+    assert problem.path == "retriever.query" and "did you mean 'pregunta'?" in (problem.hint or "")
+    reserved = write(
+        tmp_path,
+        f"inputs: {{context: x}}\nretriever:\n    type: static\n{DOCS}prompt: hi\n",
+        "r.yaml",
+    )
+    assert any("reserved" in p.message for p in validate_file(reserved))
+
+
+def test_cli_json_includes_the_documents(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    path = chain(tmp_path, f"    type: bm25\n    k: 1\n{DOCS}")
+    exe = str(Path(sys.executable).parent / "eslabon")
+    out = subprocess.run(
+        [exe, "run", str(path), "-i", "pregunta=token", "-m", "fake:echo", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["documents"][0]["source"] == "llm.md"
+    assert data["output"].startswith("[1] (source: llm.md)")
+    shown = subprocess.run(
+        [exe, "run", str(path), "-i", "pregunta=token", "-m", "fake:echo", "--stream"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert "── documents" in shown.stdout and "[1] llm.md" in shown.stdout
