@@ -14,7 +14,7 @@ from typing import Any
 from eslabon.errors import Problem
 from eslabon.examples import ExampleFileError, load_example_file
 from eslabon.modelspec import check_model_ref
-from eslabon.spec import NAME_PATTERN, PARAM_NAMES
+from eslabon.spec import NAME_PATTERN, PARAM_NAMES, RETRIEVER_TYPES
 from eslabon.suggest import did_you_mean
 from eslabon.templates import check_template
 
@@ -186,6 +186,28 @@ def check_chain_data(
 def _check_retriever(
     out: _Collector, retriever: dict[str, Any], path: PathT, available: list[str]
 ) -> None:
+    kind = retriever.get("type")
+    if isinstance(kind, str) and kind not in RETRIEVER_TYPES:
+        if kind == "python":
+            factory = retriever.get("factory")
+            if not isinstance(factory, str) or ":" not in factory:
+                out.add(
+                    (*path, "factory"),
+                    "type: python needs factory: 'package.module:name'",
+                    "importing it also needs --allow-import PACKAGE (or allow_imports=...)",
+                )
+        else:
+            from eslabon.registry import retriever_names
+
+            names = retriever_names()
+            if kind not in names:
+                choices = [*RETRIEVER_TYPES, "python", *names]
+                hint = did_you_mean(kind, choices)
+                out.add(
+                    (*path, "type"),
+                    f"unknown retriever type '{kind}'",
+                    (hint + " " if hint else "") + "valid types: " + ", ".join(choices),
+                )
     query = retriever.get("query")
     if isinstance(query, str):
         for issue in check_template(query, available):

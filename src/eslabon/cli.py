@@ -146,6 +146,10 @@ def run(
     ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    allow_import: Annotated[
+        list[str] | None,
+        typer.Option("--allow-import", help="Let the chain file import code from this package."),
+    ] = None,
 ) -> None:
     """Run a chain file and print each step's output.
 
@@ -159,7 +163,9 @@ def run(
         from eslabon.compile import compile_chain
         from eslabon.loader import load_spec
 
-        chain = compile_chain(load_spec(file), model=_model_option(model))
+        chain = compile_chain(
+            load_spec(file), model=_model_option(model), allow_imports=allow_import
+        )
         _read_stdin_input(chain.spec, values)
         if stream and not as_json:
             _run_streaming(chain, values)

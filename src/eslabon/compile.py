@@ -132,8 +132,12 @@ def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> Ch
     return ChatPromptTemplate.from_messages(parts, template_format="f-string")
 
 
-def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
-    """Compile a checked spec. ``model`` overrides every model in it (see :mod:`eslabon.models`)."""
+def compile_chain(
+    spec: Chain, model: Any = None, allow_imports: list[str] | None = None
+) -> CompiledChain:
+    """Compile a checked spec. ``model`` overrides every model in it (see :mod:`eslabon.models`);
+    ``allow_imports`` lists packages whose code the chain file may import (see
+    :mod:`eslabon.imports`)."""
     problems = spec.problems()
     if problems:
         raise ChainConfigError(problems)
@@ -142,7 +146,10 @@ def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
     chain_params = spec.params.set_values() if spec.params else {}
     built: dict[str, tuple[Runnable[Any, Any], ModelSpec | None]] = {}
     steps: list[CompiledStep] = []
-    retrieval = _retrieval(spec, spec.retriever, None)
+    from eslabon.imports import allowed_imports
+
+    allowed = allowed_imports(allow_imports)
+    retrieval = _retrieval(spec, spec.retriever, None, allowed)
     for step in spec.normalized_steps():
         ref = chain_ref if overridden or step.model is None else step.model
         params = {**chain_params, **(step.params.set_values() if step.params else {})}
@@ -153,20 +160,22 @@ def compile_chain(spec: Chain, model: Any = None) -> CompiledChain:
         if key not in built:  # steps with the same model and settings share one instance
             built[key] = _step_model(ref, params, retry, fallbacks, base_dir)
         model_, origin_ = built[key]
-        own = _retrieval(spec, step.retriever, step.id) if spec.steps is not None else None
+        own = _retrieval(spec, step.retriever, step.id, allowed) if spec.steps else None
         prompt = step_prompt(step, base_dir, spec.embeddings)
         steps.append(CompiledStep(step.id, prompt, model_, origin_, own))
     return CompiledChain(spec, steps, model_label=_label(chain_ref), retrieval=retrieval)
 
 
-def _retrieval(spec: Chain, retriever: Any, step: str | None) -> Retrieval | None:
+def _retrieval(
+    spec: Chain, retriever: Any, step: str | None, allowed: list[str]
+) -> Retrieval | None:
     if retriever is None:
         return None
     from eslabon.project import load_project
     from eslabon.retrieval import build_embeddings, build_retriever
 
     embeddings = build_embeddings(spec.embeddings)
-    built = build_retriever(retriever, embeddings, load_project().root)
+    built = build_retriever(retriever, embeddings, load_project().root, allowed)
     query = retriever.query or "{" + spec.input_names()[0] + "}"
     return Retrieval(built, query, step)
 
@@ -207,14 +216,17 @@ def _label(ref: Any) -> str:
     return f"{data.get('provider')}:{data.get('name', '')}".rstrip(":")
 
 
-def load_chain(path: str | Path, model: Any = None) -> CompiledChain:
+def load_chain(
+    path: str | Path, model: Any = None, allow_imports: list[str] | None = None
+) -> CompiledChain:
     """Load a chain file and compile it into a Runnable.
 
     ``model`` (a ``provider:model`` string, alias, mapping or a LangChain chat model) overrides
     the models in the file; otherwise ``ESLABON_MODEL``, then the file's ``model``, then
-    ``local``.
+    ``local``. ``allow_imports`` lists the packages whose code the file may import (off by
+    default).
     """
-    return compile_chain(Chain.from_yaml(Path(path)), model=model)
+    return compile_chain(Chain.from_yaml(Path(path)), model=model, allow_imports=allow_imports)
 
 
 class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):

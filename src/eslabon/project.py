@@ -22,7 +22,7 @@ from eslabon.errors import ChainConfigError, Problem
 __all__ = ["PROJECT_FILE", "Project", "find_project", "load_project"]
 
 PROJECT_FILE = "eslabon.toml"
-_KNOWN_TABLES = ("models",)
+_KNOWN_TABLES = ("models", "allow")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Project:
     root: Path
     file: Path | None = None
     models: dict[str, Any] = field(default_factory=dict)
+    allow_imports: tuple[str, ...] = ()  # [allow] imports: packages chain files may import
 
 
 def find_project(start: Path | None = None) -> Path | None:
@@ -88,4 +89,13 @@ def _parse(path: Path) -> Project:
                 f"alias '{alias}' must be a \"provider:model\" string or an inline table",
                 f"models.{alias}",
             )
-    return Project(root=path.parent, file=path, models=dict(models))
+    allow = data.get("allow", {})
+    imports = allow.get("imports", []) if isinstance(allow, dict) else None
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise _problem(
+            path,
+            "[allow] imports must be a list of package names",
+            "allow.imports",
+            'e.g. imports = ["mypkg"]',
+        )
+    return Project(root=path.parent, file=path, models=dict(models), allow_imports=tuple(imports))

@@ -90,9 +90,13 @@ def build_embeddings(ref: str | None) -> Embeddings:
         raise UserError(f"embeddings '{ref}': {exc}") from None
 
 
-def build_retriever(spec: Any, embeddings: Embeddings, project_root: Path) -> BaseRetriever:
+def build_retriever(
+    spec: Any, embeddings: Embeddings, project_root: Path, allow_imports: list[str] | None = None
+) -> BaseRetriever:
     """The retriever a chain file's ``retriever:`` mapping describes."""
     kind = spec.type
+    if kind not in ("static", "memory", "bm25", "chroma"):
+        return _custom(spec, allow_imports or [])
     if kind == "static":
         return StaticRetriever(documents=_documents(spec.documents), k=spec.k)
     if kind == "memory":
@@ -125,6 +129,30 @@ def build_retriever(spec: Any, embeddings: Embeddings, project_root: Path) -> Ba
             k=spec.k,
         )
     raise ValueError(f"unknown retriever type {kind!r}")  # the spec rejects it before this
+
+
+def _custom(spec: Any, allow_imports: list[str]) -> BaseRetriever:
+    from eslabon.registry import retriever_factory
+
+    if spec.type == "python":
+        from eslabon.imports import resolve_import
+
+        factory = resolve_import(str(spec.factory), allow_imports, "retriever factory")
+    else:
+        factory = retriever_factory(spec.type)
+        if factory is None:
+            raise UserError(f"no retriever registered as '{spec.type}'")
+    settings = dict(spec.model_extra or {})
+    settings["k"] = spec.k
+    try:
+        retriever = factory(**settings)
+    except TypeError as exc:
+        raise UserError(f"retriever '{spec.type}': {exc}") from None
+    if not isinstance(retriever, BaseRetriever):
+        raise UserError(
+            f"retriever '{spec.type}' returned {type(retriever).__name__}, not a BaseRetriever"
+        )
+    return retriever
 
 
 DEFAULT_STORE = ".eslabon/chroma"

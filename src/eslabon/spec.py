@@ -256,14 +256,33 @@ class ChromaRetriever(_RetrieverBase):
     port: int = Field(8000, gt=0, lt=65536)
 
 
+class CustomRetriever(_RetrieverBase):
+    """A registered retriever (``type: NAME``) or, with import opt-in, ``type: python`` plus
+    ``factory: package.module:callable``. Other keys are the factory's keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    factory: str | None = Field(None, description="For type: python, 'package.module:name'.")
+
+
 RETRIEVER_TYPES = ("static", "memory", "bm25", "chroma")
+
+
+def _retriever_kind(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if not isinstance(kind, str):
+        return None
+    return kind if kind in RETRIEVER_TYPES else "custom"
+
 
 RetrieverRef = Annotated[
     Annotated[StaticRetriever, Tag("static")]
     | Annotated[MemoryRetriever, Tag("memory")]
     | Annotated[BM25RetrieverSpec, Tag("bm25")]
-    | Annotated[ChromaRetriever, Tag("chroma")],
-    Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None)),
+    | Annotated[ChromaRetriever, Tag("chroma")]
+    | Annotated[CustomRetriever, Tag("custom")],
+    Discriminator(_retriever_kind),
 ]
 
 
@@ -402,11 +421,11 @@ class Chain(_Prompted):
 
         return check_chain_data(self.to_data(), self.base_dir, file=str(self._source or "<chain>"))
 
-    def compile(self, model: Any = None) -> Any:
+    def compile(self, model: Any = None, allow_imports: list[str] | None = None) -> Any:
         """Compile into a LangChain Runnable (see :func:`eslabon.compile.compile_chain`)."""
         from eslabon.compile import compile_chain
 
-        return compile_chain(self, model=model)
+        return compile_chain(self, model=model, allow_imports=allow_imports)
 
 
 # Set while pydantic validates: nested models (and the loader) must let ValidationError through.
