@@ -299,6 +299,64 @@ def render(
 
 
 @app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html).")],
+    into: Annotated[str, typer.Option("--into", help="Where: chroma:COLLECTION.")],
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=50)] = 800,
+    chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", min=0)] = 100,
+    embeddings: Annotated[str | None, typer.Option("--embeddings")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="Chroma folder.")] = None,
+) -> None:
+    """Index documents into a Chroma collection (idempotent: unchanged files add nothing)."""
+    try:
+        from rich.progress import Progress
+
+        from eslabon.indexing import index_paths, open_store, parse_target
+
+        store = open_store(parse_target(into), embeddings, path)
+        with Progress(console=_console(), transient=True) as bar:
+            task = bar.add_task("indexing", total=None)
+            report = index_paths(
+                paths,
+                store,
+                chunk_size,
+                chunk_overlap,
+                progress=lambda source: bar.update(task, advance=1, description=source),
+            )
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(
+        f"{report.files} files: {report.added} chunks added, "
+        f"{len(report.replaced_files)} files replaced, "
+        f"{len(report.unchanged_files)} unchanged (into {into})"
+    )
+
+
+@app.command()
+def search(
+    target: Annotated[str, typer.Argument(help="chroma:COLLECTION")],
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", min=1)] = 5,
+    embeddings: Annotated[str | None, typer.Option("--embeddings")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="Chroma folder.")] = None,
+) -> None:
+    """Show the best chunks for a query, with scores and sources."""
+    try:
+        from eslabon.indexing import open_store, parse_target
+        from eslabon.indexing import search as find
+
+        hits = find(open_store(parse_target(target), embeddings, path), query, k)
+    except Exception as exc:
+        _fail(exc)
+    console = _console()
+    for n, hit in enumerate(hits, 1):
+        _header(console, f"[{n}] {hit['source']} #{hit['chunk']}  score {hit['score']:.3f}")
+        console.print(hit["content"].strip())
+    if not hits:
+        typer.echo("no hits (is the collection indexed? eslabon index PATH --into ...)")
+
+
+@app.command()
 def models() -> None:
     """Show providers: is the extra installed, is the key set (never the key itself)."""
     import importlib.util

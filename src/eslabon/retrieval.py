@@ -183,7 +183,13 @@ def chroma_store(
         if not folder.is_absolute():
             folder = project_root / folder
         client = chromadb.PersistentClient(path=str(folder), settings=settings)
-    return Chroma(collection_name=collection, embedding_function=embeddings, client=client)
+    # cosine distance: eslabon's embeddings are normalized, and L2 would rank empty texts well
+    return Chroma(
+        collection_name=collection,
+        embedding_function=embeddings,
+        client=client,
+        collection_metadata={"hnsw:space": "cosine"},
+    )
 
 
 def format_context(docs: list[Document]) -> str:
