@@ -226,3 +226,50 @@ def test_chroma_client_server(chroma_server: int, tmp_path: Path) -> None:
     result, prompt = run(chain(tmp_path, retriever), "la atención y el contexto")
     assert [d["source"] for d in result["documents"]] == ["transformers.md"]
     assert "(source: transformers.md)" in prompt
+
+
+# -- the shared conformance suite, on eslabon's own retrievers ------------------------------
+from eslabon.retrieval import build_retriever  # noqa: E402
+from eslabon.spec import BM25RetrieverSpec, MemoryRetriever  # noqa: E402
+from eslabon.testing import RetrieverConformance  # noqa: E402
+
+CORPUS = [
+    {"content": "Los LLM predicen el siguiente token.", "source": "llm.md"},
+    {"content": "Los embeddings representan palabras como vectores.", "source": "embeddings.md"},
+    {"content": "El mecanismo de atención pondera el contexto.", "source": "transformers.md"},
+]
+
+
+class TestMemoryConformance(RetrieverConformance):
+    query, expected_source = "el siguiente token", "llm.md"
+
+    def make_retriever(self, k: int) -> Any:
+        spec = MemoryRetriever(type="memory", documents=CORPUS, k=k)
+        return build_retriever(spec, build_embeddings("local"), Path.cwd())
+
+
+class TestBM25Conformance(RetrieverConformance):
+    query, expected_source = "atención contexto", "transformers.md"
+
+    def make_retriever(self, k: int) -> Any:
+        spec = BM25RetrieverSpec(type="bm25", documents=CORPUS, k=k)
+        return build_retriever(spec, build_embeddings("local"), Path.cwd())
+
+
+class TestChromaConformance(RetrieverConformance):
+    query, expected_source = "vectores y embeddings", "embeddings.md"
+
+    def make_retriever(self, k: int) -> Any:
+        import tempfile
+
+        from eslabon.retrieval import ScoredVectorStoreRetriever
+
+        if not hasattr(self, "_store"):
+            folder = tempfile.mkdtemp(prefix="eslabon-chroma-")
+            self._store = chroma_store(
+                "conformance", build_embeddings("local"), folder, None, 8000, Path(folder)
+            )
+            self._store.add_texts(
+                [d["content"] for d in CORPUS], metadatas=[{"source": d["source"]} for d in CORPUS]
+            )
+        return ScoredVectorStoreRetriever(vectorstore=self._store, k=k)
