@@ -37,6 +37,7 @@ test: lint typecheck unit
 bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/stream_latency.py
+	$(BIN)/python bench/retrieval.py
 
 schema: $(VENV)/.stamp-dev
 	$(BIN)/eslabon schema > docs/chain.schema.json

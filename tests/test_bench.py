@@ -36,3 +36,9 @@ def test_stream_latency_benchmark_runs_and_prints_its_figure_last() -> None:
     lines = run_quick("stream_latency.py")
     assert re.fullmatch(r"ttft_overhead_ms=-?\d+\.\d{2}", lines[-1])
     assert any("bare ChatOpenAI.stream" in line for line in lines)
+
+
+def test_retrieval_benchmark_runs_and_prints_its_figure_last() -> None:
+    lines = run_quick("retrieval.py")
+    assert re.fullmatch(r"query_overhead_ratio=\d+\.\d{3}", lines[-1])
+    assert any("chunks/s" in line for line in lines)

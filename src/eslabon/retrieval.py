@@ -56,12 +56,11 @@ class ScoredVectorStoreRetriever(BaseRetriever):
             hits = self.vectorstore.similarity_search_with_relevance_scores(query, k=self.k)
         except NotImplementedError:  # InMemoryVectorStore: its score is cosine similarity
             hits = self.vectorstore.similarity_search_with_score(query, k=self.k)
-        out = []
-        for doc, score in hits:
-            copy = doc.model_copy(deep=True)
-            copy.metadata["score"] = round(float(score), 6)
-            out.append(copy)
-        return out
+        # new Documents with new metadata dicts: a store may hand out its own metadata objects
+        return [
+            Document(doc.page_content, id=doc.id, metadata={**doc.metadata, "score": float(s)})
+            for doc, s in hits
+        ]
 
 
 def _documents(refs: list[Any]) -> list[Document]:
