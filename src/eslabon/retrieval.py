@@ -18,6 +18,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 
 from eslabon.errors import MissingDependencyError, UserError
+from eslabon.spec import RETRIEVER_TYPES
 
 __all__ = [
     "ScoredVectorStoreRetriever",
@@ -94,7 +95,7 @@ def build_retriever(
 ) -> BaseRetriever:
     """The retriever a chain file's ``retriever:`` mapping describes."""
     kind = spec.type
-    if kind not in ("static", "memory", "bm25", "chroma"):
+    if kind not in RETRIEVER_TYPES:  # registered, installed, or type: python
         return _custom(spec, allow_imports or [])
     if kind == "static":
         return StaticRetriever(documents=_documents(spec.documents), k=spec.k)
@@ -127,7 +128,7 @@ def build_retriever(
             ),
             k=spec.k,
         )
-    raise ValueError(f"unknown retriever type {kind!r}")  # the spec rejects it before this
+    raise AssertionError(f"unhandled retriever type {kind!r}")
 
 
 def _custom(spec: Any, allow_imports: list[str]) -> BaseRetriever:
