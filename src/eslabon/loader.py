@@ -22,6 +22,7 @@ from eslabon.spec import (
     ExamplePair,
     InputSpec,
     LengthSelector,
+    LlamaIndexRetrieverSpec,
     MemoryRetriever,
     MMRSelector,
     NGramSelector,
@@ -120,6 +121,7 @@ def _allowed_keys(path: PathT, data: Any) -> list[str]:
             "memory": MemoryRetriever,
             "bm25": BM25RetrieverSpec,
             "chroma": ChromaRetriever,
+            "llamaindex": LlamaIndexRetrieverSpec,
         }
         found = retrievers.get(str(parent.get("type")))
         return list(found.model_fields) if found else ["type"]

@@ -128,6 +128,13 @@ def build_retriever(
             ),
             k=spec.k,
         )
+    if kind == "llamaindex":
+        from eslabon.llamaindex import load_persisted
+
+        folder = Path(spec.path)
+        if not folder.is_absolute():
+            folder = project_root / folder
+        return load_persisted(str(folder), embeddings, spec.k)
     raise AssertionError(f"unhandled retriever type {kind!r}")
 
 
@@ -148,6 +155,10 @@ def _custom(spec: Any, allow_imports: list[str]) -> BaseRetriever:
         retriever = factory(**settings)
     except TypeError as exc:
         raise UserError(f"retriever '{spec.type}': {exc}") from None
+    from eslabon.llamaindex import LlamaIndexRetriever, is_llamaindex_retriever
+
+    if is_llamaindex_retriever(retriever):  # any llama-index retriever works too
+        retriever = LlamaIndexRetriever(retriever=retriever)
     if not isinstance(retriever, BaseRetriever):
         raise UserError(
             f"retriever '{spec.type}' returned {type(retriever).__name__}, not a BaseRetriever"

@@ -256,6 +256,13 @@ class ChromaRetriever(_RetrieverBase):
     port: int = Field(8000, gt=0, lt=65536)
 
 
+class LlamaIndexRetrieverSpec(_RetrieverBase):
+    """A llama-index index persisted at ``path`` (relative to the project root)."""
+
+    type: Literal["llamaindex"]
+    path: str = Field(description="The folder given to index.storage_context.persist().")
+
+
 class CustomRetriever(_RetrieverBase):
     """A registered retriever (``type: NAME``) or, with import opt-in, ``type: python`` plus
     ``factory: package.module:callable``. Other keys are the factory's keyword arguments."""
@@ -266,7 +273,7 @@ class CustomRetriever(_RetrieverBase):
     factory: str | None = Field(None, description="For type: python, 'package.module:name'.")
 
 
-RETRIEVER_TYPES = ("static", "memory", "bm25", "chroma")
+RETRIEVER_TYPES = ("static", "memory", "bm25", "chroma", "llamaindex")
 
 
 def _retriever_kind(value: Any) -> str | None:
@@ -281,6 +288,7 @@ RetrieverRef = Annotated[
     | Annotated[MemoryRetriever, Tag("memory")]
     | Annotated[BM25RetrieverSpec, Tag("bm25")]
     | Annotated[ChromaRetriever, Tag("chroma")]
+    | Annotated[LlamaIndexRetrieverSpec, Tag("llamaindex")]
     | Annotated[CustomRetriever, Tag("custom")],
     Discriminator(_retriever_kind),
 ]
