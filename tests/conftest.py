@@ -22,9 +22,19 @@ def _guarded_connect(self: socket.socket, address: Any) -> Any:
     raise RuntimeError(f"tests must not use the network (tried to connect to {address!r})")
 
 
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    if host is None or str(host).startswith(_LOOPBACK):
+        return _real_getaddrinfo(host, *args, **kwargs)
+    raise RuntimeError(f"tests must not use the network (tried to resolve {host!r})")
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
 
 
 @pytest.fixture(autouse=True)

@@ -239,6 +239,30 @@ class WireServer:
                 path = self.path.split("?")[0]
                 query = self.path.partition("?")[2]
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                if path.endswith("/embeddings") or path == "/api/embed":
+                    with server._lock:
+                        kind = "openai" if path.endswith("/embeddings") else "ollama"
+                        server.requests.append(Recorded(kind, path, headers, body, False))
+                    texts = body.get("input")
+                    texts = [texts] if isinstance(texts, str) else texts
+                    vectors = [_vector(t) for t in texts]
+                    if kind == "openai":
+                        data = [
+                            {"object": "embedding", "index": i, "embedding": v}
+                            for i, v in enumerate(vectors)
+                        ]
+                        self._send_json(
+                            200,
+                            {
+                                "object": "list",
+                                "data": data,
+                                "model": body["model"],
+                                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                            },
+                        )
+                    else:
+                        self._send_json(200, {"model": body["model"], "embeddings": vectors})
+                    return
                 if path.endswith("/chat/completions"):
                     provider, stream, model = "openai", bool(body.get("stream")), body["model"]
                 elif path.endswith("/v1/messages"):
@@ -490,6 +514,15 @@ class WireServer:
                 self._end_stream()
 
         return Handler
+
+
+def _vector(text: Any) -> list[float]:
+    """A deterministic stand-in embedding: letter counts, normalized."""
+    if isinstance(text, list):  # OpenAI may send token ids
+        text = " ".join(map(str, text))
+    counts = [float(str(text).lower().count(c)) for c in "abcdefghijklmnopqrstuvwxyz"]
+    norm = sum(c * c for c in counts) ** 0.5 or 1.0
+    return [c / norm for c in counts]
 
 
 def _last_user_text(provider: str, body: dict[str, Any]) -> str:

@@ -174,7 +174,7 @@ def _retrieval(
     from eslabon.project import load_project
     from eslabon.retrieval import build_embeddings, build_retriever
 
-    embeddings = build_embeddings(spec.embeddings)
+    embeddings = build_embeddings(spec.embeddings, spec.base_dir)
     built = build_retriever(retriever, embeddings, load_project().root, allowed)
     query = retriever.query or "{" + spec.input_names()[0] + "}"
     return Retrieval(built, query, step)

