@@ -127,7 +127,7 @@ def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> Ch
 
         examples = load_examples(step.examples, base_dir)
         selector = step.selector.model_dump() if step.selector is not None else None
-        parts.append(few_shot_prompt(examples, selector, step.prompt, embeddings))
+        parts.append(few_shot_prompt(examples, selector, step.prompt, embeddings, base_dir))
     parts.append(("human", step.prompt))
     return ChatPromptTemplate.from_messages(parts, template_format="f-string")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 from langchain_core.example_selectors import (
@@ -49,7 +50,11 @@ class PromptQuerySelector(BaseExampleSelector):
 
 
 def _selector(
-    kind: str, settings: dict[str, Any], examples: list[dict[str, str]], embeddings: str | None
+    kind: str,
+    settings: dict[str, Any],
+    examples: list[dict[str, str]],
+    embeddings: str | None,
+    base_dir: Path | None,
 ) -> Any:
     if kind == "length":
         return LengthBasedExampleSelector(
@@ -77,7 +82,7 @@ def _selector(
 
         common: dict[str, Any] = {
             "examples": examples,
-            "embeddings": build_embeddings(embeddings),
+            "embeddings": build_embeddings(embeddings, base_dir),
             "vectorstore_cls": InMemoryVectorStore,
             "k": settings.get("k", 4),
             "input_keys": ["input"],
@@ -95,13 +100,14 @@ def few_shot_prompt(
     selector: dict[str, Any] | None,
     prompt: str,
     embeddings: str | None = None,
+    base_dir: Path | None = None,
 ) -> FewShotChatMessagePromptTemplate:
     """Examples as user/assistant message pairs, chosen by the configured selector."""
     settings = dict(selector or {})
     kind = settings.pop("type", "all")
     if kind == "all":
         return FewShotChatMessagePromptTemplate(examples=examples, example_prompt=EXAMPLE_PROMPT)
-    inner = _selector(kind, settings, examples, embeddings)
+    inner = _selector(kind, settings, examples, embeddings, base_dir)
     k = settings.get("k") if kind == "ngram" else None
     variables = PromptTemplate.from_template(prompt).input_variables
     return FewShotChatMessagePromptTemplate(
