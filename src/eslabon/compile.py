@@ -58,11 +58,19 @@ class Retrieval:
     def search_text(self, values: dict[str, Any]) -> str:
         return self.query.format(**{n: values[n] for n in self.query.input_variables})
 
-    def apply(self, docs: list[Any], values: dict[str, Any]) -> list[dict[str, Any]]:
+    def _apply(self, docs: list[Any], values: dict[str, Any]) -> list[dict[str, Any]]:
         from eslabon.retrieval import document_record, format_context
 
         values["context"] = format_context(docs)
         return [document_record(d, self.step) for d in docs]
+
+    def run(self, values: dict[str, Any], config: RunnableConfig) -> list[dict[str, Any]]:
+        """Search, put ``{context}`` into ``values``, and return the documents' records."""
+        return self._apply(self.retriever.invoke(self.search_text(values), config), values)
+
+    async def arun(self, values: dict[str, Any], config: RunnableConfig) -> list[dict[str, Any]]:
+        found = await self.retriever.ainvoke(self.search_text(values), config)
+        return self._apply(found, values)
 
 
 class CompiledStep:
@@ -303,10 +311,10 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             )
         return values
 
-    def _result(self, values: dict[str, Any], documents: list[Any] | None) -> dict[str, Any]:
+    def _result(self, values: dict[str, Any], documents: list[Any]) -> dict[str, Any]:
         result = {s.id: values[s.id] for s in self.steps}
         result["output"] = values[self.output_id]
-        if documents is not None:
+        if self.retrieves:  # chains without a retriever keep their plain result
             result["documents"] = documents
         return result
 
@@ -336,17 +344,14 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
 
     def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
-        documents: list[Any] | None = [] if self.retrieves else None
+        documents: list[Any] = []
         if self.retrieval:
-            found = self.retrieval.retriever.invoke(self.retrieval.search_text(values), config)
-            documents += self.retrieval.apply(found, values)  # type: ignore[operator]
+            documents += self.retrieval.run(values, config)
         for step in self.steps:
             step_values = values
             if step.retrieval:
-                step_values = {**values}
-                query = step.retrieval.search_text(values)
-                found = step.retrieval.retriever.invoke(query, step.config(config))
-                documents += step.retrieval.apply(found, step_values)  # type: ignore[operator]
+                step_values = {**values}  # this step's own {context}
+                documents += step.retrieval.run(step_values, step.config(config))
             with step.provider_errors():
                 message = step.model.invoke(step.messages(step_values), step.config(config))
             values[step.id] = message.text
@@ -374,18 +379,14 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
 
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
-        documents: list[Any] | None = [] if self.retrieves else None
+        documents: list[Any] = []
         if self.retrieval:
-            query = self.retrieval.search_text(values)
-            found = await self.retrieval.retriever.ainvoke(query, config)
-            documents += self.retrieval.apply(found, values)  # type: ignore[operator]
+            documents += await self.retrieval.arun(values, config)
         for step in self.steps:
             step_values = values
             if step.retrieval:
-                step_values = {**values}
-                query = step.retrieval.search_text(values)
-                found = await step.retrieval.retriever.ainvoke(query, step.config(config))
-                documents += step.retrieval.apply(found, step_values)  # type: ignore[operator]
+                step_values = {**values}  # this step's own {context}
+                documents += await step.retrieval.arun(step_values, step.config(config))
             with step.provider_errors():
                 message = await step.model.ainvoke(step.messages(step_values), step.config(config))
             values[step.id] = message.text
@@ -409,18 +410,17 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> Iterator[dict[str, Any]]:
         values = self._values(self._merge(list(inputs)))
         if self.retrieval:
-            found = self.retrieval.retriever.invoke(self.retrieval.search_text(values), config)
-            yield AddableDict({"documents": self.retrieval.apply(found, values)})
+            yield AddableDict({"documents": self.retrieval.run(values, config)})
         elif self.retrieves:
             yield AddableDict({"documents": []})
         for step in self.steps:
             parts: list[str] = []
             step_values = values
             if step.retrieval:
-                step_values = {**values}
-                query = step.retrieval.search_text(values)
-                found = step.retrieval.retriever.invoke(query, step.config(config))
-                yield AddableDict({"documents": step.retrieval.apply(found, step_values)})
+                step_values = {**values}  # this step's own {context}
+                yield AddableDict(
+                    {"documents": step.retrieval.run(step_values, step.config(config))}
+                )
             with step.provider_errors():
                 messages = step.messages(step_values)
                 for chunk in step.model.stream(messages, step.config(config)):
@@ -441,19 +441,16 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> AsyncIterator[dict[str, Any]]:
         values = self._values(self._merge([c async for c in inputs]))
         if self.retrieval:
-            query = self.retrieval.search_text(values)
-            found = await self.retrieval.retriever.ainvoke(query, config)
-            yield AddableDict({"documents": self.retrieval.apply(found, values)})
+            yield AddableDict({"documents": await self.retrieval.arun(values, config)})
         elif self.retrieves:
             yield AddableDict({"documents": []})
         for step in self.steps:
             parts: list[str] = []
             step_values = values
             if step.retrieval:
-                step_values = {**values}
-                query = step.retrieval.search_text(values)
-                found = await step.retrieval.retriever.ainvoke(query, step.config(config))
-                yield AddableDict({"documents": step.retrieval.apply(found, step_values)})
+                step_values = {**values}  # this step's own {context}
+                found = await step.retrieval.arun(step_values, step.config(config))
+                yield AddableDict({"documents": found})
             with step.provider_errors():
                 messages = step.messages(step_values)
                 async for chunk in step.model.astream(messages, step.config(config)):
