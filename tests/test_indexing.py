@@ -93,3 +93,18 @@ def test_cli_index_then_search_then_a_chain_finds_it(project: Path) -> None:
     assert ran.returncode == 0, ran.stderr
     assert '"source": "docs/a.md"' in ran.stdout
     assert cli("index", "docs", "--into", "nada").returncode == 2
+
+
+def test_pdf_files_are_indexed(project: Path) -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.multi_cell(0, 10, "La ventana de contexto limita cuantos tokens ve el modelo.")
+    pdf.output(str(project / "docs" / "c.pdf"))
+    store = open_store("curso_pdf")
+    report = index_paths(["docs/c.pdf"], store)
+    assert report.added == 1
+    [hit] = search(store, "ventana de contexto", k=1)
+    assert hit["source"] == "docs/c.pdf" and "ventana de contexto" in hit["content"]

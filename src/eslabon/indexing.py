@@ -1,7 +1,8 @@
 """Indexing documents into a Chroma collection, and searching it.
 
-``index_paths`` loads .md / .txt / .html files, splits them with langchain-text-splitters and
-stores each chunk with its ``source``, ``chunk`` number and content ``hash``. It is idempotent:
+``index_paths`` loads .md / .txt / .html files (and .pdf with the ``pdf`` extra), splits them
+with langchain-text-splitters and stores each chunk with its ``source``, ``chunk`` number and
+content ``hash``. It is idempotent:
 a file whose content is unchanged adds nothing; a changed file replaces its old chunks.
 """
 
@@ -15,11 +16,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from eslabon.errors import UserError
+from eslabon.errors import MissingDependencyError, UserError
 
 __all__ = ["IndexReport", "index_paths", "open_store", "parse_target", "search"]
 
-SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm")
+SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 _WORDS = re.compile(r"\w+")
 
 
@@ -73,6 +74,12 @@ class _Text(HTMLParser):
 
 
 def _read(path: Path) -> str:
+    if path.suffix.lower() == ".pdf":
+        try:
+            from pypdf import PdfReader
+        except ImportError:
+            raise MissingDependencyError("Indexing PDF files", "pdf", "pypdf") from None
+        return "\n\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".html", ".htm"):
         parser = _Text()
@@ -87,8 +94,6 @@ def _files(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES))
-        elif path.suffix.lower() == ".pdf":
-            raise UserError(f"{path}: PDF files are not supported yet; convert it to text")
         elif path.is_file():
             if path.suffix.lower() not in SUFFIXES:
                 raise UserError(f"{path}: unsupported file type; use {', '.join(SUFFIXES)}")
