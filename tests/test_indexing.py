@@ -108,3 +108,26 @@ def test_pdf_files_are_indexed(project: Path) -> None:
     assert report.added == 1
     [hit] = search(store, "ventana de contexto", k=1)
     assert hit["source"] == "docs/c.pdf" and "ventana de contexto" in hit["content"]
+
+
+def test_cli_index_and_search_against_a_chroma_server(chroma_server: int, project: Path) -> None:
+    exe = str(Path(sys.executable).parent / "eslabon")
+    where = ["--host", "127.0.0.1", "--port", str(chroma_server)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [exe, *args],
+            capture_output=True,
+            text=True,
+            cwd=project,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+
+    out = cli("index", "docs", "--into", "chroma:curso_srv", *where)
+    assert out.returncode == 0, out.stderr
+    assert "2 chunks added" in out.stdout
+    assert "0 chunks added" in cli("index", "docs", "--into", "chroma:curso_srv", *where).stdout
+    found = cli("search", "chroma:curso_srv", "la atención y las palabras", "-k", "1", *where)
+    assert found.returncode == 0 and "docs/b.html" in found.stdout
+    assert not (project / ".eslabon").exists()  # nothing went to the local folder

@@ -306,6 +306,8 @@ def index(
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", min=0)] = 100,
     embeddings: Annotated[str | None, typer.Option("--embeddings")] = None,
     path: Annotated[str | None, typer.Option("--path", help="Chroma folder.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="A chroma server instead.")] = None,
+    port: Annotated[int, typer.Option("--port")] = 8000,
 ) -> None:
     """Index documents into a Chroma collection (idempotent: unchanged files add nothing)."""
     try:
@@ -313,7 +315,7 @@ def index(
 
         from eslabon.indexing import index_paths, open_store, parse_target
 
-        store = open_store(parse_target(into), embeddings, path)
+        store = open_store(parse_target(into), embeddings, path, host, port)
         with Progress(console=_console(), transient=True) as bar:
             task = bar.add_task("indexing", total=None)
             report = index_paths(
@@ -339,13 +341,15 @@ def search(
     k: Annotated[int, typer.Option("-k", min=1)] = 5,
     embeddings: Annotated[str | None, typer.Option("--embeddings")] = None,
     path: Annotated[str | None, typer.Option("--path", help="Chroma folder.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="A chroma server instead.")] = None,
+    port: Annotated[int, typer.Option("--port")] = 8000,
 ) -> None:
     """Show the best chunks for a query, with scores and sources."""
     try:
         from eslabon.indexing import open_store, parse_target
         from eslabon.indexing import search as find
 
-        hits = find(open_store(parse_target(target), embeddings, path), query, k)
+        hits = find(open_store(parse_target(target), embeddings, path, host, port), query, k)
     except Exception as exc:
         _fail(exc)
     console = _console()
