@@ -66,18 +66,20 @@ def test_bad_targets_and_files(project: Path) -> None:
         index_paths(["nope"], open_store("curso_bad"))
 
 
-def test_cli_index_then_search_then_a_chain_finds_it(project: Path) -> None:
-    exe = str(Path(sys.executable).parent / "eslabon")
+def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "eslabon"), *args],
+        capture_output=True,
+        text=True,
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
+
+def test_cli_index_then_search_then_a_chain_finds_it(project: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [exe, *args],
-            capture_output=True,
-            text=True,
-            cwd=project,
-            stdin=subprocess.DEVNULL,
-            timeout=120,
-        )
+        return run_cli(project, *args)
 
     out = cli("index", "docs", "--into", "chroma:curso_cli")
     assert out.returncode == 0, out.stderr
@@ -111,18 +113,10 @@ def test_pdf_files_are_indexed(project: Path) -> None:
 
 
 def test_cli_index_and_search_against_a_chroma_server(chroma_server: int, project: Path) -> None:
-    exe = str(Path(sys.executable).parent / "eslabon")
     where = ["--host", "127.0.0.1", "--port", str(chroma_server)]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [exe, *args],
-            capture_output=True,
-            text=True,
-            cwd=project,
-            stdin=subprocess.DEVNULL,
-            timeout=120,
-        )
+        return run_cli(project, *args)
 
     out = cli("index", "docs", "--into", "chroma:curso_srv", *where)
     assert out.returncode == 0, out.stderr

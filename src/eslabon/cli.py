@@ -27,6 +27,17 @@ app = typer.Typer(
 )
 
 
+# Options shared by several commands, declared once.
+InputsOption = Annotated[
+    list[str] | None,
+    typer.Option("-i", "--input", help="name=value, or name=@file.txt (repeatable)."),
+]
+EmbeddingsOption = Annotated[str | None, typer.Option("--embeddings")]
+ChromaPathOption = Annotated[str | None, typer.Option("--path", help="Chroma folder.")]
+ChromaHostOption = Annotated[str | None, typer.Option("--host", help="A chroma server instead.")]
+ChromaPortOption = Annotated[int, typer.Option("--port")]
+
+
 def _report(exc: BaseException) -> int:
     """Print one clear message (secrets scrubbed) and return the exit code."""
     if isinstance(exc, EslabonError):
@@ -134,10 +145,7 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="The chain file to run.")],
-    inputs: Annotated[
-        list[str] | None,
-        typer.Option("-i", "--input", help="name=value, or name=@file.txt (repeatable)."),
-    ] = None,
+    inputs: InputsOption = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -277,10 +285,7 @@ def render(
     provider: Annotated[
         str, typer.Option("--provider", "-p", help="openai, google_genai, anthropic or ollama.")
     ],
-    inputs: Annotated[
-        list[str] | None,
-        typer.Option("-i", "--input", help="name=value, or name=@file.txt (repeatable)."),
-    ] = None,
+    inputs: InputsOption = None,
     step: Annotated[str | None, typer.Option("--step", help="Only this step.")] = None,
 ) -> None:
     """Print the exact request body each step would send to a provider (no network, no key).
@@ -300,14 +305,14 @@ def render(
 
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html).")],
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html, .pdf).")],
     into: Annotated[str, typer.Option("--into", help="Where: chroma:COLLECTION.")],
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=50)] = 800,
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", min=0)] = 100,
-    embeddings: Annotated[str | None, typer.Option("--embeddings")] = None,
-    path: Annotated[str | None, typer.Option("--path", help="Chroma folder.")] = None,
-    host: Annotated[str | None, typer.Option("--host", help="A chroma server instead.")] = None,
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    embeddings: EmbeddingsOption = None,
+    path: ChromaPathOption = None,
+    host: ChromaHostOption = None,
+    port: ChromaPortOption = 8000,
 ) -> None:
     """Index documents into a Chroma collection (idempotent: unchanged files add nothing)."""
     try:
@@ -339,10 +344,10 @@ def search(
     target: Annotated[str, typer.Argument(help="chroma:COLLECTION")],
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("-k", min=1)] = 5,
-    embeddings: Annotated[str | None, typer.Option("--embeddings")] = None,
-    path: Annotated[str | None, typer.Option("--path", help="Chroma folder.")] = None,
-    host: Annotated[str | None, typer.Option("--host", help="A chroma server instead.")] = None,
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    embeddings: EmbeddingsOption = None,
+    path: ChromaPathOption = None,
+    host: ChromaHostOption = None,
+    port: ChromaPortOption = 8000,
 ) -> None:
     """Show the best chunks for a query, with scores and sources."""
     try:
