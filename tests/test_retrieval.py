@@ -225,7 +225,7 @@ class TestChromaConformance(RetrieverConformance):
     def make_retriever(self, k: int) -> Any:
         import tempfile
 
-        from eslabon.retrieval import ScoredVectorStoreRetriever
+        from eslabon.retrieval import ChromaRetriever
 
         if not hasattr(self, "_store"):
             folder = tempfile.mkdtemp(prefix="eslabon-chroma-")
@@ -235,4 +235,13 @@ class TestChromaConformance(RetrieverConformance):
             self._store.add_texts(
                 [d["content"] for d in CORPUS], metadatas=[{"source": d["source"]} for d in CORPUS]
             )
-        return ScoredVectorStoreRetriever(vectorstore=self._store, k=k)
+        return ChromaRetriever(vectorstore=self._store, k=k)
+
+    def test_same_hits_and_scores_as_langchain_chroma(self) -> None:
+        """The hand-written query path agrees with langchain-chroma's own scored search."""
+        retriever = self.make_retriever(3)
+        ours = retriever.invoke("atención y contexto")
+        theirs = self._store.similarity_search_with_relevance_scores("atención y contexto", k=3)
+        assert [d.id for d in ours] == [d.id for d, _ in theirs]
+        assert [d.metadata["score"] for d in ours] == pytest.approx([s for _, s in theirs])
+        assert [d.page_content for d in ours] == [d.page_content for d, _ in theirs]
