@@ -2,8 +2,8 @@
 
 Indexes 10,000 chunks (eslabon's `index_paths` from files vs `collection.add` directly), then runs
 500 queries both ways on the same collection, interleaved: eslabon's retriever (LangChain Runnable
-with callbacks, scores and sources) vs `collection.query` with the same query embedding. Both sides embed with eslabon's
-offline embedding, so the difference is eslabon's own cost.
+with callbacks, scores and sources) vs `collection.query` with the same query embedding. Both
+sides embed with eslabon's offline embedding, so the difference is eslabon's own cost.
 Run: ``make bench`` or ``.venv/bin/python bench/retrieval.py``.
 Last line: ``query_overhead_ratio=X`` (eslabon time / chromadb time; target <= 1.10).
 """

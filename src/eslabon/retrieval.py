@@ -100,7 +100,11 @@ class ChromaRetriever(BaseRetriever):
         return [
             Document(text, id=id_, metadata={**(meta or {}), "score": float(score(dist))})
             for text, meta, id_, dist in zip(
-                hits["documents"][0], hits["metadatas"][0], hits["ids"][0], hits["distances"][0]
+                hits["documents"][0],
+                hits["metadatas"][0],
+                hits["ids"][0],
+                hits["distances"][0],
+                strict=True,
             )
             if text is not None
         ]
