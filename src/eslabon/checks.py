@@ -75,7 +75,7 @@ def check_chain_data(
     _check_fallbacks(out, data, (), base_dir)
 
     chain_retrieves = isinstance(data.get("retriever"), dict)
-    _check_embeddings(out, data)
+    _check_embeddings(out, data, base_dir)
     if chain_retrieves:
         _check_retriever(out, data["retriever"], ("retriever",), input_names)
     retrieves = chain_retrieves or (
@@ -220,14 +220,30 @@ def _check_retriever(
         )
 
 
-def _check_embeddings(out: _Collector, data: dict[str, Any]) -> None:
+LOCAL_EMBEDDINGS = {
+    "llamacpp": "a GGUF embedding model file",
+    "huggingface": "a sentence-transformers model folder",
+}
+
+
+def _check_embeddings(out: _Collector, data: dict[str, Any], base_dir: Path) -> None:
     ref = data.get("embeddings")
-    if isinstance(ref, str) and ref != "local" and ":" not in ref:
+    if not isinstance(ref, str):
+        return
+    if ref != "local" and ":" not in ref:
         out.add(
             ("embeddings",),
             f"unknown embeddings '{ref}'",
             "use 'local' (offline, lexical) or 'provider:model', e.g. "
             "'openai:text-embedding-3-small'",
+        )
+        return
+    kind, _, name = ref.partition(":")
+    if kind in LOCAL_EMBEDDINGS and not (base_dir / Path(name).expanduser()).exists():
+        out.add(
+            ("embeddings",),
+            f"no model at '{name}' (relative to the chain file)",
+            f"{kind}:PATH names {LOCAL_EMBEDDINGS[kind]} on this machine",
         )
 
 

@@ -129,13 +129,22 @@ def build_embeddings(ref: str | None, base_dir: Path | None = None) -> Embedding
         return HashingEmbeddings()
     assert ref is not None
     provider, _, name = ref.partition(":")
-    if provider == "llamacpp":
-        from eslabon.local import LlamaCppEmbeddings
-
+    if provider in ("llamacpp", "huggingface"):
         path = Path(name).expanduser()
         if not path.is_absolute():
             path = (base_dir or Path.cwd()) / path
-        return LlamaCppEmbeddings(model_path=str(path))
+        if not path.exists():  # a missing folder must not become a model name asked of a hub
+            from eslabon.checks import LOCAL_EMBEDDINGS
+
+            raise UserError(
+                f"embeddings '{ref}': no model at {path}\n"
+                f"    fix: {provider}:PATH names {LOCAL_EMBEDDINGS[provider]} on this machine"
+            )
+        if provider == "llamacpp":
+            from eslabon.local import LlamaCppEmbeddings
+
+            return LlamaCppEmbeddings(model_path=str(path))
+        return _sentence_transformers(path)
     from langchain.embeddings import init_embeddings
 
     from eslabon.models import load_env
@@ -156,6 +165,21 @@ def build_embeddings(ref: str | None, base_dir: Path | None = None) -> Embedding
         raise MissingDependencyError(f"Embeddings '{ref}'", None, exc.name) from None
     except ValueError as exc:
         raise UserError(f"embeddings '{ref}': {exc}") from None
+
+
+def _sentence_transformers(path: Path) -> Embeddings:
+    """A sentence-transformers model folder, loaded offline (no hub lookups)."""
+    try:
+        from langchain_huggingface import HuggingFaceEmbeddings
+    except ImportError:
+        raise MissingDependencyError(
+            "huggingface: embeddings", "huggingface", "langchain-huggingface"
+        ) from None
+    return HuggingFaceEmbeddings(
+        model_name=str(path),
+        model_kwargs={"device": "cpu", "local_files_only": True},
+        encode_kwargs={"normalize_embeddings": True},
+    )
 
 
 def build_retriever(
