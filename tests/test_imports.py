@@ -146,3 +146,51 @@ def test_cli_allow_import(plugins: Path) -> None:
     )
     assert allowed.returncode == 0, allowed.stderr
     assert "secreto" in allowed.stdout
+
+
+def test_an_installed_package_provides_a_retriever_by_entry_point(tmp_path: Path) -> None:
+    """A real distribution installed by pip (into a target folder) registers ``type: temas``."""
+    import os
+    import subprocess
+
+    source = tmp_path / "eslabon-temas"
+    (source / "eslabon_temas").mkdir(parents=True)
+    (source / "eslabon_temas" / "__init__.py").write_text(
+        PLUGIN.replace("plugin", "temas-instalado"), encoding="utf-8"
+    )
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "eslabon-temas"\nversion = "0.1"\n'
+        '[project.entry-points."eslabon.retrievers"]\ntemas = "eslabon_temas:make"\n',
+        encoding="utf-8",
+    )
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    chain = write(
+        tmp_path, "inputs: {q: x}\nretriever: {type: temas, palabra: hola}\nprompt: '{context}'\n"
+    )
+    exe = str(Path(sys.executable).parent / "eslabon")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    for args in (["validate", str(chain)], ["run", str(chain), "-i", "q=x", "-m", "fake:echo"]):
+        done = subprocess.run([exe, *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+    assert "[1] (source: temas-instalado)\nhola" in done.stdout
+    # without the package on the path, the same file is a clear mistake, not a crash
+    done = subprocess.run([exe, "validate", str(chain)], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown retriever type 'temas'" in done.stdout + done.stderr
