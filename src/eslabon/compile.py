@@ -9,11 +9,11 @@ chain run, calls each step's model as a child run (so callbacks, tracing, stream
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
@@ -33,12 +33,29 @@ from langchain_core.runnables.config import (
 from langchain_core.runnables.utils import AddableDict, coro_with_context
 from pydantic import BaseModel, Field, create_model
 
-from eslabon.errors import ChainConfigError, EslabonError, InputError, translate_model_error
+from eslabon.errors import (
+    ChainConfigError,
+    EslabonError,
+    InputError,
+    UserError,
+    translate_model_error,
+)
 from eslabon.examples import load_examples
 from eslabon.models import build_from_spec, is_chat_model, parse_or_raise, resolve_model_ref
 from eslabon.modelspec import ModelSpec
 from eslabon.spec import Chain, Retry, Step
+from eslabon.structured import (
+    OutputSchema,
+    arun_structured,
+    as_json_text,
+    resolve_output_schema,
+    run_structured,
+    structured_model,
+)
 from eslabon.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from eslabon.toolcalls import ToolLoop
 
 __all__ = ["CompiledChain", "CompiledStep", "compile_chain", "load_chain"]
 
@@ -74,9 +91,23 @@ class Retrieval:
 
 
 class CompiledStep:
-    """One step: its prompt (a LangChain ``ChatPromptTemplate``) and its chat model."""
+    """One step: its prompt (a LangChain ``ChatPromptTemplate``) and its chat model; with
+    ``output_schema`` its model answers in JSON that is validated, with ``tools`` it runs the
+    tool-calling loop."""
 
-    __slots__ = ("fields", "id", "model", "origin", "prompt", "retrieval", "tag")
+    __slots__ = (
+        "attempts",
+        "fields",
+        "id",
+        "loop",
+        "model",
+        "origin",
+        "prompt",
+        "retrieval",
+        "schema",
+        "structured",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -85,6 +116,8 @@ class CompiledStep:
         model: Runnable[Any, Any],
         origin: ModelSpec | None = None,
         retrieval: Retrieval | None = None,
+        structured: tuple[Runnable[Any, Any], OutputSchema, int] | None = None,
+        loop: ToolLoop | None = None,
     ) -> None:
         self.id = step_id
         self.retrieval = retrieval
@@ -93,6 +126,48 @@ class CompiledStep:
         self.origin = origin  # what the model was built from (None: a ready model was given)
         self.fields = tuple(prompt.input_variables)
         self.tag = f"step:{step_id}"
+        self.structured: Runnable[Any, Any] | None = None
+        self.schema: OutputSchema | None = None
+        self.attempts = 1
+        if structured is not None:
+            self.structured, self.schema, self.attempts = structured
+        self.loop = loop
+
+    @property
+    def streams_tokens(self) -> bool:
+        """Plain text steps stream token by token; structured and tool steps answer whole."""
+        return self.structured is None and self.loop is None
+
+    def run(
+        self, values: dict[str, Any], config: RunnableConfig
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """This step's result (text, or the validated structured value) and its tool calls."""
+        messages, config = self.messages(values), self.config(config)
+        with self.provider_errors():
+            if self.structured is not None:
+                assert self.schema is not None
+                return run_structured(
+                    self.structured, messages, self.schema, self.attempts, config, self.id
+                ), []
+            if self.loop is not None:
+                answer, calls = self.loop.run(messages, config)
+                return answer.text, [{"step": self.id, **c} for c in calls]
+            return self.model.invoke(messages, config).text, []
+
+    async def arun(
+        self, values: dict[str, Any], config: RunnableConfig
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        messages, config = self.messages(values), self.config(config)
+        with self.provider_errors():
+            if self.structured is not None:
+                assert self.schema is not None
+                return await arun_structured(
+                    self.structured, messages, self.schema, self.attempts, config, self.id
+                ), []
+            if self.loop is not None:
+                answer, calls = await self.loop.arun(messages, config)
+                return answer.text, [{"step": self.id, **c} for c in calls]
+            return (await self.model.ainvoke(messages, config)).text, []
 
     @contextmanager
     def provider_errors(self) -> Iterator[None]:
@@ -170,7 +245,23 @@ def compile_chain(
         model_, origin_ = built[key]
         own = _retrieval(spec, step.retriever, step.id, allowed) if spec.steps else None
         prompt = step_prompt(step, base_dir, spec.embeddings)
-        steps.append(CompiledStep(step.id, prompt, model_, origin_, own))
+        structured: tuple[Runnable[Any, Any], OutputSchema, int] | None = None
+        loop: ToolLoop | None = None
+        if step.output_schema is not None:
+            schema = resolve_output_schema(step.output_schema, step.id, allowed)
+            adapted = _adapted(step.id, lambda m: structured_model(m, schema))
+            answer = _step_model(ref, params, retry, fallbacks, base_dir, adapted)[0]
+            # without retry: one correction round, as pydantic-ai and instructor do by default
+            structured = (answer, schema, retry.attempts if retry else 2)
+        elif step.tools:
+            from eslabon.toolcalls import DEFAULT_MAX_TOOL_CALLS, ToolLoop, load_tools
+
+            tools = load_tools(step.tools, allowed, step.id)
+            adapted = _adapted(step.id, lambda m: m.bind_tools(tools))
+            with_tools = _step_model(ref, params, retry, fallbacks, base_dir, adapted)[0]
+            limit = step.max_tool_calls or DEFAULT_MAX_TOOL_CALLS
+            loop = ToolLoop(with_tools, model_, tools, limit)
+        steps.append(CompiledStep(step.id, prompt, model_, origin_, own, structured, loop))
     return CompiledChain(spec, steps, model_label=_label(chain_ref), retrieval=retrieval)
 
 
@@ -194,17 +285,43 @@ def _retrieval(
 _SDK_RETRIES = ("openai", "azure_openai", "anthropic", "google_genai")
 
 
+def _adapted(
+    step_id: str, adapt: Callable[[BaseChatModel], Runnable[Any, Any]]
+) -> Callable[[BaseChatModel], Runnable[Any, Any]]:
+    """``adapt`` (bind tools, structured output) with a clear error for models that cannot."""
+
+    def apply(model: BaseChatModel) -> Runnable[Any, Any]:
+        try:
+            return adapt(model)
+        except NotImplementedError:
+            raise UserError(
+                f"step '{step_id}': the model {type(model).__name__} does not support tool "
+                "calling or structured output\n    fix: use a provider that does "
+                "(openai, google_genai, anthropic, ollama, local)"
+            ) from None
+
+    return apply
+
+
 def _step_model(
-    ref: Any, params: dict[str, Any], retry: Retry | None, fallbacks: list[Any], base_dir: Path
+    ref: Any,
+    params: dict[str, Any],
+    retry: Retry | None,
+    fallbacks: list[Any],
+    base_dir: Path,
+    adapt: Callable[[BaseChatModel], Runnable[Any, Any]] | None = None,
 ) -> tuple[Runnable[Any, Any], ModelSpec | None]:
-    def build(one: Any, where: str) -> tuple[BaseChatModel, ModelSpec | None]:
+    """The step's model (each fallback too) built, adapted, then wrapped in retry/fallbacks."""
+
+    def build(one: Any, where: str) -> tuple[Runnable[Any, Any], ModelSpec | None]:
         if is_chat_model(one):
-            return one, None
+            return (adapt(one) if adapt else one), None
         origin = parse_or_raise(one, base_dir, where)
         resilient = retry or fallbacks
         if resilient and origin.provider in _SDK_RETRIES and "max_retries" not in origin.kwargs:
             origin = replace(origin, kwargs={**origin.kwargs, "max_retries": 0})
-        return build_from_spec(origin, params, base_dir), origin
+        model = build_from_spec(origin, params, base_dir)
+        return (adapt(model) if adapt else model), origin
 
     model, origin = build(ref, "model")
     if not retry and not fallbacks:
@@ -237,6 +354,17 @@ def load_chain(
     return compile_chain(Chain.from_yaml(Path(path)), model=model, allow_imports=allow_imports)
 
 
+class _Extras:
+    """What a run gathers besides step texts: typed results, documents, tool calls."""
+
+    __slots__ = ("documents", "tool_calls", "typed")
+
+    def __init__(self) -> None:
+        self.typed: dict[str, Any] = {}
+        self.documents: list[Any] = []
+        self.tool_calls: list[dict[str, Any]] = []
+
+
 class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     """A compiled chain. Input: a dict of the chain's inputs (or a string, when it has exactly
     one). Output: ``{step_id: text, ..., "output": text}``.
@@ -256,6 +384,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         self.steps = steps
         self.retrieval = retrieval  # the chain's own retriever, run once before the steps
         self.retrieves = retrieval is not None or any(s.retrieval for s in steps)
+        self.uses_tools = any(s.loop is not None for s in steps)
         self.name = spec.name or "chain"
         self.model_label = model_label
         self.output_id = spec.output_step()
@@ -311,12 +440,22 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             )
         return values
 
-    def _result(self, values: dict[str, Any], documents: list[Any]) -> dict[str, Any]:
-        result = {s.id: values[s.id] for s in self.steps}
-        result["output"] = values[self.output_id]
+    def _result(self, values: dict[str, Any], extra: _Extras) -> dict[str, Any]:
+        result = {s.id: extra.typed.get(s.id, values[s.id]) for s in self.steps}
+        result["output"] = result[self.output_id]
         if self.retrieves:  # chains without a retriever keep their plain result
-            result["documents"] = documents
+            result["documents"] = extra.documents
+        if self.uses_tools:
+            result["tool_calls"] = extra.tool_calls
         return result
+
+    def _keep(self, step: CompiledStep, value: Any, values: dict[str, Any], extra: _Extras) -> None:
+        """Store a step's result: typed in the result, text (JSON for structured) for templates."""
+        if step.structured is not None:
+            extra.typed[step.id] = value
+            values[step.id] = as_json_text(value)
+        else:
+            values[step.id] = value
 
     # -- invoke ---------------------------------------------------------------------------
     # Written out rather than via Runnable._call_with_config: that helper inspects the
@@ -344,18 +483,18 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
 
     def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
-        documents: list[Any] = []
+        extra = _Extras()
         if self.retrieval:
-            documents += self.retrieval.run(values, config)
+            extra.documents += self.retrieval.run(values, config)
         for step in self.steps:
             step_values = values
             if step.retrieval:
                 step_values = {**values}  # this step's own {context}
-                documents += step.retrieval.run(step_values, step.config(config))
-            with step.provider_errors():
-                message = step.model.invoke(step.messages(step_values), step.config(config))
-            values[step.id] = message.text
-        return self._result(values, documents)
+                extra.documents += step.retrieval.run(step_values, step.config(config))
+            value, calls = step.run(step_values, config)
+            extra.tool_calls += calls
+            self._keep(step, value, values, extra)
+        return self._result(values, extra)
 
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -379,18 +518,18 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
 
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         values = self._values(input)
-        documents: list[Any] = []
+        extra = _Extras()
         if self.retrieval:
-            documents += await self.retrieval.arun(values, config)
+            extra.documents += await self.retrieval.arun(values, config)
         for step in self.steps:
             step_values = values
             if step.retrieval:
                 step_values = {**values}  # this step's own {context}
-                documents += await step.retrieval.arun(step_values, step.config(config))
-            with step.provider_errors():
-                message = await step.model.ainvoke(step.messages(step_values), step.config(config))
-            values[step.id] = message.text
-        return self._result(values, documents)
+                extra.documents += await step.retrieval.arun(step_values, step.config(config))
+            value, calls = await step.arun(step_values, config)
+            extra.tool_calls += calls
+            self._keep(step, value, values, extra)
+        return self._result(values, extra)
 
     # -- streaming ------------------------------------------------------------------------
     @staticmethod
@@ -409,18 +548,26 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         config: RunnableConfig,
     ) -> Iterator[dict[str, Any]]:
         values = self._values(self._merge(list(inputs)))
+        extra = _Extras()
         if self.retrieval:
             yield AddableDict({"documents": self.retrieval.run(values, config)})
         elif self.retrieves:
             yield AddableDict({"documents": []})
         for step in self.steps:
-            parts: list[str] = []
             step_values = values
             if step.retrieval:
                 step_values = {**values}  # this step's own {context}
                 yield AddableDict(
                     {"documents": step.retrieval.run(step_values, step.config(config))}
                 )
+            if not step.streams_tokens:
+                value, calls = step.run(step_values, config)
+                if calls:
+                    yield AddableDict({"tool_calls": calls})
+                self._keep(step, value, values, extra)
+                yield AddableDict({step.id: extra.typed.get(step.id, value)})
+                continue
+            parts: list[str] = []
             with step.provider_errors():
                 messages = step.messages(step_values)
                 for chunk in step.model.stream(messages, step.config(config)):
@@ -431,7 +578,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             if not parts:
                 yield AddableDict({step.id: ""})
         if self.output_id != "output":
-            yield AddableDict({"output": values[self.output_id]})
+            yield AddableDict({"output": extra.typed.get(self.output_id, values[self.output_id])})
 
     async def _atransform(
         self,
@@ -440,17 +587,25 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         config: RunnableConfig,
     ) -> AsyncIterator[dict[str, Any]]:
         values = self._values(self._merge([c async for c in inputs]))
+        extra = _Extras()
         if self.retrieval:
             yield AddableDict({"documents": await self.retrieval.arun(values, config)})
         elif self.retrieves:
             yield AddableDict({"documents": []})
         for step in self.steps:
-            parts: list[str] = []
             step_values = values
             if step.retrieval:
                 step_values = {**values}  # this step's own {context}
                 found = await step.retrieval.arun(step_values, step.config(config))
                 yield AddableDict({"documents": found})
+            if not step.streams_tokens:
+                value, calls = await step.arun(step_values, config)
+                if calls:
+                    yield AddableDict({"tool_calls": calls})
+                self._keep(step, value, values, extra)
+                yield AddableDict({step.id: extra.typed.get(step.id, value)})
+                continue
+            parts: list[str] = []
             with step.provider_errors():
                 messages = step.messages(step_values)
                 async for chunk in step.model.astream(messages, step.config(config)):
@@ -461,7 +616,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             if not parts:
                 yield AddableDict({step.id: ""})
         if self.output_id != "output":
-            yield AddableDict({"output": values[self.output_id]})
+            yield AddableDict({"output": extra.typed.get(self.output_id, values[self.output_id])})
 
     def transform(
         self, input: Iterator[dict[str, Any]], config: RunnableConfig | None = None, **kwargs: Any

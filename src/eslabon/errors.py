@@ -25,6 +25,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "ModelNotFoundError",
+    "OutputValidationError",
     "Problem",
     "ProviderError",
     "ProviderUnavailableError",
@@ -141,6 +142,25 @@ class MissingCredentialsError(UserError):
 
 class ModelError(EslabonRuntimeError):
     """A chat model failed while answering."""
+
+
+class OutputValidationError(ModelError):
+    """A step's output did not match its ``output_schema``, even after the retries.
+
+    ``raw`` is the model's last text, ``errors`` what the validation said about it.
+    """
+
+    def __init__(self, step: str, raw: str, errors: str, attempts: int) -> None:
+        self.step = step
+        self.raw = raw
+        self.errors = errors
+        self.attempts = attempts
+        shown = raw if len(raw) <= 500 else raw[:500] + "…"
+        super().__init__(
+            f"step '{step}': the model's output does not match output_schema "
+            f"after {attempts} attempt(s): {errors}\n    output was: {shown}\n"
+            "    fix: raise retry.attempts, simplify the schema, or use a stronger model"
+        )
 
 
 class ProviderError(ModelError):

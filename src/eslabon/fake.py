@@ -1,22 +1,28 @@
 """Fake chat models for tests and lessons: ``fake:echo`` and ``{provider: fake, responses: [...]}``.
 
-LangChain ships fakes too, but they either do not stream token by token or run out of answers;
-these two stream word by word, never run out (responses cycle) and record every call, so users'
-own tests can assert the exact messages each step received.
+LangChain ships fakes too, but they either do not stream token by token, run out of answers, or
+cannot ``bind_tools`` / ``with_structured_output``; these stream word by word, never run out
+(responses cycle), take ``AIMessage`` responses carrying tool calls, answer structured output in
+JSON mode, and record every call (messages and the tools or schema bound), so users' own tests
+can assert exactly what each step received.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, PrivateAttr
 
@@ -32,11 +38,12 @@ class FakeChatModel(BaseChatModel):
     """
 
     can_stream: ClassVar[bool] = True
-    supports_tools: ClassVar[bool] = False
+    supports_tools: ClassVar[bool] = True
 
-    responses: list[str] = Field(default_factory=list)
+    responses: list[str | AIMessage] = Field(default_factory=list)
     _index: int = PrivateAttr(default=0)
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _bound: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -50,16 +57,38 @@ class FakeChatModel(BaseChatModel):
     def calls(self) -> list[list[BaseMessage]]:
         return self._calls
 
-    def _answer(self, messages: Sequence[BaseMessage]) -> str:
+    @property
+    def bound(self) -> list[dict[str, Any]]:
+        """Per call, what was bound to the model: ``tools`` (OpenAI format), ``response_format``."""
+        return self._bound
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def with_structured_output(
+        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, Any]:
+        from eslabon.structured import json_mode
+
+        return json_mode(self.bind(response_format=schema), include_raw)
+
+    def _answer(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
         self._calls.append(list(messages))
+        self._bound.append({k: v for k, v in kwargs.items() if k in ("tools", "response_format")})
         if self.responses:
-            text = self.responses[self._index % len(self.responses)]
+            answer = self.responses[self._index % len(self.responses)]
             self._index += 1
-            return text
+            return (
+                answer.model_copy(deep=True) if isinstance(answer, AIMessage) else AIMessage(answer)
+            )
         for message in reversed(messages):
             if isinstance(message, HumanMessage):
-                return message.text
-        return ""
+                return AIMessage(message.text)
+        return AIMessage("")
 
     def _generate(
         self,
@@ -68,9 +97,7 @@ class FakeChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return ChatResult(
-            generations=[ChatGeneration(message=AIMessage(content=self._answer(messages)))]
-        )
+        return ChatResult(generations=[ChatGeneration(message=self._answer(messages, kwargs))])
 
     async def _agenerate(
         self,
@@ -79,7 +106,28 @@ class FakeChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return self._generate(messages, stop)
+        return self._generate(messages, stop, **kwargs)
+
+    def _chunks(self, answer: AIMessage) -> Iterator[ChatGenerationChunk]:
+        if answer.tool_calls:  # tool calls arrive whole, in one chunk
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content=answer.text,
+                    tool_call_chunks=[
+                        {
+                            "name": c["name"],
+                            "args": json.dumps(c["args"]),
+                            "id": c["id"],
+                            "index": n,
+                            "type": "tool_call_chunk",
+                        }
+                        for n, c in enumerate(answer.tool_calls)
+                    ],
+                )
+            )
+            return
+        for token in _TOKENS.findall(answer.text):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=token))
 
     def _stream(
         self,
@@ -88,10 +136,9 @@ class FakeChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for token in _TOKENS.findall(self._answer(messages)):
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
-            if run_manager:
-                run_manager.on_llm_new_token(token, chunk=chunk)
+        for chunk in self._chunks(self._answer(messages, kwargs)):
+            if run_manager and chunk.text:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
     async def _astream(
@@ -101,10 +148,9 @@ class FakeChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        for token in _TOKENS.findall(self._answer(messages)):
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
-            if run_manager:
-                await run_manager.on_llm_new_token(token, chunk=chunk)
+        for chunk in self._chunks(self._answer(messages, kwargs)):
+            if run_manager and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "InputSpec",
     "ModelMapping",
     "Params",
+    "PydanticSchemaRef",
     "Retry",
     "Selector",
     "Step",
@@ -303,6 +304,22 @@ class Retry(_Strict):
     )
 
 
+class PydanticSchemaRef(_Strict):
+    """``output_schema: {pydantic: package.module:ClassName}`` (needs the caller's import allowance)."""
+
+    pydantic: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="Import path of a pydantic model: 'package.module:ClassName'.",
+    )
+
+
+OutputSchemaRef = Annotated[
+    PydanticSchemaRef | dict[str, Any],
+    Field(union_mode="left_to_right"),
+]
+ToolPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+
+
 class _Prompted(_Strict):
     model: ModelRef | None = None
     params: Params | None = None
@@ -316,6 +333,18 @@ class _Prompted(_Strict):
     system: str | None = Field(None, description="System message template.")
     examples: list[ExampleRef] | None = Field(None, description="Few-shot examples.")
     selector: Selector | None = Field(None, description="How examples are chosen (default: all).")
+    output_schema: OutputSchemaRef | None = Field(
+        None,
+        description="The result is JSON validated against this schema: an inline JSON Schema "
+        "(type: object) or {pydantic: 'package.module:Class'}.",
+    )
+    tools: list[ToolPath] | None = Field(
+        None,
+        description="Python functions the model may call, by import path 'package.module:name'.",
+    )
+    max_tool_calls: int | None = Field(
+        None, ge=1, le=50, description="Tool calls allowed in one step (default 5)."
+    )
 
 
 class Step(_Prompted):
@@ -416,6 +445,9 @@ class Chain(_Prompted):
                 fallbacks=None,
                 retriever=None,
                 description=None,
+                output_schema=self.output_schema,
+                tools=self.tools,
+                max_tool_calls=self.max_tool_calls,
             )
         ]
 

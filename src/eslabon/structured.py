@@ -1,0 +1,175 @@
+"""Structured output: ``output_schema`` resolved, bound to a model, validated, retried with feedback.
+
+Providers with native support get LangChain's ``with_structured_output`` (json_schema or tool
+calling, the integration's default). The local llama.cpp model and the fakes answer in JSON mode
+(llama.cpp constrains decoding with a grammar built from the schema) and are parsed here. Either
+way eslabon validates the result itself — LangChain does not validate dict schemas — so a reply
+that parses but breaks the schema is caught, fed back to the model, and retried.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+
+from eslabon.errors import OutputValidationError, UserError
+
+__all__ = ["OutputSchema", "json_mode", "resolve_output_schema", "structured_model"]
+
+
+class _Invalid(Exception):
+    """The parsed output breaks the schema (message says where)."""
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """What a step's ``output_schema`` resolves to."""
+
+    json_schema: dict[str, Any]
+    python_type: Any = None  # the pydantic class, for {pydantic: ...}
+
+    def validate(self, data: Any) -> Any:
+        """The validated value (a dict, or an instance of the pydantic class)."""
+        if self.python_type is not None:
+            from pydantic import ValidationError
+
+            try:
+                return self.python_type.model_validate(data)
+            except ValidationError as exc:
+                raise _Invalid(
+                    "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+                        for e in exc.errors()
+                    )
+                ) from None
+        from jsonschema import Draft202012Validator
+
+        errors = sorted(Draft202012Validator(self.json_schema).iter_errors(data), key=str)
+        if errors:
+            raise _Invalid(
+                "; ".join(
+                    f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+                    for e in errors[:5]
+                )
+            )
+        return data
+
+
+def as_json_text(value: Any) -> str:
+    """How a structured result appears in later templates: JSON text."""
+    if hasattr(value, "model_dump_json"):
+        return str(value.model_dump_json())
+    return json.dumps(value, ensure_ascii=False)
+
+
+def as_data(value: Any) -> Any:
+    """A structured result as plain data (pydantic objects dumped), for JSON output."""
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def resolve_output_schema(ref: Any, step_id: str, allowed: list[str]) -> OutputSchema:
+    """An inline JSON Schema, or a pydantic class imported under the opt-in import rule."""
+    if hasattr(ref, "pydantic"):
+        from pydantic import BaseModel
+
+        from eslabon.imports import resolve_import
+
+        cls = resolve_import(ref.pydantic, allowed, f"output_schema of step '{step_id}'")
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            raise UserError(
+                f"output_schema of step '{step_id}': '{ref.pydantic}' is not a pydantic model"
+            )
+        return OutputSchema(cls.model_json_schema(), cls)
+    schema = dict(ref)
+    # providers name the schema (OpenAI: ^[a-zA-Z0-9_-]+$); the step id always qualifies
+    schema.setdefault("title", step_id)
+    return OutputSchema(schema)
+
+
+def json_mode(bound: Runnable[Any, BaseMessage], include_raw: bool) -> Runnable[Any, Any]:
+    """``with_structured_output`` for a model that answers in JSON text: the parsed JSON, or
+    with ``include_raw`` LangChain's ``{"raw", "parsed", "parsing_error"}``."""
+
+    def parse(message: BaseMessage) -> Any:
+        try:
+            # strict=False: llama.cpp's JSON grammar lets raw newlines into strings
+            parsed = json.loads(message.text, strict=False)
+        except ValueError as exc:
+            if not include_raw:
+                raise
+            return {"raw": message, "parsed": None, "parsing_error": exc}
+        return {"raw": message, "parsed": parsed, "parsing_error": None} if include_raw else parsed
+
+    return bound | RunnableLambda(parse, name="parse_json")
+
+
+def structured_model(model: Any, schema: OutputSchema) -> Runnable[Any, dict[str, Any]]:
+    """``model`` answering in ``schema``'s shape, raw message included."""
+    return model.with_structured_output(schema.json_schema, include_raw=True)  # type: ignore[no-any-return]
+
+
+def _raw_text(message: Any) -> str:
+    if isinstance(message, AIMessage) and not message.text and message.tool_calls:
+        return json.dumps(message.tool_calls[0]["args"], ensure_ascii=False)
+    return str(getattr(message, "text", "") or "")
+
+
+def _outcome(out: dict[str, Any], schema: OutputSchema) -> tuple[bool, Any, str, str]:
+    """(ok, value, raw text, error) for one structured answer."""
+    raw = _raw_text(out.get("raw"))
+    if out.get("parsing_error") is not None or out.get("parsed") is None:
+        return False, None, raw, f"not valid JSON ({out.get('parsing_error') or 'no output'})"
+    try:
+        return True, schema.validate(out["parsed"]), raw, ""
+    except _Invalid as exc:
+        return False, None, raw, str(exc)
+
+
+def _feedback(messages: list[BaseMessage], raw: str, error: str) -> list[BaseMessage]:
+    return [
+        *messages,
+        AIMessage(raw),
+        HumanMessage(
+            f"That answer does not match the required JSON schema: {error}\n"
+            "Answer again with only the corrected JSON."
+        ),
+    ]
+
+
+def run_structured(
+    model: Runnable[Any, dict[str, Any]],
+    messages: list[BaseMessage],
+    schema: OutputSchema,
+    attempts: int,
+    config: RunnableConfig,
+    step_id: str,
+) -> Any:
+    """Ask, validate, and on failure ask again with the error; raise after ``attempts``."""
+    raw, error = "", ""
+    for _ in range(attempts):
+        ok, value, raw, error = _outcome(model.invoke(messages, config), schema)
+        if ok:
+            return value
+        messages = _feedback(messages, raw, error)
+    raise OutputValidationError(step_id, raw, error, attempts)
+
+
+async def arun_structured(
+    model: Runnable[Any, dict[str, Any]],
+    messages: list[BaseMessage],
+    schema: OutputSchema,
+    attempts: int,
+    config: RunnableConfig,
+    step_id: str,
+) -> Any:
+    raw, error = "", ""
+    for _ in range(attempts):
+        ok, value, raw, error = _outcome(await model.ainvoke(messages, config), schema)
+        if ok:
+            return value
+        messages = _feedback(messages, raw, error)
+    raise OutputValidationError(step_id, raw, error, attempts)

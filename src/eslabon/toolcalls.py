@@ -1,0 +1,176 @@
+"""Function calling: tools named in a chain file, and the loop that runs them.
+
+The loop is written here rather than taken from ``langchain.agents.create_agent``: that one
+brings LangGraph and its own state graph, while a step needs only ask → call → feed back, with
+a cap on calls and tool failures returned to the model instead of raised. Each model call and
+each tool call is still a LangChain run, so callbacks and tracing see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool, StructuredTool
+
+from eslabon.errors import UserError
+
+__all__ = ["DEFAULT_MAX_TOOL_CALLS", "TRUSTED_TOOLS", "ToolLoop", "load_tools"]
+
+DEFAULT_MAX_TOOL_CALLS = 5
+TRUSTED_TOOLS = ("eslabon.tools",)  # eslabon's own tools need no import allowance
+
+
+def load_tools(paths: list[str], allowed: list[str], step_id: str) -> list[BaseTool]:
+    """Import each tool (opt-in) and make it a LangChain tool; a plain function's schema comes
+    from its type hints and docstring."""
+    from eslabon.imports import resolve_import
+
+    tools: list[BaseTool] = []
+    for path in paths:
+        obj = resolve_import(path, [*allowed, *TRUSTED_TOOLS], f"tool of step '{step_id}'")
+        if isinstance(obj, BaseTool):
+            tools.append(obj)
+        elif callable(obj):
+            try:
+                tools.append(StructuredTool.from_function(obj, parse_docstring=_has_args(obj)))
+            except (ValueError, TypeError) as exc:
+                raise UserError(f"tool '{path}' of step '{step_id}': {exc}") from None
+        else:
+            raise UserError(f"tool '{path}' of step '{step_id}' is not a function")
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise UserError(f"step '{step_id}' lists two tools with the same name: {names}")
+    return tools
+
+
+def _has_args(fn: Callable[..., Any]) -> bool:
+    # parse_docstring=True rejects docstrings without an Args section; use it only when present
+    return "Args:" in (fn.__doc__ or "")
+
+
+def _run_tool(tool: BaseTool | None, call: dict[str, Any], config: RunnableConfig) -> ToolMessage:
+    if tool is None:
+        return ToolMessage(
+            f"Error: there is no tool named '{call['name']}'",
+            tool_call_id=call["id"] or "",
+            name=call["name"],
+            status="error",
+        )
+    try:
+        result = tool.invoke(call["args"], config)
+    except Exception as exc:  # a tool's failure is the model's to handle, not a crash
+        return ToolMessage(
+            f"Error: {type(exc).__name__}: {exc}",
+            tool_call_id=call["id"] or "",
+            name=call["name"],
+            status="error",
+        )
+    return ToolMessage(_text(result), tool_call_id=call["id"] or "", name=call["name"])
+
+
+async def _arun_tool(
+    tool: BaseTool | None, call: dict[str, Any], config: RunnableConfig
+) -> ToolMessage:
+    if tool is None:
+        return _run_tool(None, call, config)
+    try:
+        result = await tool.ainvoke(call["args"], config)
+    except Exception as exc:
+        return ToolMessage(
+            f"Error: {type(exc).__name__}: {exc}",
+            tool_call_id=call["id"] or "",
+            name=call["name"],
+            status="error",
+        )
+    return ToolMessage(_text(result), tool_call_id=call["id"] or "", name=call["name"])
+
+
+def _text(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    import json
+
+    try:
+        return json.dumps(result, ensure_ascii=False)
+    except TypeError:
+        return str(result)
+
+
+_LIMIT = "Tool call limit reached ({n}). Answer now with what you have, without calling tools."
+
+
+class ToolLoop:
+    """A step's model with its tools bound, and the loop that answers its tool calls."""
+
+    def __init__(
+        self,
+        with_tools: Runnable[Any, Any],
+        without_tools: Runnable[Any, Any],
+        tools: list[BaseTool],
+        max_calls: int,
+    ) -> None:
+        self.with_tools = with_tools
+        self.without_tools = without_tools  # for the last answer once the cap is reached
+        self.tools = {t.name: t for t in tools}
+        self.max_calls = max_calls
+
+    def _record(self, call: dict[str, Any], reply: ToolMessage) -> dict[str, Any]:
+        return {
+            "name": call["name"],
+            "args": call["args"],
+            "output": reply.content,
+            "error": reply.status == "error",
+        }
+
+    def run(
+        self, messages: list[BaseMessage], config: RunnableConfig
+    ) -> tuple[AIMessage, list[dict[str, Any]]]:
+        """The final answer and a record of every tool call made on the way."""
+        messages, records = list(messages), list[dict[str, Any]]()
+        while True:
+            answer: AIMessage = self.with_tools.invoke(messages, config)
+            if not answer.tool_calls:
+                return answer, records
+            messages.append(answer)
+            for call in answer.tool_calls:
+                if len(records) >= self.max_calls:
+                    reply = self._refused(call)
+                else:
+                    reply = _run_tool(self.tools.get(call["name"]), dict(call), config)
+                    records.append(self._record(dict(call), reply))
+                messages.append(reply)
+            if len(records) >= self.max_calls:
+                messages.append(HumanMessage(_LIMIT.format(n=self.max_calls)))
+                return self.without_tools.invoke(messages, config), records
+
+    async def arun(
+        self, messages: list[BaseMessage], config: RunnableConfig
+    ) -> tuple[AIMessage, list[dict[str, Any]]]:
+        messages, records = list(messages), list[dict[str, Any]]()
+        while True:
+            answer: AIMessage = await self.with_tools.ainvoke(messages, config)
+            if not answer.tool_calls:
+                return answer, records
+            messages.append(answer)
+            for call in answer.tool_calls:
+                if len(records) >= self.max_calls:
+                    reply = self._refused(call)
+                else:
+                    reply = await _arun_tool(self.tools.get(call["name"]), dict(call), config)
+                    records.append(self._record(dict(call), reply))
+                messages.append(reply)
+            if len(records) >= self.max_calls:
+                messages.append(HumanMessage(_LIMIT.format(n=self.max_calls)))
+                return await self.without_tools.ainvoke(messages, config), records
+
+    def _refused(self, call: Any) -> ToolMessage:
+        # every tool call needs an answer, or providers reject the next request
+        return ToolMessage(
+            _LIMIT.format(n=self.max_calls),
+            tool_call_id=call["id"] or "",
+            name=call["name"],
+            status="error",
+        )

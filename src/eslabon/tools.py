@@ -1,0 +1,64 @@
+"""Tools shipped with eslabon, usable from any chain file without an import allowance.
+
+``tools: [eslabon.tools:calculadora]`` — arithmetic evaluated on a parsed expression tree (never
+``eval``): numbers, + - * / // % **, parentheses and unary signs only.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["calculadora"]
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
+_MAX_EXPONENT = 1000  # 9**9**9 would keep a CPU busy for hours
+_MAX_LENGTH = 500
+
+
+def _evaluate(node: ast.AST) -> int | float:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        if isinstance(node.value, bool):
+            raise ValueError("not a number: " + repr(node.value))
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
+            raise ValueError(f"exponent too large (at most {_MAX_EXPONENT})")
+        return _BINARY[type(node.op)](left, right)  # type: ignore[no-any-return]
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_evaluate(node.operand))  # type: ignore[no-any-return]
+    raise ValueError(f"not allowed in an arithmetic expression: {ast.unparse(node)!r}")
+
+
+def calculadora(expresion: str) -> int | float:
+    """Calcula una expresión aritmética, por ejemplo '17 * (3 + 4) / 2'.
+
+    Args:
+        expresion: números con + - * / // % ** y paréntesis.
+    """
+    text = expresion.strip().replace("×", "*").replace("÷", "/").replace("^", "**")
+    if len(text) > _MAX_LENGTH:
+        raise ValueError(f"expression longer than {_MAX_LENGTH} characters")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise ValueError(f"not an arithmetic expression: {expresion!r}") from None
+    result = _evaluate(tree)
+    return int(result) if isinstance(result, float) and result.is_integer() else result
