@@ -24,7 +24,15 @@ PathT = tuple[str | int, ...]
 Locate = Callable[[PathT, bool], tuple[int, int] | None]
 RESERVED_IDS = {"output"}  # the result dict's own key
 RETRIEVAL_NAMES = ("context", "documents")  # {context} in prompts, "documents" in results
-SHORTHAND_KEYS = ("prompt", "system", "examples", "selector")
+SHORTHAND_KEYS = (
+    "prompt",
+    "system",
+    "examples",
+    "selector",
+    "output_schema",
+    "tools",
+    "max_tool_calls",
+)
 _NAME = re.compile(NAME_PATTERN)
 
 
@@ -315,4 +323,40 @@ def _check_prompted(
             (*path, "selector"),
             "a selector without examples selects nothing",
             "add 'examples', or remove 'selector'",
+        )
+    _check_output_schema(out, data, path)
+
+
+def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> None:
+    schema = data.get("output_schema")
+    if data.get("tools") and schema is not None:
+        out.add(
+            (*path, "output_schema"),
+            "a step has either 'tools' or 'output_schema', not both",
+            "split it in two steps: one calls the tools, the next structures the answer",
+            at_key=True,
+        )
+    if data.get("max_tool_calls") is not None and not data.get("tools"):
+        out.add((*path, "max_tool_calls"), "'max_tool_calls' without 'tools'", "add 'tools'")
+    if not isinstance(schema, dict) or "pydantic" in schema:
+        return  # a {pydantic: ...} reference is checked when it is imported
+    if schema.get("type") != "object":
+        out.add(
+            (*path, "output_schema"),
+            "output_schema must describe an object (type: object)",
+            "wrap the value in an object, e.g. {type: object, properties: {value: ...}}",
+            at_key=True,
+        )
+        return
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = [str(p) for p in exc.absolute_path]
+        out.add(
+            (*path, "output_schema", *where),
+            f"not a valid JSON Schema: {exc.message}",
+            "see https://json-schema.org/understanding-json-schema/",
         )

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
@@ -31,7 +32,7 @@ from langchain_core.runnables.config import (
     set_config_context,
 )
 from langchain_core.runnables.utils import AddableDict, coro_with_context
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, WithJsonSchema, create_model
 
 from eslabon.errors import (
     ChainConfigError,
@@ -249,7 +250,7 @@ def compile_chain(
         loop: ToolLoop | None = None
         if step.output_schema is not None:
             schema = resolve_output_schema(step.output_schema, step.id, allowed)
-            adapted = _adapted(step.id, lambda m: structured_model(m, schema))
+            adapted = _adapted(step.id, partial(structured_model, schema=schema))
             answer = _step_model(ref, params, retry, fallbacks, base_dir, adapted)[0]
             # without retry: one correction round, as pydantic-ai and instructor do by default
             structured = (answer, schema, retry.attempts if retry else 2)
@@ -257,7 +258,7 @@ def compile_chain(
             from eslabon.toolcalls import DEFAULT_MAX_TOOL_CALLS, ToolLoop, load_tools
 
             tools = load_tools(step.tools, allowed, step.id)
-            adapted = _adapted(step.id, lambda m: m.bind_tools(tools))
+            adapted = _adapted(step.id, partial(_bind_tools, tools=tools))
             with_tools = _step_model(ref, params, retry, fallbacks, base_dir, adapted)[0]
             limit = step.max_tool_calls or DEFAULT_MAX_TOOL_CALLS
             loop = ToolLoop(with_tools, model_, tools, limit)
@@ -283,6 +284,10 @@ def _retrieval(
 # theirs is turned off: one retry layer (which honors Retry-After), and fallbacks take over at
 # once instead of after the SDK's hidden retries.
 _SDK_RETRIES = ("openai", "azure_openai", "anthropic", "google_genai")
+
+
+def _bind_tools(model: BaseChatModel, tools: list[Any]) -> Runnable[Any, Any]:
+    return model.bind_tools(tools)
 
 
 def _adapted(
@@ -410,10 +415,22 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         return create_model(f"{self.name}_input", **fields)
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        fields: dict[str, Any] = {s.id: (str, ...) for s in self.steps}
-        fields["output"] = (str, ...)
+        fields: dict[str, Any] = {}
+        for step in self.steps:
+            if step.schema is None:
+                fields[step.id] = (str, ...)
+            elif step.schema.python_type is not None:
+                fields[step.id] = (step.schema.python_type, ...)
+            else:  # an inline JSON Schema: published as written
+                fields[step.id] = (
+                    Annotated[dict[str, Any], WithJsonSchema(step.schema.json_schema)],
+                    ...,
+                )
+        fields["output"] = fields[self.output_id]
         if self.retrieves:
             fields["documents"] = (list[dict[str, Any]], ...)
+        if self.uses_tools:
+            fields["tool_calls"] = (list[dict[str, Any]], ...)
         return create_model(f"{self.name}_output", **fields)
 
     # -- inputs ---------------------------------------------------------------------------

@@ -234,6 +234,11 @@ def problems_from_validation(
             )
             if path and path[-1] != "type":
                 path = path_for_pos = (*path, "type")
+        elif kind == "string_pattern_mismatch" and (
+            "tools" in path or (path and path[-1] == "pydantic")
+        ):
+            message = f"{_short(value)} is not an import path"
+            hint = "write 'package.module:name', e.g. 'eslabon.tools:calculadora'"
         elif kind == "string_pattern_mismatch":
             message = (
                 f"{_short(value)} is not a valid name: use letters, digits and '_', "

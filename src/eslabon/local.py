@@ -11,25 +11,33 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
     HumanMessage,
     SystemMessage,
+    ToolCall,
+    ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError
@@ -111,21 +119,95 @@ def _value_error(exc: ValueError, model: ChatLlamaCppLocal) -> ModelError:
     return ModelError(f"local model: {exc}")
 
 
-def _role(message: BaseMessage) -> str:
+def _payload(message: BaseMessage) -> dict[str, str]:
+    """A message as the GGUF's chat template takes it. Tool turns become plain text: small
+    models' templates have no tool role."""
     if isinstance(message, SystemMessage):
-        return "system"
+        return {"role": "system", "content": message.text}
     if isinstance(message, HumanMessage):
-        return "user"
+        return {"role": "user", "content": message.text}
     if isinstance(message, AIMessage):
-        return "assistant"
-    return message.type
+        if message.tool_calls:
+            calls = [{"tool": c["name"], "arguments": c["args"]} for c in message.tool_calls]
+            return {"role": "assistant", "content": json.dumps(calls[0], ensure_ascii=False)}
+        return {"role": "assistant", "content": message.text}
+    if isinstance(message, ToolMessage):
+        return {"role": "user", "content": f"Tool result ({message.name}): {message.text}"}
+    return {"role": message.type, "content": message.text}
+
+
+_GRAMMARS: dict[str, Any] = {}
+# llama-cpp-python's JSON grammar lets any character but " and \ into strings; raw control
+# characters are not JSON, and a small model uses the newline to wander off inside a string
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+def _grammar(schema: dict[str, Any]) -> Any:
+    """llama.cpp grammar for ``schema`` (cached: building one takes milliseconds)."""
+    key = json.dumps(schema)  # key order kept: the grammar writes properties in this order
+    if key not in _GRAMMARS:
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        text = json_schema_to_gbnf(key)
+        assert _LOOSE_CHAR in text, "llama-cpp-python changed its JSON grammar"
+        _GRAMMARS[key] = LlamaGrammar.from_string(
+            text.replace(_LOOSE_CHAR, _JSON_CHAR), verbose=False
+        )
+    return _GRAMMARS[key]
+
+
+def _tool_choice_schema(tools: list[dict[str, Any]], must_call: bool) -> dict[str, Any]:
+    """One JSON shape per tool, or (unless ``must_call``) a final answer: the grammar then
+    allows nothing else."""
+    options: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {
+                "tool": {"const": t["function"]["name"]},
+                "arguments": t["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["tool", "arguments"],
+        }
+        for t in tools
+    ]
+    if not must_call:
+        options.append(
+            {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+        )
+    return {"anyOf": options} if len(options) > 1 else options[0]
+
+
+def _must_call(kwargs: dict[str, Any], messages: list[BaseMessage]) -> bool:
+    """``tool_choice`` "any"/"required" always; "auto" (the default) on the first turn only:
+    a small model left to choose nearly always answers without the tool it was given."""
+    choice = kwargs.get("tool_choice") or "auto"
+    if choice in ("any", "required"):
+        return True
+    return choice == "auto" and not any(isinstance(m, ToolMessage) for m in messages)
+
+
+def _tools_prompt(tools: list[dict[str, Any]]) -> str:
+    lines = ["Tools you can call:"]
+    for t in tools:
+        fn = t["function"]
+        params = fn.get("parameters", {}).get("properties", {})
+        lines.append(f"- {fn['name']}({', '.join(params)}): {fn.get('description', '')}")
+    first = tools[0]["function"]
+    arg = next(iter(first.get("parameters", {}).get("properties", {})), "x")
+    lines.append(
+        'To call a tool, reply {"tool": "NAME", "arguments": {...}}, for example '
+        f'{{"tool": "{first["name"]}", "arguments": {{"{arg}": "..."}}}}. '
+        'When you have the result, reply {"answer": "..."}.'
+    )
+    return "\n".join(lines)
 
 
 class ChatLlamaCppLocal(BaseChatModel):
     """A GGUF chat model run in-process by llama.cpp (the ``local`` and ``llamacpp:`` providers)."""
 
     can_stream: ClassVar[bool] = True
-    supports_tools: ClassVar[bool] = False
+    supports_tools: ClassVar[bool] = True  # through grammar-constrained JSON tool selection
 
     model_path: str
     n_ctx: int = 4096
@@ -149,6 +231,7 @@ class ChatLlamaCppLocal(BaseChatModel):
         return {"model_path": self.model_path, **self._params()}
 
     def _params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        # (tools, tool_choice and response_format are read by _prepare, not passed through)
         params: dict[str, Any] = {
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -164,10 +247,42 @@ class ChatLlamaCppLocal(BaseChatModel):
         params.update({k: v for k, v in kwargs.items() if k in params or k == "seed"})
         return params
 
-    def _prepare(self, messages: list[BaseMessage]) -> tuple[Any, threading.Lock, list[Any]]:
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Tools chosen through a grammar (``tool_choice``: "auto", "any"/"required", "none").
+        With "auto" the first turn must call a tool; see :func:`_must_call`."""
+        if kwargs.get("tool_choice") == "none":
+            return self.bind()
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def with_structured_output(
+        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, Any]:
+        """JSON constrained by llama.cpp's grammar for ``schema``: the reply always parses."""
+        from langchain_core.utils.function_calling import convert_to_json_schema
+
+        from eslabon.structured import json_mode
+
+        json_schema = schema if isinstance(schema, dict) else convert_to_json_schema(schema)
+        return json_mode(self.bind(response_format=json_schema), include_raw)
+
+    def _prepare(
+        self, messages: list[BaseMessage], kwargs: dict[str, Any]
+    ) -> tuple[Any, threading.Lock, list[Any], dict[str, Any]]:
         llm, lock = _load(self.model_path, self.n_ctx, self.n_threads)
-        payload = [{"role": _role(m), "content": m.text} for m in messages]
-        return llm, lock, payload
+        payload = [_payload(m) for m in messages]
+        extra: dict[str, Any] = {}
+        if tools := kwargs.get("tools"):
+            payload.insert(0, {"role": "system", "content": _tools_prompt(tools)})
+            if len(payload) > 1 and payload[1]["role"] == "system":  # one system message
+                payload[0]["content"] = payload.pop(1)["content"] + "\n\n" + payload[0]["content"]
+            extra["grammar"] = _grammar(_tool_choice_schema(tools, _must_call(kwargs, messages)))
+        elif schema := kwargs.get("response_format"):
+            extra["grammar"] = _grammar(schema)
+        return llm, lock, payload, extra
 
     def _generate(
         self,
@@ -176,18 +291,21 @@ class ChatLlamaCppLocal(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        llm, lock, payload = self._prepare(messages)
+        llm, lock, payload, extra = self._prepare(messages, kwargs)
         try:
             with lock:
                 response = llm.create_chat_completion(
-                    messages=payload, stream=False, **self._params(stop, **kwargs)
+                    messages=payload, stream=False, **self._params(stop, **kwargs), **extra
                 )
         except ValueError as exc:  # e.g. the prompt does not fit the context window
             raise _value_error(exc, self) from None
         choice = response["choices"][0]
         usage = response.get("usage") or {}
+        text = choice["message"].get("content") or ""
+        content, tool_calls = (text, []) if not kwargs.get("tools") else _tool_reply(text)
         message = AIMessage(
-            content=choice["message"].get("content") or "",
+            content=content,
+            tool_calls=tool_calls,
             usage_metadata=UsageMetadata(
                 input_tokens=usage.get("prompt_tokens", 0),
                 output_tokens=usage.get("completion_tokens", 0),
@@ -207,7 +325,24 @@ class ChatLlamaCppLocal(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        llm, lock, payload = self._prepare(messages)
+        if kwargs.get("tools") or kwargs.get("response_format"):
+            # a constrained reply means something only whole (a tool call, one JSON value)
+            whole = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
+            assert isinstance(whole, AIMessage)
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content=whole.content,
+                    tool_call_chunks=[
+                        tool_call_chunk(
+                            name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=n
+                        )
+                        for n, c in enumerate(whole.tool_calls)
+                    ],
+                    response_metadata=whole.response_metadata,
+                )
+            )
+            return
+        llm, lock, payload, _ = self._prepare(messages, kwargs)
         with lock:
             try:
                 pieces = llm.create_chat_completion(
@@ -230,6 +365,23 @@ class ChatLlamaCppLocal(BaseChatModel):
                     yield chunk
             except ValueError as exc:
                 raise _value_error(exc, self) from None
+
+
+def _tool_reply(text: str) -> tuple[str, list[ToolCall]]:
+    """The constrained JSON reply as an answer, or as one tool call."""
+    try:
+        data = json.loads(text, strict=False)
+    except ValueError:  # cut short by max_tokens: keep the text as the answer
+        return text, []
+    if isinstance(data, dict) and "tool" in data:
+        found = data.get("arguments")
+        args: dict[str, Any] = found if isinstance(found, dict) else {}
+        return "", [
+            tool_call(name=str(data["tool"]), args=args, id=f"call_{uuid.uuid4().hex[:12]}")
+        ]
+    if isinstance(data, dict) and "answer" in data:
+        return str(data["answer"]), []
+    return text, []
 
 
 class LlamaCppEmbeddings(Embeddings):

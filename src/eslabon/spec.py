@@ -305,7 +305,7 @@ class Retry(_Strict):
 
 
 class PydanticSchemaRef(_Strict):
-    """``output_schema: {pydantic: package.module:ClassName}`` (needs the caller's import allowance)."""
+    """``output_schema: {pydantic: package.module:ClassName}`` (needs an import allowance)."""
 
     pydantic: str = Field(
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",

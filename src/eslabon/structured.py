@@ -1,4 +1,4 @@
-"""Structured output: ``output_schema`` resolved, bound to a model, validated, retried with feedback.
+"""Structured output: ``output_schema`` resolved, bound to a model, validated, retried.
 
 Providers with native support get LangChain's ``with_structured_output`` (json_schema or tool
 calling, the integration's default). The local llama.cpp model and the fakes answer in JSON mode
