@@ -65,8 +65,9 @@ def test_public_api_is_pinned() -> None:
             "Chain", "ChainConfigError", "CompiledChain", "ContextLengthError", "EchoChatModel",
             "EslabonError", "EslabonRuntimeError", "FakeChatModel", "InputError",
             "KeyRejectedError", "MissingCredentialsError", "MissingDependencyError", "ModelError",
-            "ModelNotFoundError", "ProviderError", "ProviderUnavailableError", "RateLimitedError",
-            "Step", "UserError", "build_model", "compile_chain", "load_chain",
+            "ModelNotFoundError", "OutputValidationError", "ProviderError",
+            "ProviderUnavailableError", "RateLimitedError", "Step", "UserError", "build_model",
+            "compile_chain", "load_chain",
         ]
     )  # fmt: skip
     for name in eslabon.__all__:

@@ -1,4 +1,4 @@
-"""output_schema and tools in chain files, on the fake model (the wire and local tests are apart)."""
+"""output_schema and tools in chain files, on the fake model (wire and local tests: elsewhere)."""
 
 from __future__ import annotations
 

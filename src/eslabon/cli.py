@@ -36,6 +36,10 @@ EmbeddingsOption = Annotated[str | None, typer.Option("--embeddings")]
 ChromaPathOption = Annotated[str | None, typer.Option("--path", help="Chroma folder.")]
 ChromaHostOption = Annotated[str | None, typer.Option("--host", help="A chroma server instead.")]
 ChromaPortOption = Annotated[int, typer.Option("--port")]
+AllowImportOption = Annotated[
+    list[str] | None,
+    typer.Option("--allow-import", help="Let the chain file import code from this package."),
+]
 
 
 def _report(exc: BaseException) -> int:
@@ -119,11 +123,31 @@ def validate(
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the chain file format (for editors)."""
-    from eslabon.spec import json_schema_text
+def schema(
+    file: Annotated[
+        Path | None, typer.Argument(help="A chain file: print the JSON Schema of its result.")
+    ] = None,
+    allow_import: AllowImportOption = None,
+) -> None:
+    """Print the JSON Schema of the chain file format (for editors), or of FILE's result."""
+    if file is None:
+        from eslabon.spec import json_schema_text
 
-    typer.echo(json_schema_text(), nl=False)
+        typer.echo(json_schema_text(), nl=False)
+        return
+    try:
+        from eslabon.errors import ChainConfigError
+        from eslabon.imports import allowed_imports
+        from eslabon.loader import load_spec
+        from eslabon.structured import spec_result_schema
+
+        spec = load_spec(file)
+        if problems := spec.problems():
+            raise ChainConfigError(problems)
+        result = spec_result_schema(spec, allowed_imports(allow_import))
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, str]:
@@ -154,10 +178,7 @@ def run(
     ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    allow_import: Annotated[
-        list[str] | None,
-        typer.Option("--allow-import", help="Let the chain file import code from this package."),
-    ] = None,
+    allow_import: AllowImportOption = None,
 ) -> None:
     """Run a chain file and print each step's output.
 
@@ -185,14 +206,17 @@ def run(
         typer.echo("\ninterrupted", err=True)
         raise typer.Exit(130) from None
     if as_json:
+        from eslabon.structured import as_data
+
         out = {
             "chain": chain.name,
             "model": chain.model_label,
-            "output": result["output"],
-            "steps": {s.id: result[s.id] for s in chain.steps},
+            "output": as_data(result["output"]),
+            "steps": {s.id: as_data(result[s.id]) for s in chain.steps},
         }
-        if "documents" in result:
-            out["documents"] = result["documents"]
+        for extra in ("documents", "tool_calls"):
+            if extra in result:
+                out[extra] = result[extra]
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     _print_steps(chain, result)
@@ -244,16 +268,36 @@ def _print_documents(console: Any, documents: list[dict[str, Any]]) -> None:
     console.print()
 
 
+def _print_tool_calls(console: Any, calls: list[dict[str, Any]]) -> None:
+    _header(console, "tool calls")
+    for call in calls:
+        args = ", ".join(f"{k}={v!r}" for k, v in call["args"].items())
+        mark = "error: " if call["error"] else ""
+        console.print(f"{call['name']}({args}) -> {mark}{call['output']}")
+    console.print()
+
+
+def _shown(value: Any) -> str:
+    """A step's result as printed: text as is, structured output as indented JSON."""
+    if isinstance(value, str):
+        return value.strip()
+    from eslabon.structured import as_data
+
+    return json.dumps(as_data(value), ensure_ascii=False, indent=2)
+
+
 def _print_steps(chain: Any, result: dict[str, Any]) -> None:
     console = _console()
     if result.get("documents"):
         _print_documents(console, result["documents"])
+    if result.get("tool_calls"):
+        _print_tool_calls(console, result["tool_calls"])
     if len(chain.steps) == 1:
-        console.print(result["output"])
+        console.print(_shown(result["output"]))
         return
     for step in chain.steps:
         _header(console, step.id)
-        console.print(result[step.id].strip())
+        console.print(_shown(result[step.id]))
         console.print()
 
 
@@ -267,6 +311,9 @@ def _run_streaming(chain: Any, values: dict[str, str]) -> None:
                 if text:
                     _print_documents(console, text)
                 continue
+            if key == "tool_calls":
+                _print_tool_calls(console, text)
+                continue
             if key == "output" and not single:
                 continue
             if key != current and not single:
@@ -274,7 +321,7 @@ def _run_streaming(chain: Any, values: dict[str, str]) -> None:
                     console.print("\n")
                 _header(console, key)
                 current = key
-            console.print(text, end="")
+            console.print(text if isinstance(text, str) else _shown(text), end="")
             console.file.flush()
     console.print()
 

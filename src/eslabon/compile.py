@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
@@ -32,7 +32,7 @@ from langchain_core.runnables.config import (
     set_config_context,
 )
 from langchain_core.runnables.utils import AddableDict, coro_with_context
-from pydantic import BaseModel, Field, WithJsonSchema, create_model
+from pydantic import BaseModel, Field, create_model
 
 from eslabon.errors import (
     ChainConfigError,
@@ -50,6 +50,7 @@ from eslabon.structured import (
     arun_structured,
     as_json_text,
     resolve_output_schema,
+    result_model,
     run_structured,
     structured_model,
 )
@@ -415,23 +416,13 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         return create_model(f"{self.name}_input", **fields)
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        fields: dict[str, Any] = {}
-        for step in self.steps:
-            if step.schema is None:
-                fields[step.id] = (str, ...)
-            elif step.schema.python_type is not None:
-                fields[step.id] = (step.schema.python_type, ...)
-            else:  # an inline JSON Schema: published as written
-                fields[step.id] = (
-                    Annotated[dict[str, Any], WithJsonSchema(step.schema.json_schema)],
-                    ...,
-                )
-        fields["output"] = fields[self.output_id]
-        if self.retrieves:
-            fields["documents"] = (list[dict[str, Any]], ...)
-        if self.uses_tools:
-            fields["tool_calls"] = (list[dict[str, Any]], ...)
-        return create_model(f"{self.name}_output", **fields)
+        return result_model(
+            self.name or "chain",
+            [(s.id, s.schema) for s in self.steps],
+            self.output_id,
+            retrieves=self.retrieves,
+            uses_tools=self.uses_tools,
+        )
 
     # -- inputs ---------------------------------------------------------------------------
     def _values(self, given: Any) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from pydantic import BaseModel, WithJsonSchema, create_model
 
 from eslabon.errors import OutputValidationError, UserError
 
@@ -57,6 +58,49 @@ class OutputSchema:
                 )
             )
         return data
+
+
+def result_model(
+    name: str,
+    steps: list[tuple[str, OutputSchema | None]],
+    output_id: str,
+    retrieves: bool = False,
+    uses_tools: bool = False,
+) -> type[BaseModel]:
+    """The pydantic model of a chain's result: text per step, or each step's output schema."""
+    fields: dict[str, Any] = {}
+    for step_id, schema in steps:
+        if schema is None:
+            fields[step_id] = (str, ...)
+        elif schema.python_type is not None:
+            fields[step_id] = (schema.python_type, ...)
+        else:  # an inline JSON Schema, published as written
+            fields[step_id] = (Annotated[dict[str, Any], WithJsonSchema(schema.json_schema)], ...)
+    fields["output"] = fields[output_id]
+    if retrieves:
+        fields["documents"] = (list[dict[str, Any]], ...)
+    if uses_tools:
+        fields["tool_calls"] = (list[dict[str, Any]], ...)
+    model: type[BaseModel] = create_model(f"{name}_output", **fields)
+    return model
+
+
+def spec_result_schema(spec: Any, allowed: list[str]) -> dict[str, Any]:
+    """The JSON Schema of a chain file's result, without building its models or retrievers."""
+    steps = spec.normalized_steps()
+    schemas = [
+        (s.id, resolve_output_schema(s.output_schema, s.id, allowed) if s.output_schema else None)
+        for s in steps
+    ]
+    retrieves = spec.retriever is not None or any(s.retriever is not None for s in steps)
+    model = result_model(
+        spec.name or "chain",
+        schemas,
+        spec.output_step(),
+        retrieves=retrieves,
+        uses_tools=any(s.tools for s in steps),
+    )
+    return model.model_json_schema()
 
 
 def as_json_text(value: Any) -> str:
