@@ -42,6 +42,7 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/structured_local.py
 
 schema: $(VENV)/.stamp-dev
 	$(BIN)/eslabon schema > docs/chain.schema.json

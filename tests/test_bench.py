@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -42,3 +44,11 @@ def test_retrieval_benchmark_runs_and_prints_its_figure_last() -> None:
     lines = run_quick("retrieval.py")
     assert re.fullmatch(r"query_overhead_ratio=\d+\.\d{3}", lines[-1])
     assert any("chunks/s" in line for line in lines)
+
+
+@pytest.mark.model
+def test_structured_local_benchmark_runs_and_prints_its_figure_last() -> None:
+    lines = run_quick("structured_local.py")
+    assert re.fullmatch(r"valid_rate=\d\.\d{2}", lines[-1])
+    assert re.fullmatch(r"unconstrained_valid_rate=\d\.\d{2}", lines[-2])
+    assert any(line.strip().startswith("constrained:") for line in lines)
