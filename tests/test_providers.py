@@ -24,7 +24,7 @@ from eslabon import (
     load_chain,
 )
 from eslabon.errors import ProviderUnavailableError, RateLimitedError
-from wire_server import Recorded, WireServer
+from wire_server import Recorded, ToolCall, WireServer
 
 SECRET = "sk-wire-test-SECRET-0123456789"
 Turn = tuple[str, str]
@@ -56,6 +56,21 @@ class ProviderConformance:
     def params(self, body: dict[str, Any]) -> dict[str, Any]:
         """temperature, max_tokens, top_p and stop as sent."""
         raise NotImplementedError
+
+    def declared_tools(self, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Tool name -> its parameters' JSON Schema properties, as declared in the request."""
+        raise NotImplementedError
+
+    def tool_result(self, body: dict[str, Any]) -> Any:
+        """The tool's result as the follow-up request carries it back."""
+        raise NotImplementedError
+
+    def sent_schema(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The output schema as the request asks for it."""
+        raise NotImplementedError
+
+    def structured_reply(self, data: dict[str, Any]) -> str | ToolCall:
+        return json.dumps(data)  # JSON text, the native structured-output mode
 
     # -- shared -------------------------------------------------------------------------------
     @pytest.fixture(autouse=True)
@@ -122,6 +137,31 @@ class ProviderConformance:
         server.replies.append("hola Ana")
         chunks = [c async for c in chain.astream({"nombre": "Ana"})]
         assert [c["output"] for c in chunks] == ["hola ", "Ana"]
+
+    def test_tool_calling_loop_in_the_providers_format(self, server: WireServer) -> None:
+        chain = load_chain(CHAINS / "calculadora.yaml", model=self.ref(server))
+        server.replies.extend([ToolCall("calculadora", {"expresion": "17*23"}), "Son 391."])
+        result = chain.invoke({"pregunta": "¿17 por 23?"})
+        assert result["output"] == "Son 391."
+        assert [(c["name"], c["output"], c["error"]) for c in result["tool_calls"]] == [
+            ("calculadora", "391", False)
+        ]
+        first, second = self.sent(server)
+        declared = self.declared_tools(first.body)
+        assert list(declared) == ["calculadora"] and "expresion" in declared["calculadora"]
+        assert str(self.tool_result(second.body)) == "391"
+
+    def test_structured_output_in_the_providers_format(self, server: WireServer) -> None:
+        chain = load_chain(CHAINS / "extraer_persona.yaml", model=self.ref(server))
+        person = {"nombre": "Ana", "edad": 30, "ciudad": "Lima", "profesion": "x", "idiomas": []}
+        wrong = {**person, "edad": "treinta"}
+        server.replies.extend([self.structured_reply(wrong), self.structured_reply(person)])
+        assert chain.invoke({"texto": "Ana, 30, Lima"})["output"] == person
+        first, second = self.sent(server)
+        schema = self.sent_schema(first.body)
+        assert schema["required"] == ["nombre", "edad", "ciudad", "profesion", "idiomas"]
+        # the invalid first answer went back with what was wrong with it
+        assert "edad: 'treinta' is not of type 'integer'" in self.turns(second.body)[-1][1]
 
     def test_params_reach_the_wire(self, server: WireServer, tmp_path: Path) -> None:
         path = write(
@@ -232,6 +272,20 @@ class TestOpenAI(ProviderConformance):
     def turns(self, body: dict[str, Any]) -> list[Turn]:
         return [(m["role"], m["content"]) for m in body["messages"]]
 
+    def declared_tools(self, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            t["function"]["name"]: t["function"]["parameters"]["properties"] for t in body["tools"]
+        }
+
+    def tool_result(self, body: dict[str, Any]) -> Any:
+        reply = body["messages"][-1]
+        assert (reply["role"], reply["tool_call_id"]) == ("tool", "call_1")
+        return reply["content"]
+
+    def sent_schema(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert body["response_format"]["type"] == "json_schema"
+        return body["response_format"]["json_schema"]["schema"]  # type: ignore[no-any-return]
+
     def params(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
             "temperature": body["temperature"],
@@ -299,6 +353,29 @@ class TestAnthropic(ProviderConformance):
         head = [("system", system)] if system else []
         return head + [(m["role"], m["content"]) for m in body["messages"]]
 
+    def declared_tools(self, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {t["name"]: t["input_schema"]["properties"] for t in body["tools"]}
+
+    def tool_result(self, body: dict[str, Any]) -> Any:
+        reply = body["messages"][-1]
+        [block] = reply["content"]
+        assert (reply["role"], block["type"], block["tool_use_id"]) == (
+            "user",
+            "tool_result",
+            "call_1",
+        )
+        return block["content"]
+
+    def sent_schema(self, body: dict[str, Any]) -> dict[str, Any]:
+        # langchain-anthropic asks for structured output as a forced call to a tool named
+        # after the schema
+        assert body["tool_choice"] == {"type": "tool", "name": "output"}
+        [tool] = body["tools"]
+        return tool["input_schema"]  # type: ignore[no-any-return]
+
+    def structured_reply(self, data: dict[str, Any]) -> str | ToolCall:
+        return ToolCall("output", data)
+
     def params(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
             "temperature": body["temperature"],
@@ -352,6 +429,21 @@ class TestGemini(ProviderConformance):
         roles = {"user": "user", "model": "assistant"}
         return head + [(roles[c["role"]], text(c["parts"])) for c in body["contents"]]
 
+    def declared_tools(self, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        [tools] = body["tools"]
+        return {f["name"]: f["parameters"]["properties"] for f in tools["functionDeclarations"]}
+
+    def tool_result(self, body: dict[str, Any]) -> Any:
+        reply = body["contents"][-1]
+        [part] = reply["parts"]
+        assert part["functionResponse"]["name"] == "calculadora"
+        return part["functionResponse"]["response"]["output"]
+
+    def sent_schema(self, body: dict[str, Any]) -> dict[str, Any]:
+        config = body["generationConfig"]
+        assert config["responseMimeType"] == "application/json"
+        return config["responseJsonSchema"]  # type: ignore[no-any-return]
+
     def params(self, body: dict[str, Any]) -> dict[str, Any]:
         config = body["generationConfig"]
         return {
@@ -390,6 +482,19 @@ class TestOllama(ProviderConformance):
 
     def turns(self, body: dict[str, Any]) -> list[Turn]:
         return [(m["role"], m["content"]) for m in body["messages"]]
+
+    def declared_tools(self, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            t["function"]["name"]: t["function"]["parameters"]["properties"] for t in body["tools"]
+        }
+
+    def tool_result(self, body: dict[str, Any]) -> Any:
+        reply = body["messages"][-1]
+        assert reply["role"] == "tool"
+        return reply["content"]
+
+    def sent_schema(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body["format"]  # type: ignore[no-any-return]
 
     def params(self, body: dict[str, Any]) -> dict[str, Any]:
         options = body["options"]

@@ -27,6 +27,15 @@ _GEMINI = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|stre
 _GEMINI_EMBED = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>batchEmbedContents|embedContent)")
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """A scripted reply: the model asks for this tool (in the protocol's own format)."""
+
+    name: str
+    args: dict[str, Any]
+    id: str = "call_1"
+
+
 @dataclass
 class Recorded:
     provider: str
@@ -190,7 +199,8 @@ class WireServer:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.requests: list[Recorded] = []
-        self.replies: deque[str] = deque()
+        # a str is answered as text; a ToolCall as the protocol's own tool call
+        self.replies: deque[str | ToolCall] = deque()
         self.failures: deque[tuple[str, str | None]] = deque()
         self.delay = delay
         self.first_token_delay = 0.0  # seconds before the first streamed token
@@ -219,7 +229,7 @@ class WireServer:
         """
         self.failures.append((kind, retry_after))
 
-    def _reply_for(self, last_user: str) -> str:
+    def _reply_for(self, last_user: str) -> str | ToolCall:
         with self._lock:
             return self.replies.popleft() if self.replies else f"eco: {last_user}"
 
@@ -295,8 +305,99 @@ class WireServer:
                     extra = {"Retry-After": failure[1]} if failure[1] is not None else {}
                     self._send_json(status, payload, extra)
                     return
-                text = server._reply_for(_last_user_text(provider, body))
-                getattr(self, f"_{provider}")(body, text, stream, model, query)
+                reply = server._reply_for(_last_user_text(provider, body))
+                if isinstance(reply, ToolCall):
+                    getattr(self, f"_{provider}_tool_call")(reply, stream, model)
+                    return
+                getattr(self, f"_{provider}")(body, reply, stream, model, query)
+
+            # -- tool calls, in each protocol's shape (whole, in one message or event) ------
+            def _openai_tool_call(self, call: ToolCall, stream: bool, model: str) -> None:
+                assert not stream, "tool steps call the model without streaming"
+                function = {"name": call.name, "arguments": json.dumps(call.args)}
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": call.id, "type": "function", "function": function}],
+                }
+                self._send_json(
+                    200,
+                    {
+                        "id": "chatcmpl-2",
+                        "object": "chat.completion",
+                        "created": 1,
+                        "model": model,
+                        "choices": [
+                            {"index": 0, "finish_reason": "tool_calls", "message": message}
+                        ],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    },
+                )
+
+            def _anthropic_tool_call(self, call: ToolCall, stream: bool, model: str) -> None:
+                assert not stream, "tool steps call the model without streaming"
+                block = {"type": "tool_use", "id": call.id, "name": call.name, "input": call.args}
+                self._send_json(
+                    200,
+                    {
+                        "id": "msg_2",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [block],
+                        "stop_reason": "tool_use",
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 10, "output_tokens": 5},
+                    },
+                )
+
+            def _gemini_tool_call(self, call: ToolCall, stream: bool, model: str) -> None:
+                assert not stream, "tool steps call the model without streaming"
+                part = {"functionCall": {"name": call.name, "args": call.args}}
+                self._send_json(
+                    200,
+                    {
+                        "candidates": [
+                            {
+                                "content": {"parts": [part], "role": "model"},
+                                "finishReason": "STOP",
+                                "index": 0,
+                            }
+                        ],
+                        "usageMetadata": {
+                            "promptTokenCount": 10,
+                            "candidatesTokenCount": 5,
+                            "totalTokenCount": 15,
+                        },
+                        "modelVersion": model,
+                        "responseId": "r2",
+                    },
+                )
+
+            def _ollama_tool_call(self, call: ToolCall, stream: bool, model: str) -> None:
+                message = {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": call.name, "arguments": call.args}}],
+                }
+                done = {
+                    "model": model,
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "message": message,
+                    "done": True,
+                    "done_reason": "stop",
+                    "eval_count": 5,
+                    "prompt_eval_count": 10,
+                }
+                if not stream:
+                    self._send_json(200, done)
+                    return
+                # Ollama streams the call in one line, then an empty closing line
+                self._start_stream("application/x-ndjson")
+                self._chunk(json.dumps({**done, "done": False, "done_reason": None}) + "\n")
+                closing = {**done, "message": {"role": "assistant", "content": ""}}
+                self._chunk(json.dumps(closing) + "\n")
+                self._end_stream()
 
             # -- plumbing ------------------------------------------------------------------
             def _send_json(
