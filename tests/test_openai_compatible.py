@@ -113,3 +113,13 @@ def test_api_key_env_is_sent(server_url: str, monkeypatch: pytest.MonkeyPatch) -
         CHAINS / "hola.yaml", model=model(server_url, api_key_env="LOCAL_SERVER_KEY")
     )
     assert chain.invoke({"nombre": "Ana"})["output"].strip()
+
+
+def test_structured_output_through_a_forced_function_call(server_url: str) -> None:
+    # llama_cpp.server refuses response_format json_schema (HTTP 500) but constrains a forced
+    # function call with a grammar: structured_method picks that way instead
+    ref = model(server_url, structured_method="function_calling")
+    chain = load_chain(CHAINS / "extraer_persona.yaml", model=ref)
+    person = chain.invoke({"texto": "María tiene 34 años y vive en Sevilla."})["output"]
+    assert set(person) == {"nombre", "edad", "ciudad", "profesion", "idiomas"}
+    assert isinstance(person["edad"], int) and isinstance(person["idiomas"], list)

@@ -49,6 +49,7 @@ from eslabon.structured import (
     OutputSchema,
     arun_structured,
     as_json_text,
+    STRUCTURED_METHODS,
     resolve_output_schema,
     result_model,
     run_structured,
@@ -251,7 +252,7 @@ def compile_chain(
         loop: ToolLoop | None = None
         if step.output_schema is not None:
             schema = resolve_output_schema(step.output_schema, step.id, allowed)
-            adapted = _adapted(step.id, partial(structured_model, schema=schema))
+            adapted = _adapted(step.id, partial(_structured, schema=schema))
             answer = _step_model(ref, params, retry, fallbacks, base_dir, adapted)[0]
             # without retry: one correction round, as pydantic-ai and instructor do by default
             structured = (answer, schema, retry.attempts if retry else 2)
@@ -287,18 +288,34 @@ def _retrieval(
 _SDK_RETRIES = ("openai", "azure_openai", "anthropic", "google_genai")
 
 
-def _bind_tools(model: BaseChatModel, tools: list[Any]) -> Runnable[Any, Any]:
+def _bind_tools(
+    model: BaseChatModel, origin: ModelSpec | None, tools: list[Any]
+) -> Runnable[Any, Any]:
     return model.bind_tools(tools)
 
 
-def _adapted(
-    step_id: str, adapt: Callable[[BaseChatModel], Runnable[Any, Any]]
-) -> Callable[[BaseChatModel], Runnable[Any, Any]]:
+def _structured(
+    model: BaseChatModel, origin: ModelSpec | None, schema: OutputSchema
+) -> Runnable[Any, Any]:
+    # a model mapping's structured_method picks LangChain's method (json_schema,
+    # function_calling, json_mode): servers that speak OpenAI differ in what they support
+    method = origin.kwargs.get("structured_method") if origin else None
+    if method not in (None, *STRUCTURED_METHODS):
+        raise UserError(
+            f"structured_method '{method}' is not one of: {', '.join(STRUCTURED_METHODS)}"
+        )
+    return structured_model(model, schema, method)
+
+
+Adapt = Callable[[BaseChatModel, ModelSpec | None], Runnable[Any, Any]]
+
+
+def _adapted(step_id: str, adapt: Adapt) -> Adapt:
     """``adapt`` (bind tools, structured output) with a clear error for models that cannot."""
 
-    def apply(model: BaseChatModel) -> Runnable[Any, Any]:
+    def apply(model: BaseChatModel, origin: ModelSpec | None) -> Runnable[Any, Any]:
         try:
-            return adapt(model)
+            return adapt(model, origin)
         except NotImplementedError:
             raise UserError(
                 f"step '{step_id}': the model {type(model).__name__} does not support tool "
@@ -315,19 +332,19 @@ def _step_model(
     retry: Retry | None,
     fallbacks: list[Any],
     base_dir: Path,
-    adapt: Callable[[BaseChatModel], Runnable[Any, Any]] | None = None,
+    adapt: Adapt | None = None,
 ) -> tuple[Runnable[Any, Any], ModelSpec | None]:
     """The step's model (each fallback too) built, adapted, then wrapped in retry/fallbacks."""
 
     def build(one: Any, where: str) -> tuple[Runnable[Any, Any], ModelSpec | None]:
         if is_chat_model(one):
-            return (adapt(one) if adapt else one), None
+            return (adapt(one, None) if adapt else one), None
         origin = parse_or_raise(one, base_dir, where)
         resilient = retry or fallbacks
         if resilient and origin.provider in _SDK_RETRIES and "max_retries" not in origin.kwargs:
             origin = replace(origin, kwargs={**origin.kwargs, "max_retries": 0})
         model = build_from_spec(origin, params, base_dir)
-        return (adapt(model) if adapt else model), origin
+        return (adapt(model, origin) if adapt else model), origin
 
     model, origin = build(ref, "model")
     if not retry and not fallbacks:

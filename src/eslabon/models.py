@@ -90,6 +90,7 @@ def build_from_spec(
 ) -> BaseChatModel:
     """Build the chat model a parsed :class:`ModelSpec` describes."""
     kwargs = dict(spec.kwargs)
+    kwargs.pop("structured_method", None)  # read when output_schema is bound (compile.py)
     merged = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAM_NAMES}
     merged.update(params or {})
     if spec.provider == "fake":

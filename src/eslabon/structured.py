@@ -19,7 +19,16 @@ from pydantic import BaseModel, WithJsonSchema, create_model
 
 from eslabon.errors import OutputValidationError, UserError
 
-__all__ = ["OutputSchema", "json_mode", "resolve_output_schema", "structured_model"]
+__all__ = [
+    "STRUCTURED_METHODS",
+    "OutputSchema",
+    "json_mode",
+    "resolve_output_schema",
+    "structured_model",
+]
+
+
+STRUCTURED_METHODS = ("json_schema", "function_calling", "json_mode")
 
 
 class _Invalid(Exception):
@@ -151,9 +160,13 @@ def json_mode(bound: Runnable[Any, BaseMessage], include_raw: bool) -> Runnable[
     return bound | RunnableLambda(parse, name="parse_json")
 
 
-def structured_model(model: Any, schema: OutputSchema) -> Runnable[Any, dict[str, Any]]:
-    """``model`` answering in ``schema``'s shape, raw message included."""
-    return model.with_structured_output(schema.json_schema, include_raw=True)  # type: ignore[no-any-return]
+def structured_model(
+    model: Any, schema: OutputSchema, method: str | None = None
+) -> Runnable[Any, dict[str, Any]]:
+    """``model`` answering in ``schema``'s shape, raw message included; ``method`` as
+    LangChain's ``with_structured_output`` takes it (None: the integration's default)."""
+    extra = {"method": method} if method else {}
+    return model.with_structured_output(schema.json_schema, include_raw=True, **extra)  # type: ignore[no-any-return]
 
 
 def _raw_text(message: Any) -> str:
