@@ -46,10 +46,10 @@ from eslabon.models import build_from_spec, is_chat_model, parse_or_raise, resol
 from eslabon.modelspec import ModelSpec
 from eslabon.spec import Chain, Retry, Step
 from eslabon.structured import (
+    STRUCTURED_METHODS,
     OutputSchema,
     arun_structured,
     as_json_text,
-    STRUCTURED_METHODS,
     resolve_output_schema,
     result_model,
     run_structured,
