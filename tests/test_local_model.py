@@ -86,14 +86,14 @@ def test_canonical_chain_runs_on_the_bundled_model() -> None:
     assert result["plan"] in capture.prompts[2][-1].content
 
 
-# the canonical chain has its own test above; rag_curso needs an index (tests/test_rag_curso.py)
+# the canonical chain has its own test above; rag_curso needs an index (tests/test_rag_curso.py);
+# extraer_persona and calculadora are run in tests/test_local_structured.py
+OWN_TESTS = ("analizar_planificar_resolver", "rag_curso", "extraer_persona", "calculadora")
+
+
 @pytest.mark.parametrize(
     "path",
-    [
-        p
-        for p in sorted(CHAINS.glob("*.yaml"))
-        if p.stem not in ("analizar_planificar_resolver", "rag_curso")  # own tests
-    ],
+    [p for p in sorted(CHAINS.glob("*.yaml")) if p.stem not in OWN_TESTS],
     ids=lambda p: p.stem,
 )
 def test_every_example_chain_runs_on_the_bundled_model(path: Path) -> None:
