@@ -93,3 +93,14 @@ def test_cli_render_needs_no_key_and_no_network() -> None:
     assert request["body"]["system"].startswith("Eres un nutricionista")
     assert request["body"]["messages"] == [{"role": "user", "content": "¿Y la cena?"}]
     assert "render-needs-no-key" not in out.stdout
+
+
+def test_tools_and_output_schema_are_rendered_as_sent() -> None:
+    [calc] = render_requests(Chain.from_yaml(CHAINS / "calculadora.yaml"), "openai")
+    assert calc["body"]["tools"][0]["function"]["name"] == "calculadora"
+    [gemini] = render_requests(Chain.from_yaml(CHAINS / "extraer_persona.yaml"), "google_genai")
+    config = gemini["body"]["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    assert config["responseJsonSchema"]["required"][0] == "nombre"
+    [claude] = render_requests(Chain.from_yaml(CHAINS / "extraer_persona.yaml"), "anthropic")
+    assert claude["body"]["tool_choice"] == {"type": "tool", "name": "output"}

@@ -334,6 +334,7 @@ def render(
     ],
     inputs: InputsOption = None,
     step: Annotated[str | None, typer.Option("--step", help="Only this step.")] = None,
+    allow_import: AllowImportOption = None,
 ) -> None:
     """Print the exact request body each step would send to a provider (no network, no key).
 
@@ -344,7 +345,7 @@ def render(
         from eslabon.loader import load_spec
         from eslabon.render import render_requests
 
-        requests = render_requests(load_spec(file), provider, values, step)
+        requests = render_requests(load_spec(file), provider, values, step, allow_import)
     except Exception as exc:
         _fail(exc)
     typer.echo(json.dumps(requests, ensure_ascii=False, indent=2))

@@ -87,8 +87,10 @@ def render_requests(
     provider: str,
     inputs: dict[str, str] | None = None,
     step_id: str | None = None,
+    allow_imports: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The request each step would send to ``provider``: ``[{step, path, body}, ...]``."""
+    """The request each step would send to ``provider``: ``[{step, path, body}, ...]``,
+    tools and output schema included (``allow_imports`` as for running the chain)."""
     provider = _provider(provider)
     problems = spec.problems()
     if problems:
@@ -135,7 +137,7 @@ def render_requests(
                 ref["base_url"] = capture.url + ("/v1" if provider == "openai" else "")
             if provider != "ollama":
                 ref.update(api_key=_PLACEHOLDER_KEY, max_retries=0)
-            model = build_from_spec(parse_model_ref(ref), params)
+            model = _bound(build_from_spec(parse_model_ref(ref), params), step, allow_imports)
             before = len(capture.requests)
             failure: Exception | None = None
             try:
@@ -149,3 +151,19 @@ def render_requests(
             path, body = capture.requests[-1]
             out.append({"step": step.id, "path": path, "body": body})
     return out
+
+
+def _bound(model: Any, step: Any, allow_imports: list[str] | None) -> Any:
+    """The model as the step runs it: with its tools, or asked for its output schema."""
+    if step.output_schema is None and not step.tools:
+        return model
+    from eslabon.imports import allowed_imports
+
+    allowed = allowed_imports(allow_imports)
+    if step.output_schema is not None:
+        from eslabon.structured import resolve_output_schema, structured_model
+
+        return structured_model(model, resolve_output_schema(step.output_schema, step.id, allowed))
+    from eslabon.toolcalls import load_tools
+
+    return model.bind_tools(load_tools(step.tools, allowed, step.id))
