@@ -51,24 +51,21 @@ def _has_args(fn: Callable[..., Any]) -> bool:
     return "Args:" in (fn.__doc__ or "")
 
 
+def _error(call: dict[str, Any], text: str) -> ToolMessage:
+    return ToolMessage(text, tool_call_id=call["id"] or "", name=call["name"], status="error")
+
+
+def _reply(call: dict[str, Any], result: Any) -> ToolMessage:
+    return ToolMessage(_text(result), tool_call_id=call["id"] or "", name=call["name"])
+
+
 def _run_tool(tool: BaseTool | None, call: dict[str, Any], config: RunnableConfig) -> ToolMessage:
     if tool is None:
-        return ToolMessage(
-            f"Error: there is no tool named '{call['name']}'",
-            tool_call_id=call["id"] or "",
-            name=call["name"],
-            status="error",
-        )
+        return _error(call, f"Error: there is no tool named '{call['name']}'")
     try:
-        result = tool.invoke(call["args"], config)
+        return _reply(call, tool.invoke(call["args"], config))
     except Exception as exc:  # a tool's failure is the model's to handle, not a crash
-        return ToolMessage(
-            f"Error: {type(exc).__name__}: {exc}",
-            tool_call_id=call["id"] or "",
-            name=call["name"],
-            status="error",
-        )
-    return ToolMessage(_text(result), tool_call_id=call["id"] or "", name=call["name"])
+        return _error(call, f"Error: {type(exc).__name__}: {exc}")
 
 
 async def _arun_tool(
@@ -77,15 +74,9 @@ async def _arun_tool(
     if tool is None:
         return _run_tool(None, call, config)
     try:
-        result = await tool.ainvoke(call["args"], config)
+        return _reply(call, await tool.ainvoke(call["args"], config))
     except Exception as exc:
-        return ToolMessage(
-            f"Error: {type(exc).__name__}: {exc}",
-            tool_call_id=call["id"] or "",
-            name=call["name"],
-            status="error",
-        )
-    return ToolMessage(_text(result), tool_call_id=call["id"] or "", name=call["name"])
+        return _error(call, f"Error: {type(exc).__name__}: {exc}")
 
 
 def _text(result: Any) -> str:
@@ -168,9 +159,4 @@ class ToolLoop:
 
     def _refused(self, call: Any) -> ToolMessage:
         # every tool call needs an answer, or providers reject the next request
-        return ToolMessage(
-            _LIMIT.format(n=self.max_calls),
-            tool_call_id=call["id"] or "",
-            name=call["name"],
-            status="error",
-        )
+        return _error(call, _LIMIT.format(n=self.max_calls))
