@@ -12,12 +12,13 @@ The provider SDKs send through ``httpx2``, which respx cannot intercept; a real 
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,6 +44,8 @@ class Recorded:
     headers: dict[str, str]
     body: dict[str, Any]
     stream: bool
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
+    fault: str | None = None  # the fault injected into its answer, if any
 
 
 # (status, provider) -> error body, in each API's documented shape
@@ -185,6 +188,7 @@ def _error_body(provider: str, kind: str, model: str) -> tuple[int, dict[str, An
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # batch tests open dozens of connections at once
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that gave up (a timeout test) closes the socket under us: not an error
@@ -197,8 +201,15 @@ class _QuietServer(ThreadingHTTPServer):
 class WireServer:
     """Start with ``with WireServer() as server:``; ``server.url`` is its base URL."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    FAULTS = ("rate", "server", "timeout", "malformed", "drop")
+
+    def __init__(self, delay: float = 0.0, fault_rate: float = 0.0, seed: int = 7) -> None:
         self.requests: list[Recorded] = []
+        # chat requests that get a random fault (429 with Retry-After, 500, a reply slower
+        # than the client's timeout, a malformed JSON body, a dropped connection)
+        self.fault_rate = fault_rate
+        self.timeout_sleep = 2.0
+        self._rng = random.Random(seed)
         # a str is answered as text; a ToolCall as the protocol's own tool call
         self.replies: deque[str | ToolCall] = deque()
         self.failures: deque[tuple[str, str | None]] = deque()
@@ -296,10 +307,30 @@ class WireServer:
                     self._send_json(404, {"error": f"no route {path}"})
                     return
                 with server._lock:
-                    server.requests.append(Recorded(provider, path, headers, body, stream))
                     failure = server.failures.popleft() if server.failures else None
+                    fault = None
+                    if failure is None and server._rng.random() < server.fault_rate:
+                        fault = server._rng.choice(server.FAULTS)
+                    server.requests.append(
+                        Recorded(provider, path, headers, body, stream, fault=fault)
+                    )
                 if server.delay:
                     time.sleep(server.delay)
+                if fault == "drop":  # close the connection without a word
+                    self.close_connection = True
+                    return
+                if fault == "malformed":
+                    raw = b'{"id": "chatcmpl-1", "choices": [{"index": 0, "mess'
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
+                if fault == "timeout":
+                    time.sleep(server.timeout_sleep)  # the client has given up by now
+                if fault in ("rate", "server"):
+                    failure = (fault, "0" if fault == "rate" else None)
                 if failure:
                     status, payload = _error_body(provider, failure[0], model)
                     extra = {"Retry-After": failure[1]} if failure[1] is not None else {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -411,6 +413,130 @@ def search(
         console.print(hit["content"].strip())
     if not hits:
         typer.echo("no hits (is the collection indexed? eslabon index PATH --into ...)")
+
+
+def _rate_option(text: str | None) -> float | None:
+    """--rate takes '5', '5/s' or '300/min'."""
+    if text is None:
+        return None
+    number, _, unit = text.strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0}.get(unit.strip())
+    try:
+        value = float(number)
+    except ValueError:
+        value = 0.0
+    if per is None or value <= 0:
+        raise UserError(f"--rate {text!r}: write requests per second, e.g. 5/s or 300/min")
+    return value / per
+
+
+@app.command()
+def batch(
+    file: Annotated[Path, typer.Argument(help="The chain file to run.")],
+    inputs: Annotated[Path, typer.Argument(help="Rows: .jsonl, .csv or .parquet.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Results, one JSON line per row.")],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 8,
+    rate: Annotated[
+        str | None, typer.Option("--rate", help="Requests per second: 5, 5/s or 300/min.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip rows already in OUT (after a crash).")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="With --resume: run failed rows again.")
+    ] = False,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="SQLite cache of model calls.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Run on this model.")] = None,
+    allow_import: AllowImportOption = None,
+) -> None:
+    """Run a chain over every row of INPUTS, concurrently; each finished row is a line in OUT.
+
+    Rows' fields are the chain's inputs; an 'id' field names a row (else its row number).
+    A failed row is recorded with its error and the batch goes on.
+    """
+    try:
+        from eslabon.models import load_env
+
+        load_env()
+        from eslabon.batch import read_rows, run_batch
+        from eslabon.compile import compile_chain
+        from eslabon.loader import load_spec
+
+        per_second = _rate_option(rate)
+        rows = read_rows(inputs)
+        chain = compile_chain(
+            load_spec(file), model=_model_option(model), allow_imports=allow_import
+        )
+        if cache is not None:
+            chain = chain.with_cache(cache)
+        with _batch_progress(len(rows)) as on_row:
+            report = run_batch(
+                chain,
+                rows,
+                out,
+                concurrency=concurrency,
+                rate=per_second,
+                resume=resume or retry_failed,
+                retry_failed=retry_failed,
+                on_row=on_row,
+            )
+    except Exception as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: finished rows are in the output; --resume continues", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(report.summary())
+    if report.failed:
+        typer.echo(f"{report.failed} rows failed: their lines in {out} say why", err=True)
+
+
+@contextmanager
+def _batch_progress(total: int) -> Iterator[Any]:
+    """A rich progress bar on a terminal; a plain line every 5% otherwise (logs, CI)."""
+    console = _console()
+    if not console.is_terminal:
+        step = max(1, total // 20)
+
+        def plain(record: dict[str, Any], report: Any) -> None:
+            finished = report.done + report.failed
+            if finished % step == 0 or finished + report.skipped == total:
+                typer.echo(
+                    f"{finished + report.skipped}/{total} rows ({report.failed} failed, "
+                    f"{report.rate:.1f} rows/s)",
+                    err=True,
+                )
+
+        yield plain
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("batch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed · {task.fields[rate]} rows/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("batch", total=total, failed=0, rate="0.0")
+
+        def fancy(record: dict[str, Any], report: Any) -> None:
+            bar.update(
+                task,
+                completed=report.done + report.failed + report.skipped,
+                failed=report.failed,
+                rate=f"{report.rate:.1f}",
+            )
+
+        yield fancy
 
 
 @app.command()

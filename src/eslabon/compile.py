@@ -219,11 +219,15 @@ def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> Ch
 
 
 def compile_chain(
-    spec: Chain, model: Any = None, allow_imports: list[str] | None = None
+    spec: Chain,
+    model: Any = None,
+    allow_imports: list[str] | None = None,
+    model_settings: dict[str, Any] | None = None,
 ) -> CompiledChain:
     """Compile a checked spec. ``model`` overrides every model in it (see :mod:`eslabon.models`);
     ``allow_imports`` lists packages whose code the chain file may import (see
-    :mod:`eslabon.imports`)."""
+    :mod:`eslabon.imports`); ``model_settings`` are set on every chat model (fallbacks too),
+    e.g. ``{"rate_limiter": ..., "cache": ...}``."""
     problems = spec.problems()
     if problems:
         raise ChainConfigError(problems)
@@ -235,6 +239,8 @@ def compile_chain(
     from eslabon.imports import allowed_imports
 
     allowed = allowed_imports(allow_imports)
+    settings = dict(model_settings or {})
+    settings_arg = {"model_settings": settings} if settings else {}
     retrieval = _retrieval(spec, spec.retriever, None, allowed)
     for step in spec.normalized_steps():
         ref = chain_ref if overridden or step.model is None else step.model
@@ -244,7 +250,7 @@ def compile_chain(
         fallbacks = [] if overridden else (step.fallbacks or spec.fallbacks or [])
         key = repr((ref, sorted(params.items()), retry, fallbacks))
         if key not in built:  # steps with the same model and settings share one instance
-            built[key] = _step_model(ref, params, retry, fallbacks, base_dir)
+            built[key] = _step_model(ref, params, retry, fallbacks, base_dir, None, settings)
         model_, origin_ = built[key]
         own = _retrieval(spec, step.retriever, step.id, allowed) if spec.steps else None
         prompt = step_prompt(step, base_dir, spec.embeddings)
@@ -253,7 +259,7 @@ def compile_chain(
         if step.output_schema is not None:
             schema = resolve_output_schema(step.output_schema, step.id, allowed)
             adapted = _adapted(step.id, partial(_structured, schema=schema))
-            answer = _step_model(ref, params, retry, fallbacks, base_dir, adapted)[0]
+            answer = _step_model(ref, params, retry, fallbacks, base_dir, adapted, settings)[0]
             # without retry: one correction round, as pydantic-ai and instructor do by default
             structured = (answer, schema, retry.attempts if retry else 2)
         elif step.tools:
@@ -261,11 +267,13 @@ def compile_chain(
 
             tools = load_tools(step.tools, allowed, step.id)
             adapted = _adapted(step.id, partial(_bind_tools, tools=tools))
-            with_tools = _step_model(ref, params, retry, fallbacks, base_dir, adapted)[0]
+            with_tools = _step_model(ref, params, retry, fallbacks, base_dir, adapted, settings)[0]
             limit = step.max_tool_calls or DEFAULT_MAX_TOOL_CALLS
             loop = ToolLoop(with_tools, model_, tools, limit)
         steps.append(CompiledStep(step.id, prompt, model_, origin_, own, structured, loop))
-    return CompiledChain(spec, steps, model_label=_label(chain_ref), retrieval=retrieval)
+    compiled = CompiledChain(spec, steps, model_label=_label(chain_ref), retrieval=retrieval)
+    compiled.compiled_with = {"model": model, "allow_imports": allow_imports, **settings_arg}
+    return compiled
 
 
 def _retrieval(
@@ -333,17 +341,23 @@ def _step_model(
     fallbacks: list[Any],
     base_dir: Path,
     adapt: Adapt | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Runnable[Any, Any], ModelSpec | None]:
-    """The step's model (each fallback too) built, adapted, then wrapped in retry/fallbacks."""
+    """The step's model (each fallback too) built, given ``settings``, adapted, then wrapped in
+    retry/fallbacks."""
 
     def build(one: Any, where: str) -> tuple[Runnable[Any, Any], ModelSpec | None]:
         if is_chat_model(one):
+            if settings:
+                one = one.model_copy(update=settings)
             return (adapt(one, None) if adapt else one), None
         origin = parse_or_raise(one, base_dir, where)
         resilient = retry or fallbacks
         if resilient and origin.provider in _SDK_RETRIES and "max_retries" not in origin.kwargs:
             origin = replace(origin, kwargs={**origin.kwargs, "max_retries": 0})
         model = build_from_spec(origin, params, base_dir)
+        if settings:
+            model = model.model_copy(update=settings)
         return (adapt(model, origin) if adapt else model), origin
 
     model, origin = build(ref, "model")
@@ -362,6 +376,18 @@ def _label(ref: Any) -> str:
         return type(ref).__name__
     data = ref.model_dump(exclude_none=True) if hasattr(ref, "model_dump") else dict(ref)
     return f"{data.get('provider')}:{data.get('name', '')}".rstrip(":")
+
+
+def sqlite_cache(path: str | Path) -> Any:
+    """LangChain's SQLite LLM cache at ``path`` (langchain-community, in the rag extra)."""
+    try:
+        from langchain_community.cache import SQLiteCache
+    except ImportError:
+        from eslabon.errors import MissingDependencyError
+
+        raise MissingDependencyError("--cache", "rag", "langchain-community") from None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteCache(database_path=str(path))
 
 
 def load_chain(
@@ -412,7 +438,34 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         self.model_label = model_label
         self.output_id = spec.output_step()
         self._inputs = spec.input_names()
+        self.compiled_with: dict[str, Any] = {}  # compile_chain's arguments, for variants
         self._defaults = {n: d for n in self._inputs if (d := spec.input_default(n)) is not None}
+
+    # -- variants -------------------------------------------------------------------------
+    def with_model_settings(self, **settings: Any) -> CompiledChain:
+        """The same chain compiled again with ``settings`` set on every chat model."""
+        args = dict(self.compiled_with)
+        args["model_settings"] = {**args.get("model_settings", {}), **settings}
+        return compile_chain(self.spec, **args)
+
+    def with_rate_limit(self, requests_per_second: float) -> CompiledChain:
+        """Every model call (all steps, retries included) waits for LangChain's
+        ``InMemoryRateLimiter``: at most ``requests_per_second`` calls a second, no bursts."""
+        from langchain_core.rate_limiters import InMemoryRateLimiter
+
+        limiter = InMemoryRateLimiter(
+            requests_per_second=requests_per_second,
+            check_every_n_seconds=min(0.01, 0.1 / requests_per_second),
+            max_bucket_size=1,
+        )
+        return self.with_model_settings(rate_limiter=limiter)
+
+    def with_cache(self, cache: Any) -> CompiledChain:
+        """Model calls answered from ``cache`` (a LangChain ``BaseCache``, or a path for a
+        SQLite cache): an identical call costs no second request."""
+        if isinstance(cache, str | Path):
+            cache = sqlite_cache(cache)
+        return self.with_model_settings(cache=cache)
 
     # -- schema ---------------------------------------------------------------------------
     @property

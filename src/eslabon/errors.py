@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -249,6 +250,10 @@ def translate_model_error(
         )
     if isinstance(exc, lc.ModelRateLimitError) or status == 429:
         return RateLimitedError(f"{where} is rate limiting (HTTP 429): {detail}", provider, 429)
+    if isinstance(exc, json.JSONDecodeError):
+        return ProviderUnavailableError(
+            f"{where} sent a response that is not valid JSON: {detail}", provider, status
+        )
     if isinstance(exc, lc.ModelAPIError | lc.ModelConnectionError | lc.ModelTimeoutError) or (
         status is not None and status >= 500
     ):

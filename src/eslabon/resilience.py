@@ -1,7 +1,8 @@
 """Retries and fallbacks for a step's model, on LangChain's ``with_retry`` / ``with_fallbacks``.
 
-* Which failures are retried: rate limits (429), server errors (5xx), timeouts and connection
-  failures — what ``langchain_core.exceptions`` marks ``is_retryable``, plus SDK errors carrying
+* Which failures are retried: rate limits (429), server errors (5xx), timeouts, connection
+  failures and malformed (non-JSON) response bodies — what ``langchain_core.exceptions`` marks
+  ``is_retryable``, plus SDK errors carrying
   such an HTTP status (Ollama and OpenAI-compatible servers). Never a refused key, an unknown
   model, a too-long prompt or a bad request: retrying those cannot help.
 * How long to wait: the server's ``Retry-After`` when it sends one (seconds or an HTTP date),
@@ -36,9 +37,14 @@ def _status(exc: BaseException) -> int | None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether a failure is transient: 408/409/429, 5xx, timeouts, connection errors."""
+    """Whether a failure is transient: 408/409/429, 5xx, timeouts, connection errors, and a
+    response body that is not JSON (cut short by a proxy or a dropped connection)."""
+    from json import JSONDecodeError
+
     from langchain_core.exceptions import ModelError
 
+    if isinstance(exc, JSONDecodeError):
+        return True
     if isinstance(exc, ModelError):
         return exc.is_retryable
     status = _status(exc)

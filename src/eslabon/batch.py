@@ -1,0 +1,249 @@
+"""Batch runs: one chain over many rows, concurrently, losing and duplicating nothing.
+
+* Rows come from .jsonl, .csv or .parquet (extra ``parquet``); each row's fields are the chain's
+  inputs, its ``id`` (or its 1-based row number) names it.
+* Rows run as asyncio tasks through ``chain.ainvoke``, at most ``concurrency`` at a time; an
+  optional requests-per-second limit is LangChain's ``InMemoryRateLimiter`` on every model call.
+  The chain's own retry and fallback settings apply to each row.
+* Each finished row is one JSON line in the output, written and flushed as it finishes (a failed
+  row too, with its error). ``resume`` skips the ids the output already holds, after dropping a
+  line a crash cut short; ``retry_failed`` also re-runs the rows recorded with an error.
+
+Written by hand rather than on ``Runnable.abatch``: abatch returns only when every row is done
+and keeps results in memory, while a batch of thousands must write each row as it finishes and
+survive being killed half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eslabon.errors import UserError, redact
+
+__all__ = ["BatchReport", "arun_batch", "read_rows", "run_batch"]
+
+ROW_FORMATS = (".jsonl", ".csv", ".parquet")
+
+
+@dataclass
+class BatchReport:
+    """What a batch did: rows run now, how many failed, how many a resume skipped."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)  # error type -> count
+
+    @property
+    def rate(self) -> float:
+        return (self.done + self.failed) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def summary(self) -> str:
+        parts = [f"{self.done} done", f"{self.failed} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (already in the output)")
+        line = f"{', '.join(parts)} in {self.elapsed_s:.1f} s ({self.rate:.1f} rows/s)"
+        if self.errors:
+            line += "; errors: " + ", ".join(f"{k} ×{v}" for k, v in self.errors.items())
+        return line
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a .jsonl, .csv or .parquet file, each with an ``id`` (its own, or its row
+    number from 1)."""
+    path = Path(path)
+    if path.suffix not in ROW_FORMATS:
+        raise UserError(f"{path}: inputs must be {', '.join(ROW_FORMATS)} (got '{path.suffix}')")
+    try:
+        raw = list(_raw_rows(path))
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    rows = []
+    for n, row in enumerate(raw, 1):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: row {n} is not an object with the chain's inputs")
+        rows.append({**row, "id": row.get("id", n)})
+    ids = [str(r["id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise UserError(f"{path}: the id '{dup}' appears more than once; ids must be unique")
+    return rows
+
+
+def _raw_rows(path: Path) -> Iterator[Any]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as exc:
+                        raise UserError(f"{path}:{n}: not a JSON line: {exc}") from None
+    elif path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            yield from csv.DictReader(f)
+    else:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            from eslabon.errors import MissingDependencyError
+
+            raise MissingDependencyError("Reading .parquet inputs", "parquet", "pyarrow") from None
+        yield from pq.read_table(path).to_pylist()
+
+
+def _finished(out: Path, retry_failed: bool) -> set[str]:
+    """Ids the output already holds. Drops a last line a crash cut short and, with
+    ``retry_failed``, the lines of failed rows (rewritten atomically), so they run again."""
+    if not out.exists():
+        return set()
+    text = out.read_bytes()
+    lines = text.split(b"\n")
+    complete, kept, ids = lines[:-1], [], set()  # after the last newline: partial or empty
+    for line in complete:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn line in the middle cannot happen with one write per row; skip it
+        if retry_failed and record.get("error") is not None:
+            continue
+        kept.append(line)
+        ids.add(str(record.get("id")))
+    if len(kept) != len(complete) or lines[-1]:
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(tmp, out)
+    return ids
+
+
+def _error_record(exc: BaseException) -> dict[str, str]:
+    kind = type(exc).__name__
+    return {"type": kind, "message": redact(str(exc)).strip()[:2000]}
+
+
+def _jsonable(value: Any) -> Any:
+    from eslabon.structured import as_data
+
+    return as_data(value)
+
+
+async def arun_batch(
+    chain: Any,
+    rows: Iterable[dict[str, Any]],
+    out: str | Path,
+    *,
+    concurrency: int = 8,
+    rate: float | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    on_row: Callable[[dict[str, Any], BatchReport], None] | None = None,
+) -> BatchReport:
+    """Run ``chain`` over ``rows``, appending one JSON line per finished row to ``out``.
+
+    ``rate`` caps model requests per second (all steps' calls count). ``on_row`` is called
+    after each row is written (progress bars).
+    """
+    if concurrency < 1:
+        raise UserError("concurrency must be at least 1")
+    out = Path(out)
+    if out.exists() and not resume and out.stat().st_size:
+        raise UserError(f"{out} exists; pass --resume to continue it (or remove it)")
+    done_ids = _finished(out, retry_failed) if resume else set()
+    rows = list(rows)
+    todo = [r for r in rows if str(r["id"]) not in done_ids]
+    report = BatchReport(total=len(rows), skipped=len(rows) - len(todo))
+    if rate is not None:
+        chain = chain.with_rate_limit(rate)
+    inputs_of = chain.spec.input_names()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for row in todo:
+        queue.put_nowait(row)
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as sink:
+
+        def write(record: dict[str, Any]) -> None:
+            # one write call per line, flushed at once: a kill leaves whole lines behind
+            sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            sink.flush()
+
+        async def worker() -> None:
+            while True:
+                try:
+                    row = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                inputs = {k: v for k, v in row.items() if k in inputs_of}
+                began = time.perf_counter()
+                record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
+                try:
+                    result = await chain.ainvoke(inputs)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    record.update(output=None, steps=None, error=_error_record(exc))
+                    report.failed += 1
+                    kind = record["error"]["type"]
+                    report.errors[kind] = report.errors.get(kind, 0) + 1
+                else:
+                    steps = {s.id: _jsonable(result[s.id]) for s in chain.steps}
+                    record.update(output=_jsonable(result["output"]), steps=steps, error=None)
+                    for extra in ("documents", "tool_calls"):
+                        if extra in result:
+                            record[extra] = result[extra]
+                    report.done += 1
+                record["model"] = chain.model_label
+                record["elapsed_s"] = round(time.perf_counter() - began, 4)
+                write(record)
+                report.elapsed_s = time.perf_counter() - start
+                if on_row is not None:
+                    on_row(record, report)
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)) or 1)))
+    report.elapsed_s = time.perf_counter() - start
+    return report
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    # One event loop for every run_batch in the process: SDK clients (httpx) cache async
+    # connections on the loop they first ran on, so a second asyncio.run() would find them
+    # bound to a closed loop ("Event loop is closed").
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            _LOOP = asyncio.new_event_loop()
+            threading.Thread(target=_LOOP.run_forever, name="eslabon-batch", daemon=True).start()
+        return _LOOP
+
+
+def run_batch(
+    chain: Any,
+    rows: Iterable[dict[str, Any]],
+    out: str | Path,
+    **options: Any,
+) -> BatchReport:
+    """:func:`arun_batch` from synchronous code (on one background event loop per process)."""
+    future = asyncio.run_coroutine_threadsafe(
+        arun_batch(chain, rows, out, **options), _background_loop()
+    )
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        future.cancel()
+        raise

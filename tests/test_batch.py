@@ -1,0 +1,220 @@
+"""Batch runs against the loopback OpenAI-protocol server: faults, crashes, rate limits, cache."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import write
+from eslabon import load_chain
+from eslabon.batch import _finished, read_rows, run_batch
+from wire_server import WireServer
+
+SECRET = "sk-batch-SECRET-0123456789abcdef"
+CHAIN = "inputs: {q: La pregunta}\nprompt: '{q}'\nretry: {attempts: 10, backoff: 0.01}\n"
+EXE = str(Path(sys.executable).parent / "eslabon")
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[WireServer]:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with WireServer() as wire:
+        yield wire
+
+
+def ref(server: WireServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "provider": "openai",
+        "name": "gpt-4o-mini",
+        "openai_api_base": server.url + "/v1",
+        "timeout": 0.5,
+        **extra,
+    }
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"r{i}", "q": f"pregunta {i}"} for i in range(n)]
+
+
+def test_two_thousand_rows_through_twenty_percent_faults(
+    server: WireServer, tmp_path: Path
+) -> None:
+    server.fault_rate = 0.2
+    server.timeout_sleep = 1.0  # past the client's 0.5 s timeout
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server))
+    out = tmp_path / "out.jsonl"
+    report = run_batch(chain, rows(2000), out, concurrency=64)
+    assert (report.done, report.failed) == (2000, 0)
+    faults = Counter(r.fault for r in server.requests)
+    assert set(faults) == {None, "rate", "server", "timeout", "malformed", "drop"}
+    assert sum(n for kind, n in faults.items() if kind) > 300  # ~20% of ~2,500 requests
+    got = records(out)
+    assert len(got) == 2000 and len({r["id"] for r in got}) == 2000  # each row exactly once
+    for record in got:
+        assert record["error"] is None
+        assert record["output"] == f"eco: {record['inputs']['q']}"
+        assert record["id"] == "r" + record["inputs"]["q"].split()[-1]
+        assert record["steps"] == {"output": record["output"]}
+        assert record["model"] == "openai:gpt-4o-mini" and record["elapsed_s"] > 0
+
+
+def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(
+    server: WireServer, tmp_path: Path
+) -> None:
+    server.delay = 0.02
+    inputs = tmp_path / "rows.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows(400)), encoding="utf-8")
+    chain, out = write(tmp_path, CHAIN), tmp_path / "out.jsonl"
+    model = json.dumps(ref(server))
+    args = [EXE, "batch", str(chain), str(inputs), "-o", str(out), "-c", "8", "-m", model]
+    env = {**os.environ, "OPENAI_API_KEY": SECRET}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or len(out.read_bytes().splitlines()) < 60) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    first_out, first_err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    before = len(records(out))
+    assert 60 <= before < 400
+
+    again = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"{before} skipped" in again.stdout
+    got = records(out)
+    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows(400))
+    assert all(r["error"] is None for r in got)
+    # the key reached the server and nowhere else
+    assert server.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+    shown = [out.read_text(), again.stdout, again.stderr, first_out.decode(), first_err.decode()]
+    assert not any(SECRET in text for text in shown)
+
+
+def test_a_torn_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    whole = json.dumps({"id": "a", "error": None})
+    failed = json.dumps({"id": "b", "error": {"type": "X", "message": "m"}})
+    out.write_text(f"{whole}\n{failed}\n" + '{"id": "c", "out', encoding="utf-8")
+    assert _finished(out, retry_failed=False) == {"a", "b"}
+    assert out.read_text(encoding="utf-8") == f"{whole}\n{failed}\n"
+    assert _finished(out, retry_failed=True) == {"a"}
+    assert out.read_text(encoding="utf-8") == f"{whole}\n"
+
+
+def test_the_rate_limit_spaces_requests(server: WireServer, tmp_path: Path) -> None:
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server))
+    run_batch(chain, rows(12), tmp_path / "out.jsonl", concurrency=8, rate=10.0)
+    times = sorted(r.at for r in server.requests)
+    assert len(times) == 12
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) > 0.07  # ~0.1 s apart at 10/s, no burst
+    assert times[-1] - times[0] >= 11 * 0.1 * 0.9
+
+
+def test_failed_rows_are_recorded_and_can_be_retried(server: WireServer, tmp_path: Path) -> None:
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server))
+    out = tmp_path / "out.jsonl"
+    server.fail_next("auth")  # a refused key is not retried: that row fails, the rest go on
+    report = run_batch(chain, rows(5), out, concurrency=1)
+    assert (report.done, report.failed) == (4, 1)
+    [bad] = [r for r in records(out) if r["error"]]
+    assert (
+        bad["error"]["type"] == "KeyRejectedError" and "OPENAI_API_KEY" in bad["error"]["message"]
+    )
+    assert SECRET not in out.read_text()
+    report = run_batch(chain, rows(5), out, resume=True, retry_failed=True)
+    assert (report.done, report.failed, report.skipped) == (1, 0, 4), records(out)[-1]["error"]
+    assert sorted(r["id"] for r in records(out)) == [f"r{i}" for i in range(5)]
+
+
+def test_a_cache_hit_makes_no_request(server: WireServer, tmp_path: Path) -> None:
+    pytest.importorskip("langchain_community")
+    inputs = tmp_path / "rows.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows(3)), encoding="utf-8")
+    chain = write(tmp_path, CHAIN)
+    args = ["--cache", str(tmp_path / "cache.sqlite"), "-m", json.dumps(ref(server))]
+    env = {**os.environ, "OPENAI_API_KEY": SECRET}
+    for name in ("one.jsonl", "two.jsonl"):
+        done = subprocess.run(
+            [EXE, "batch", str(chain), str(inputs), "-o", str(tmp_path / name), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+    assert len(server.requests) == 3  # the second batch was answered from the cache
+    first, second = (
+        sorted((r["id"], r["output"]) for r in records(tmp_path / n))
+        for n in ("one.jsonl", "two.jsonl")
+    )
+    assert first == second == [(f"r{i}", f"eco: pregunta {i}") for i in range(3)]
+
+
+def test_csv_and_jsonl_rows_and_bad_rows(tmp_path: Path) -> None:
+    with (tmp_path / "rows.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["q", "otro"])
+        writer.writeheader()
+        writer.writerows([{"q": "uno", "otro": "x"}, {"q": "dos", "otro": "y"}])
+    assert read_rows(tmp_path / "rows.csv") == [
+        {"q": "uno", "otro": "x", "id": 1},
+        {"q": "dos", "otro": "y", "id": 2},
+    ]
+    chain = load_chain(write(tmp_path, "inputs: {q: x}\nprompt: '{q}'\n"), model="fake:echo")
+    mixed = [{"id": 1, "q": "uno"}, {"id": 2, "otra": "falta q"}]
+    report = run_batch(chain, mixed, tmp_path / "out.jsonl")
+    assert (report.done, report.failed) == (1, 1)
+    errors = {r["id"]: r["error"] for r in records(tmp_path / "out.jsonl")}
+    assert errors[1] is None and errors[2]["type"] == "InputError"
+    assert "missing input 'q'" in errors[2]["message"]
+
+
+def test_parquet_rows(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"id": ["a", "b"], "q": ["uno", "dos"]}), tmp_path / "rows.parquet")
+    assert read_rows(tmp_path / "rows.parquet") == [
+        {"id": "a", "q": "uno"},
+        {"id": "b", "q": "dos"},
+    ]
+
+
+def test_batch_mistakes_are_clear(tmp_path: Path) -> None:
+    chain = write(tmp_path, "inputs: {q: x}\nprompt: '{q}'\n")
+    (tmp_path / "dup.jsonl").write_text('{"id": 1, "q": "a"}\n{"id": 1, "q": "b"}\n')
+    (tmp_path / "rows.txt").write_text("x\n")
+    for inputs, message in (
+        ("dup.jsonl", "the id '1' appears more than once"),
+        ("rows.txt", "inputs must be .jsonl, .csv, .parquet"),
+        ("nope.jsonl", "no such file"),
+    ):
+        done = subprocess.run(
+            [EXE, "batch", str(chain), str(tmp_path / inputs), "-o", str(tmp_path / "o.jsonl")],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    bad_rate = subprocess.run(
+        [EXE, "batch", str(chain), str(tmp_path / "dup.jsonl"), "-o", "o", "--rate", "fast"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad_rate.returncode == 2 and "--rate 'fast'" in bad_rate.stderr
