@@ -52,3 +52,10 @@ def test_structured_local_benchmark_runs_and_prints_its_figure_last() -> None:
     assert re.fullmatch(r"valid_rate=\d\.\d{2}", lines[-1])
     assert re.fullmatch(r"unconstrained_valid_rate=\d\.\d{2}", lines[-2])
     assert any(line.strip().startswith("constrained:") for line in lines)
+
+
+def test_batch_throughput_benchmark_runs_and_prints_its_figure_last() -> None:
+    lines = run_quick("batch_throughput.py")
+    assert re.fullmatch(r"efficiency=\d+\.\d{2}", lines[-1])
+    for label in ("ideal", "eslabon run_batch", "LangChain abatch", "client floor"):
+        assert any(label in line for line in lines), label
