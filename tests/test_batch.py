@@ -218,3 +218,45 @@ def test_batch_mistakes_are_clear(tmp_path: Path) -> None:
         text=True,
     )
     assert bad_rate.returncode == 2 and "--rate 'fast'" in bad_rate.stderr
+
+
+def test_a_pool_of_servers_shares_the_batch_within_each_ones_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with WireServer(delay=0.05) as a, WireServer(delay=0.05) as b:
+        pool = {
+            "provider": "openai",
+            "name": "qwen2.5",
+            "base_urls": [a.url + "/v1", b.url + "/v1"],
+            "per_endpoint_concurrency": 3,
+        }
+        chain = load_chain(write(tmp_path, CHAIN), model=pool)
+        report = run_batch(chain, rows(40), tmp_path / "out.jsonl", concurrency=12)
+        assert (report.done, report.failed) == (40, 0)
+        # both servers worked, each never beyond its limit, and together they ran 6 at once
+        assert len(a.requests) + len(b.requests) == 40
+        assert min(len(a.requests), len(b.requests)) >= 15
+        assert a.max_in_flight <= 3 and b.max_in_flight <= 3
+        assert a.max_in_flight + b.max_in_flight == 6
+        assert {r["output"] for r in records(tmp_path / "out.jsonl")} == {
+            f"eco: pregunta {i}" for i in range(40)
+        }
+        # the synchronous path shares the same limits
+        chain.batch([{"q": "x"}] * 10, {"max_concurrency": 10})
+        assert a.max_in_flight <= 3 and b.max_in_flight <= 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"base_urls": "http://127.0.0.1:1/v1"}, "base_urls must be a list"),
+        ({"base_urls": ["http://127.0.0.1:1/v1"], "base_url": "x"}, "not both"),
+        ({"base_urls": ["http://127.0.0.1:1/v1"], "per_endpoint_concurrency": 0}, ">= 1"),
+    ],
+)
+def test_pool_mistakes(extra: dict[str, Any], message: str, tmp_path: Path) -> None:
+    from eslabon import UserError
+
+    with pytest.raises(UserError, match=message):
+        load_chain(write(tmp_path, CHAIN), model={"provider": "ollama", "name": "m", **extra})

@@ -210,6 +210,8 @@ class WireServer:
         self.fault_rate = fault_rate
         self.timeout_sleep = 2.0
         self._rng = random.Random(seed)
+        self.in_flight = 0  # chat requests being answered right now
+        self.max_in_flight = 0
         # a str is answered as text; a ToolCall as the protocol's own tool call
         self.replies: deque[str | ToolCall] = deque()
         self.failures: deque[tuple[str, str | None]] = deque()
@@ -255,6 +257,16 @@ class WireServer:
                 pass
 
             def do_POST(self) -> None:
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b"{}"
                 body = json.loads(raw or b"{}")

@@ -18,6 +18,7 @@ from eslabon.errors import (
     MissingDependencyError,
     ModelError,
     Problem,
+    UserError,
     add_secret,
     redact,
 )
@@ -89,6 +90,8 @@ def build_from_spec(
     spec: ModelSpec, params: dict[str, Any] | None = None, base_dir: Path | None = None
 ) -> BaseChatModel:
     """Build the chat model a parsed :class:`ModelSpec` describes."""
+    if "base_urls" in spec.kwargs:
+        return _build_pool(spec, params, base_dir)
     kwargs = dict(spec.kwargs)
     kwargs.pop("structured_method", None)  # read when output_schema is bound (compile.py)
     merged = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAM_NAMES}
@@ -104,6 +107,30 @@ def build_from_spec(
     if spec.provider in ("local", "llamacpp"):
         return _build_local(spec, kwargs, merged, base_dir)
     return _build_langchain(spec, kwargs, merged)
+
+
+def _build_pool(
+    spec: ModelSpec, params: dict[str, Any] | None, base_dir: Path | None
+) -> BaseChatModel:
+    """``base_urls: [...]``: one model per server, behind an :class:`eslabon.pool.EndpointPool`."""
+    from dataclasses import replace
+
+    from eslabon.pool import EndpointPool
+
+    kwargs = dict(spec.kwargs)
+    urls = kwargs.pop("base_urls")
+    cap = kwargs.pop("per_endpoint_concurrency", None)
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise UserError(f"model '{spec.label}': base_urls must be a list of server URLs")
+    if "base_url" in kwargs:
+        raise UserError(f"model '{spec.label}': give base_url or base_urls, not both")
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        raise UserError(f"model '{spec.label}': per_endpoint_concurrency must be a number >= 1")
+    endpoints = [
+        build_from_spec(replace(spec, kwargs={**kwargs, "base_url": url}), params, base_dir)
+        for url in urls
+    ]
+    return EndpointPool(endpoints=endpoints, per_endpoint_concurrency=cap)
 
 
 def is_chat_model(obj: Any) -> TypeGuard[BaseChatModel]:
