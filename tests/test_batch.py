@@ -260,3 +260,35 @@ def test_pool_mistakes(extra: dict[str, Any], message: str, tmp_path: Path) -> N
 
     with pytest.raises(UserError, match=message):
         load_chain(write(tmp_path, CHAIN), model={"provider": "ollama", "name": "m", **extra})
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path: Path) -> None:
+    import pty
+
+    inputs = tmp_path / "rows.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows(40)), encoding="utf-8")
+    chain = write(tmp_path, "inputs: {q: x}\nprompt: '{q}'\n")
+    args = [EXE, "batch", str(chain), str(inputs), "-m", "fake:echo", "-o"]
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: eslabon on a pseudo-terminal
+        os.execve(EXE, [*args, str(tmp_path / "tty.jsonl")], env)
+    screen = b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        screen += data
+    os.waitpid(pid, 0)
+    text = screen.decode(errors="replace")
+    assert "batch" in text and "━" in text and "rows/s" in text  # rich's bar, redrawn in place
+    assert "40 done, 0 failed" in text
+
+    piped = subprocess.run(
+        [*args, str(tmp_path / "pipe.jsonl")], capture_output=True, text=True, env=env
+    )
+    assert "━" not in piped.stderr and "40/40 rows (0 failed" in piped.stderr
+    assert piped.stdout.startswith("40 done, 0 failed")
