@@ -540,6 +540,38 @@ def _batch_progress(total: int) -> Iterator[Any]:
 
 
 @app.command()
+def graph(
+    files: Annotated[list[Path], typer.Argument(help="Chain files.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="mermaid (text), or markdown (a titled ```mermaid block each)."
+        ),
+    ] = "mermaid",
+) -> None:
+    """Draw a chain: inputs, retriever, steps (model, examples, tools, schema), data flow."""
+    try:
+        if fmt not in ("mermaid", "markdown"):
+            raise UserError(f"--format {fmt!r}: use mermaid or markdown")
+        from eslabon.errors import ChainConfigError
+        from eslabon.graph import mermaid
+        from eslabon.loader import load_spec
+
+        for file in files:
+            spec = load_spec(file)
+            if problems := spec.problems():
+                raise ChainConfigError(problems)
+            text = mermaid(spec)
+            if fmt == "markdown":
+                title = spec.name or file.stem
+                about = f"\n{spec.description}\n" if spec.description else ""
+                text = f"## {title}\n{about}\n`{file.as_posix()}`\n\n```mermaid\n{text}```\n"
+            typer.echo(text, nl=fmt == "markdown" and file != files[-1])
+    except Exception as exc:
+        _fail(exc)
+
+
+@app.command()
 def models() -> None:
     """Show providers: is the extra installed, is the key set (never the key itself)."""
     import importlib.util

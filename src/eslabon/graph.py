@@ -1,0 +1,124 @@
+"""``eslabon graph``: a chain file as a picture — Mermaid text, as the course draws pipelines.
+
+Inputs, the retriever, each step (its model, few-shot count, selector, tools, output schema) and
+the data that flows between them, read from the templates: ``{problema}`` in a step's prompt is
+an edge from that input, ``{analisis}`` an edge from that step, ``{context}`` one from the
+retriever. Nothing is imported or built (no model, no store): it works on any valid file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eslabon.spec import Chain
+from eslabon.templates import template_fields
+
+__all__ = ["mermaid"]
+
+
+def _label(text: str) -> str:
+    # Mermaid labels are quoted; a quote or an angle bracket inside would end or break them
+    return (
+        text.replace("&", "&amp;").replace('"', "#quot;").replace("<", "&lt;").replace(">", "&gt;")
+    )
+
+
+def _model(ref: Any) -> str:
+    if ref is None:
+        return "local"
+    if isinstance(ref, str):
+        return ref
+    data = ref.model_dump(exclude_none=True) if hasattr(ref, "model_dump") else dict(ref)
+    label = f"{data.get('provider')}:{data.get('name') or ''}".rstrip(":")
+    if "base_urls" in data:
+        label += f" ×{len(data['base_urls'])} servers"
+    elif "base_url" in data:
+        label += " @ " + str(data["base_url"])
+    return label
+
+
+def _retriever(spec: Any) -> str:
+    parts = [spec.type]
+    for key in ("collection", "path", "host"):
+        value = getattr(spec, key, None)
+        if value:
+            parts.append(f"{key}: {value}")
+    parts.append(f"k={spec.k}")
+    return " · ".join(parts)
+
+
+def _examples(step: Any, base_dir: Any) -> str | None:
+    if not step.examples:
+        return None
+    from eslabon.examples import load_examples
+
+    try:
+        count = len(load_examples(step.examples, base_dir))
+    except Exception:  # a broken example file is validate's business, not the picture's
+        count = len(step.examples)
+    selector = step.selector
+    if selector is not None and getattr(selector, "type", "all") != "all":
+        k = getattr(selector, "k", None)
+        return f"{count} few-shot examples, {selector.type} selector" + (f" k={k}" if k else "")
+    return f"{count} few-shot examples"
+
+
+def _schema(ref: Any) -> str:
+    if hasattr(ref, "pydantic"):
+        return "output: " + str(ref.pydantic).rpartition(":")[2]
+    properties = list((ref.get("properties") or {}) if isinstance(ref, dict) else ())
+    shown = ", ".join(properties[:4]) + (", …" if len(properties) > 4 else "")
+    return f"output: JSON {{{shown}}}"
+
+
+def mermaid(spec: Chain) -> str:
+    """The chain as a Mermaid flowchart (top to bottom)."""
+    inputs = spec.input_names()
+    steps = spec.normalized_steps()
+    ids = [s.id for s in steps]
+    lines = ["flowchart TD"]
+    for name in inputs:
+        lines.append(f'    in_{name}(["{_label(name)}"])')
+    if spec.retriever is not None:
+        lines.append(f'    retriever[("{_label(_retriever(spec.retriever))}")]')
+        query = spec.retriever.query or "{" + (inputs[0] if inputs else "") + "}"
+        for field in template_fields(query):
+            if field in inputs:
+                lines.append(f"    in_{field} -->|query| retriever")
+    for n, step in enumerate(steps):
+        model = step.model if step.model is not None else spec.model
+        details = [_model(model)]
+        if (examples := _examples(step, spec.base_dir)) is not None:
+            details.append(examples)
+        if step.tools:
+            names = ", ".join(t.rpartition(":")[2] for t in step.tools)
+            details.append(f"tools: {names}")
+        if step.output_schema is not None:
+            details.append(_schema(step.output_schema))
+        title = step.id if spec.steps else (spec.name or "prompt")
+        body = "<br/>".join(_label(d) for d in details)
+        lines.append(f'    step_{step.id}["<b>{_label(title)}</b><br/>{body}"]')
+        if step.retriever is not None:
+            node = f"retriever_{step.id}"
+            lines.append(f'    {node}[("{_label(_retriever(step.retriever))}")]')
+            query = step.retriever.query or "{" + (inputs[0] if inputs else "") + "}"
+            for field in template_fields(query):
+                source = f"in_{field}" if field in inputs else f"step_{field}"
+                if field in inputs or field in ids[:n]:
+                    lines.append(f"    {source} -->|query| {node}")
+            lines.append(f"    {node} -.->|context| step_{step.id}")
+        used: list[str] = []
+        for template in (step.system, step.prompt):
+            for field in template_fields(template or ""):
+                if field not in used:
+                    used.append(field)
+        for field in used:
+            if field in inputs:
+                lines.append(f"    in_{field} --> step_{step.id}")
+            elif field in ids[:n]:
+                lines.append(f"    step_{field} -->|{_label(field)}| step_{step.id}")
+            elif field == "context" and spec.retriever is not None and step.retriever is None:
+                lines.append(f"    retriever -.->|context| step_{step.id}")
+    lines.append('    out((("output")))')
+    lines.append(f"    step_{spec.output_step()} --> out")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,95 @@
+"""eslabon graph: the chain as a Mermaid flowchart, read from the templates."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import CHAINS, ROOT, write
+from eslabon.graph import mermaid
+from eslabon.spec import Chain
+
+EXE = str(Path(sys.executable).parent / "eslabon")
+
+
+def edges(text: str) -> set[tuple[str, str, str]]:
+    """(from, label, to) for every edge line."""
+    found = set()
+    for line in text.splitlines():
+        if m := re.match(r"\s+(\w+) -\.?->(?:\|([^|]*)\|)? (\w+)$", line.replace("-.->", "-->")):
+            found.add((m[1], m[2] or "", m[3]))
+    return found
+
+
+def test_the_canonical_chain_draws_its_data_flow() -> None:
+    text = mermaid(Chain.from_yaml(CHAINS / "analizar_planificar_resolver.yaml"))
+    assert text.startswith("flowchart TD\n")
+    assert edges(text) == {
+        ("in_problema", "", "step_analisis"),
+        ("in_problema", "", "step_plan"),
+        ("step_analisis", "analisis", "step_plan"),
+        ("step_plan", "plan", "step_solucion"),
+        ("step_solucion", "", "out"),
+    }
+    assert 'step_analisis["<b>analisis</b><br/>local"]' in text
+
+
+def test_retrievers_examples_tools_and_schemas_are_shown(tmp_path: Path) -> None:
+    rag = mermaid(Chain.from_yaml(CHAINS / "rag_curso.yaml"))
+    assert 'retriever[("chroma · collection: curso · k=4")]' in rag
+    assert ("in_pregunta", "query", "retriever") in edges(rag)
+    assert ("retriever", "context", "step_output") in edges(rag)
+    assert "6 few-shot examples, semantic selector k=3" in mermaid(
+        Chain.from_yaml(CHAINS / "traductor.yaml")
+    )
+    assert "tools: calculadora" in mermaid(Chain.from_yaml(CHAINS / "calculadora.yaml"))
+    persona = mermaid(Chain.from_yaml(CHAINS / "extraer_persona.yaml"))
+    assert "output: JSON {nombre, edad, ciudad, profesion, …}" in persona
+
+    path = write(
+        tmp_path,
+        "inputs: {tema: x}\nsteps:\n"
+        "  - id: ideas\n    model: openai:gpt-4o-mini\n    prompt: 'Ideas sobre \"{tema}\"'\n"
+        "  - id: fuentes\n    prompt: '{context}'\n"
+        "    retriever: {type: static, query: '{ideas}', documents: [a]}\n"
+        "    output_schema: {pydantic: 'esquemas:Fuentes'}\n",
+    )
+    text = mermaid(Chain.from_yaml(path))
+    assert 'step_ideas["<b>ideas</b><br/>openai:gpt-4o-mini"]' in text
+    assert {
+        ("step_ideas", "query", "retriever_fuentes"),
+        ("retriever_fuentes", "context", "step_fuentes"),
+        ("step_fuentes", "", "out"),
+    } <= edges(text)
+    assert "output: Fuentes" in text  # named, never imported
+
+
+def test_labels_cannot_break_the_diagram(tmp_path: Path) -> None:
+    path = write(tmp_path, 'name: a "b" <c>\ninputs: {x: y}\nprompt: "{x}"\n')
+    text = mermaid(Chain.from_yaml(path))
+    assert "<b>a #quot;b#quot; &lt;c&gt;</b>" in text
+
+
+def test_cli_graph_and_the_committed_pictures() -> None:
+    done = subprocess.run(
+        [EXE, "graph", "chains/hola.yaml"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0 and done.stdout == mermaid(Chain.from_yaml(CHAINS / "hola.yaml"))
+    files = sorted(str(p.relative_to(ROOT)) for p in CHAINS.glob("*.yaml"))
+    markdown = subprocess.run(
+        [EXE, "graph", *files, "--format", "markdown"], capture_output=True, text=True, cwd=ROOT
+    )
+    committed = (ROOT / "docs" / "graphs.md").read_text(encoding="utf-8")
+    assert committed.endswith(markdown.stdout), "run `make docs` to update docs/graphs.md"
+    assert committed.count("```mermaid") == len(files)
+
+
+def test_cli_graph_mistakes() -> None:
+    bad = subprocess.run(
+        [EXE, "graph", "chains/hola.yaml", "--format", "png"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "use mermaid or markdown" in bad.stderr
+    missing = subprocess.run([EXE, "graph", "nope.yaml"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
