@@ -572,6 +572,31 @@ def graph(
 
 
 @app.command()
+def ui(
+    target: Annotated[
+        Path | None,
+        typer.Argument(help="A chain file, or a folder of them (default: chains/ or .)."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 7860,
+    allow_import: AllowImportOption = None,
+) -> None:
+    """A web playground for chain files on http://127.0.0.1:PORT (extra: ui)."""
+    try:
+        from eslabon.models import load_env
+        from eslabon.ui import serve
+
+        load_env()
+        if target is None:
+            target = Path("chains") if Path("chains").is_dir() else Path(".")
+        typer.echo(f"eslabon ui: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
+        serve(target, port, allow_imports=allow_import)
+    except Exception as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
 def models() -> None:
     """Show providers: is the extra installed, is the key set (never the key itself)."""
     import importlib.util

@@ -1,0 +1,185 @@
+"""eslabon ui in a real browser: Debian's chromium, headless, driven by Playwright."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CHAINS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+]
+EXE = str(Path(sys.executable).parent / "eslabon")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pytest.importorskip("gradio", reason="the ui extra")
+    folder = tmp_path_factory.mktemp("chains")
+    shutil.copy(CHAINS / "analizar_planificar_resolver.yaml", folder / "a_pasos.yaml")
+    shutil.copy(CHAINS / "hola.yaml", folder / "b_hola.yaml")
+    (folder / "c_roto.yaml").write_text("prompt: 'Hola {nombre'\n", encoding="utf-8")
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("ESLABON_MODEL", None)
+    proc = subprocess.Popen(
+        [EXE, "ui", str(folder), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"eslabon ui did not start:\n{out}") from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def choose(page: Any, box: str, option: str) -> None:
+    """Pick ``option`` in a Gradio dropdown (typed in: custom values are allowed too)."""
+    field = page.locator(f"#{box} input")
+    field.click()
+    field.fill(option)
+    field.press("Enter")
+
+
+def panel(page: Any, n: int) -> str:
+    return str(page.locator(f"#step-{n} textarea").input_value())
+
+
+def test_fill_the_form_run_and_see_each_step(site: str, browser: Any, tmp_path: Path) -> None:
+    page = browser.new_page()
+    page.goto(site)
+    page.locator("#input-0 textarea").wait_for()
+    assert "problema" in page.locator("#input-0").inner_text()  # the form of the first chain
+    choose(page, "model", "fake:echo")
+    page.locator("#input-0 textarea").fill("Tengo 3 manzanas")
+    page.locator("#run").click()
+    # fake:echo answers each step with its prompt; the last one ends with the plan's last words
+    page.wait_for_function(
+        "() => document.querySelector('#step-2 textarea')?.value"
+        ".endsWith('Identifica los pasos a seguir.')",
+        timeout=30000,
+    )
+    labels = [page.locator(f"#step-{n}").inner_text() for n in range(3)]
+    assert [label.split("\n")[0] for label in labels] == ["analisis", "plan", "solucion"]
+    assert panel(page, 0) == "Analiza el problema:\nTengo 3 manzanas"  # fake:echo: the prompt
+    assert panel(page, 2).startswith("Resuelve paso a paso siguiendo este plan:")
+    assert not page.locator("#step-3").is_visible()
+    # ESLABON_SCREENSHOT=docs/ui.png refreshes the picture in the docs
+    shot = Path(os.environ.get("ESLABON_SCREENSHOT") or tmp_path / "ui.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    page.close()
+
+
+@pytest.mark.model
+def test_tokens_stream_into_the_panel_on_the_local_model(site: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(site)
+    choose(page, "chain", "b_hola.yaml")
+    page.wait_for_function(
+        "() => document.querySelector('#input-0')?.innerText.includes('nombre')", timeout=10000
+    )
+    choose(page, "model", "local")
+    page.locator("#input-0 textarea").fill("Ana")
+    page.locator("#run").click()
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = panel(page, 0)
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+        if len(seen) >= 3 and page.locator("#run").is_enabled():
+            break
+        time.sleep(0.03)
+    # the answer grew in place, token by token, before it was whole
+    assert len(seen) >= 3, seen
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(seen))
+    page.close()
+
+
+def test_a_broken_chain_shows_a_readable_error(site: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(site)
+    choose(page, "chain", "c_roto.yaml")
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=10000)
+    text = error.inner_text()
+    assert "c_roto.yaml:1" in text and "prompt" in text
+    assert "Traceback" not in page.content()
+    page.close()
+
+
+def test_the_provider_payload_for_a_step(site: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(site)
+    page.locator("#input-0 textarea").fill("2+2")
+    page.get_by_text("Provider payload").click()
+    page.locator("#show-payload").click()
+    page.wait_for_function(
+        "() => document.querySelector('#payload')?.innerText.includes('messages')",
+        timeout=15000,
+    )
+    assert "chat/completions" in page.locator("#payload").inner_text()
+    page.close()
+
+
+# -- the page's logic, without a browser --------------------------------------------------------
+def test_form_and_run_state_without_a_browser(tmp_path: Path) -> None:
+    from eslabon.ui import FILE_MODEL, form_for, model_choices, run_chain
+
+    form = form_for(CHAINS / "analizar_planificar_resolver.yaml")
+    assert form.inputs == [("problema", "problema — El problema a resolver", "")]
+    assert form.steps == ["analisis", "plan", "solucion"] and not form.error
+    states = list(run_chain(CHAINS / "extraer_persona.yaml", {"texto": "x"}, "fake:echo"))
+    assert states[-1].done and "not valid JSON" in states[-1].error  # echo is not JSON
+    assert model_choices()[:3] == [FILE_MODEL, "local", "fake:echo"]
+
+
+def test_a_missing_key_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eslabon.ui import run_chain
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    [state] = list(run_chain(CHAINS / "hola.yaml", {"nombre": "Ana"}, "openai:gpt-4o-mini"))
+    assert "set the OPENAI_API_KEY environment variable" in state.error
+    assert "Traceback" not in state.error
