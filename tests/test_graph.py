@@ -88,8 +88,37 @@ def test_cli_graph_and_the_committed_pictures() -> None:
 
 def test_cli_graph_mistakes() -> None:
     bad = subprocess.run(
-        [EXE, "graph", "chains/hola.yaml", "--format", "png"], capture_output=True, text=True
+        [EXE, "graph", "chains/hola.yaml", "--format", "gif"], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "use mermaid or markdown" in bad.stderr
+    assert bad.returncode == 2 and "use mermaid, markdown, svg or png" in bad.stderr
     missing = subprocess.run([EXE, "graph", "nope.yaml"], capture_output=True, text=True)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_svg_and_png_are_drawn_offline(tmp_path: Path) -> None:
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("gradio", reason="the ui extra")
+    pytest.importorskip("playwright", reason="the ui extra")
+    if not shutil.which("chromium"):
+        pytest.skip("needs Chromium")
+    svg, png = tmp_path / "g.svg", tmp_path / "g.png"
+    for out in (svg, png):
+        done = subprocess.run(
+            [EXE, "graph", "chains/analizar_planificar_resolver.yaml", "-f", out.suffix[1:],
+             "-o", str(out)],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    drawing = svg.read_text(encoding="utf-8")
+    assert drawing.startswith("<svg") and 'class="flowchart"' in drawing
+    for label in ("problema", "analisis", "plan", "solucion", "output"):
+        assert label in drawing
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    several = subprocess.run(
+        [EXE, "graph", "chains/hola.yaml", "chains/rag_curso.yaml", "-f", "png", "-o", "x.png"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert several.returncode == 2 and "draws one chain file" in several.stderr

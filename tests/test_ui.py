@@ -183,3 +183,14 @@ def test_a_missing_key_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPa
     [state] = list(run_chain(CHAINS / "hola.yaml", {"nombre": "Ana"}, "openai:gpt-4o-mini"))
     assert "set the OPENAI_API_KEY environment variable" in state.error
     assert "Traceback" not in state.error
+
+
+def test_the_pipeline_picture_is_drawn(site: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(site)
+    page.get_by_text("Pipeline").click()
+    svg = page.locator("#picture svg")
+    svg.first.wait_for(timeout=15000)  # Gradio's Markdown draws the Mermaid block
+    text = page.locator("#picture").inner_text()
+    assert "analisis" in text and "solucion" in text
+    page.close()

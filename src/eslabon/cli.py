@@ -545,14 +545,22 @@ def graph(
     fmt: Annotated[
         str,
         typer.Option(
-            "--format", "-f", help="mermaid (text), or markdown (a titled ```mermaid block each)."
+            "--format",
+            "-f",
+            help="mermaid (text), markdown (a titled ```mermaid block each), svg or png "
+            "(drawn offline in headless Chromium; extra: ui).",
         ),
     ] = "mermaid",
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Write the image here (svg, png).")
+    ] = None,
 ) -> None:
     """Draw a chain: inputs, retriever, steps (model, examples, tools, schema), data flow."""
     try:
-        if fmt not in ("mermaid", "markdown"):
-            raise UserError(f"--format {fmt!r}: use mermaid or markdown")
+        if fmt not in ("mermaid", "markdown", "svg", "png"):
+            raise UserError(f"--format {fmt!r}: use mermaid, markdown, svg or png")
+        if fmt in ("svg", "png") and (out is None or len(files) != 1):
+            raise UserError(f"--format {fmt} draws one chain file into -o PATH.{fmt}")
         from eslabon.errors import ChainConfigError
         from eslabon.graph import mermaid
         from eslabon.loader import load_spec
@@ -562,6 +570,13 @@ def graph(
             if problems := spec.problems():
                 raise ChainConfigError(problems)
             text = mermaid(spec)
+            if fmt in ("svg", "png"):
+                from eslabon.graph import render_image
+
+                assert out is not None
+                out.write_bytes(render_image(text, fmt))
+                typer.echo(f"wrote {out}", err=True)
+                return
             if fmt == "markdown":
                 title = spec.name or file.stem
                 about = f"\n{spec.description}\n" if spec.description else ""

@@ -122,3 +122,89 @@ def mermaid(spec: Chain) -> str:
     lines.append('    out((("output")))')
     lines.append(f"    step_{spec.output_step()} --> out")
     return "\n".join(lines) + "\n"
+
+
+def browser_path() -> str:
+    """A Chromium to draw with: ``ESLABON_CHROMIUM``, else one on the PATH."""
+    import os
+    import shutil
+
+    from eslabon.errors import UserError
+
+    for candidate in (
+        os.environ.get("ESLABON_CHROMIUM"),
+        *(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")),
+    ):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise UserError(
+        "drawing an image needs Chromium.\n"
+        "    fix: install it (Debian/Ubuntu: apt install chromium) or set ESLABON_CHROMIUM"
+    )
+
+
+def render_image(diagram: str, fmt: str) -> bytes:
+    """The Mermaid ``diagram`` drawn as SVG or PNG, offline: Gradio's page (which bundles
+    Mermaid) shown in headless Chromium. Written by hand because Mermaid's own renderer is a
+    Node tool and LangChain's ``draw_mermaid_png`` calls a web service."""
+    import socket
+
+    from eslabon.errors import MissingDependencyError
+
+    try:
+        import gradio as gr
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise MissingDependencyError("eslabon graph --format svg/png", "ui", exc.name) from None
+    chromium = browser_path()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with gr.Blocks() as page_app:
+        gr.Markdown(f"```mermaid\n{diagram}```", elem_id="picture")
+    page_app.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        ssr_mode=False,
+        share=False,
+    )
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(device_scale_factor=2)
+                page.goto(f"http://127.0.0.1:{port}/")
+                return _capture(page, fmt)
+            finally:
+                browser.close()
+    finally:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # Gradio announces the closing
+            page_app.close()
+
+
+def _capture(page: Any, fmt: str) -> bytes:
+    """The drawn SVG, once Gradio has finished drawing it (it may draw twice)."""
+    import time
+
+    last, steady = "", 0
+    deadline = time.monotonic() + 30
+    while steady < 3:  # the same drawing three checks in a row
+        if time.monotonic() > deadline:
+            raise TimeoutError("the diagram was not drawn within 30 s")
+        now = str(
+            page.evaluate(
+                "() => document.querySelector('#picture svg .node') ? "
+                "document.querySelector('#picture svg').outerHTML : ''"
+            )
+        )
+        steady = steady + 1 if now and now == last else 0
+        last = now
+        time.sleep(0.1)
+    if fmt == "svg":
+        return last.encode()
+    return bytes(page.locator("#picture svg").first.screenshot())

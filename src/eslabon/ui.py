@@ -75,6 +75,7 @@ class Form:
     steps: list[str] = field(default_factory=list)
     description: str = ""
     error: str = ""
+    picture: str = ""  # the chain as a Mermaid block (eslabon graph)
 
 
 def form_for(path: Path) -> Form:
@@ -87,7 +88,9 @@ def form_for(path: Path) -> Form:
             raise ChainConfigError(problems)
     except Exception as exc:
         return Form(error=message(exc))
-    form = Form(description=spec.description or "")
+    from eslabon.graph import mermaid
+
+    form = Form(description=spec.description or "", picture=f"```mermaid\n{mermaid(spec)}```")
     for name in spec.input_names():
         ref = spec.inputs[name]
         about = ref if isinstance(ref, str) else (ref.description or "")
@@ -200,6 +203,7 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         updates: list[Any] = [
             gr.update(value=form.description),
             gr.update(value=form.error, visible=bool(form.error)),
+            gr.update(value=form.picture),
         ]
         for n in range(MAX_FIELDS):
             if n < len(form.inputs):
@@ -230,6 +234,8 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
             )
         description = gr.Markdown(first.description, elem_id="description")
         error_box = gr.Markdown(first.error, visible=bool(first.error), elem_id="error")
+        with gr.Accordion("Pipeline", open=False):
+            picture = gr.Markdown(first.picture, elem_id="picture")
         fields = []
         for n in range(MAX_FIELDS):
             shown = n < len(first.inputs)
@@ -268,7 +274,7 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
                 show_button = gr.Button("Show payload", elem_id="show-payload")
             payload = gr.JSON(label="Request body", elem_id="payload")
 
-        form_outputs = [description, error_box, *fields, *panels, step_box]
+        form_outputs = [description, error_box, picture, *fields, *panels, step_box]
 
         def pick(name: str) -> list[Any]:
             return form_updates(form_for(Path(name)))
