@@ -189,8 +189,11 @@ def test_the_pipeline_picture_is_drawn(site: str, browser: Any) -> None:
     page = browser.new_page()
     page.goto(site)
     page.get_by_text("Pipeline").click()
-    svg = page.locator("#picture svg")
-    svg.first.wait_for(timeout=15000)  # Gradio's Markdown draws the Mermaid block
-    text = page.locator("#picture").inner_text()
-    assert "analisis" in text and "solucion" in text
+    # Gradio's Markdown draws the Mermaid block: an SVG with a node per step
+    page.wait_for_function(
+        "() => document.querySelectorAll('#picture svg .node').length >= 5", timeout=20000
+    )
+    text = str(page.locator("#picture svg").first.evaluate("e => e.textContent"))
+    for label in ("problema", "analisis", "plan", "solucion", "output"):
+        assert label in text
     page.close()
