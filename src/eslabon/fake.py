@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
-from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, PrivateAttr
+
+from eslabon.binding import BindsTools, JsonModeOutput
 
 __all__ = ["EchoChatModel", "FakeChatModel"]
 
 _TOKENS = re.compile(r"\S+\s*|\s+")
 
 
-class FakeChatModel(BaseChatModel):
+class FakeChatModel(BindsTools, JsonModeOutput, BaseChatModel):
     """Answers from ``responses`` in turn (cycling); with no responses, echoes the last user text.
 
     Every call's messages are kept in ``calls`` (a list of message lists).
@@ -61,20 +60,6 @@ class FakeChatModel(BaseChatModel):
     def bound(self) -> list[dict[str, Any]]:
         """Per call, what was bound to the model: ``tools`` (OpenAI format), ``response_format``."""
         return self._bound
-
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    def with_structured_output(
-        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
-    ) -> Runnable[LanguageModelInput, Any]:
-        from eslabon.structured import json_mode
-
-        return json_mode(self.bind(response_format=schema), include_raw)
 
     def _answer(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
         self._calls.append(list(messages))

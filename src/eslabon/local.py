@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.embeddings import Embeddings
@@ -37,9 +37,9 @@ from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
+from eslabon.binding import BindsTools, JsonModeOutput
 from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError
 
 __all__ = ["BUNDLED_MODEL_FILE", "ChatLlamaCppLocal", "LlamaCppEmbeddings", "bundled_model_path"]
@@ -203,8 +203,11 @@ def _tools_prompt(tools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-class ChatLlamaCppLocal(BaseChatModel):
-    """A GGUF chat model run in-process by llama.cpp (the ``local`` and ``llamacpp:`` providers)."""
+class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
+    """A GGUF chat model run in-process by llama.cpp (the ``local`` and ``llamacpp:`` providers).
+
+    Structured output (``with_structured_output``) and tool choice (``bind_tools``) are decoded
+    under a grammar built from the JSON Schema, so replies always parse."""
 
     can_stream: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True  # through grammar-constrained JSON tool selection
@@ -255,19 +258,8 @@ class ChatLlamaCppLocal(BaseChatModel):
         """Tools chosen through a grammar (``tool_choice``: "auto", "any"/"required", "none").
         With "auto" the first turn must call a tool; see :func:`_must_call`."""
         if kwargs.get("tool_choice") == "none":
-            return self.bind()
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    def with_structured_output(
-        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
-    ) -> Runnable[LanguageModelInput, Any]:
-        """JSON constrained by llama.cpp's grammar for ``schema``: the reply always parses."""
-        from langchain_core.utils.function_calling import convert_to_json_schema
-
-        from eslabon.structured import json_mode
-
-        json_schema = schema if isinstance(schema, dict) else convert_to_json_schema(schema)
-        return json_mode(self.bind(response_format=json_schema), include_raw)
+            return cast("Runnable[LanguageModelInput, AIMessage]", self.bind())
+        return super().bind_tools(tools, **kwargs)
 
     def _prepare(
         self, messages: list[BaseMessage], kwargs: dict[str, Any]

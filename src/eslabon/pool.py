@@ -14,24 +14,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
-from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
+
+from eslabon.binding import BindsTools
 
 __all__ = ["EndpointPool"]
 
 
-class EndpointPool(BaseChatModel):
-    """One chat model over several equivalent servers (see the module doc)."""
+class EndpointPool(BindsTools, BaseChatModel):
+    """One chat model over several equivalent servers (see the module doc). Tools are bound in
+    OpenAI's format, which the OpenAI-compatible and Ollama clients both take."""
 
     endpoints: list[BaseChatModel]
     per_endpoint_concurrency: int | None = None
@@ -142,11 +142,3 @@ class EndpointPool(BaseChatModel):
         async with self._aendpoint() as model:
             async for chunk in model._astream(messages, stop, run_manager, **kwargs):
                 yield chunk
-
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        # the OpenAI tool format, which the OpenAI-compatible and Ollama clients both take
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
