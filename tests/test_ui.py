@@ -38,6 +38,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     shutil.copy(CHAINS / "analizar_planificar_resolver.yaml", folder / "a_pasos.yaml")
     shutil.copy(CHAINS / "hola.yaml", folder / "b_hola.yaml")
     (folder / "c_roto.yaml").write_text("prompt: 'Hola {nombre'\n", encoding="utf-8")
+    (folder / "d_persona.yaml").write_text(
+        'model: {provider: fake, responses: [\'{"nombre": "Ana", "edad": 30}\']}\n'
+        "inputs: {pregunta: x}\n"
+        "retriever:\n  type: memory\n  k: 1\n  documents:\n"
+        "    - {content: 'Ana tiene treinta años', source: fichas/ana.md}\n"
+        "    - {content: 'Luis vive en Lima', source: fichas/luis.md}\n"
+        "prompt: '{context}'\n"
+        "output_schema:\n  type: object\n"
+        "  properties: {nombre: {type: string}, edad: {type: integer}}\n",
+        encoding="utf-8",
+    )
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop("ESLABON_MODEL", None)
@@ -196,4 +207,21 @@ def test_the_pipeline_picture_is_drawn(site: str, browser: Any) -> None:
     text = str(page.locator("#picture svg").first.evaluate("e => e.textContent"))
     for label in ("problema", "analisis", "plan", "solucion", "output"):
         assert label in text
+    page.close()
+
+
+def test_documents_and_structured_output_are_shown(site: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(site)
+    choose(page, "chain", "d_persona.yaml")
+    page.wait_for_function(
+        "() => document.querySelector('#input-0')?.innerText.includes('pregunta')", timeout=10000
+    )
+    page.locator("#input-0 textarea").fill("¿Cuántos años tiene Ana?")
+    page.locator("#run").click()
+    page.locator("#structured").wait_for(state="visible", timeout=20000)
+    shown = page.locator("#structured").inner_text()
+    assert all(word in shown for word in ("nombre", "Ana", "edad", "30"))
+    documents = page.locator("#documents").inner_text()
+    assert "fichas/ana.md" in documents and "score" in documents
     page.close()
