@@ -32,6 +32,7 @@ SHORTHAND_KEYS = (
     "output_schema",
     "tools",
     "max_tool_calls",
+    "history",
 )
 _NAME = re.compile(NAME_PATTERN)
 
@@ -100,6 +101,16 @@ def check_chain_data(
                     at_key=True,
                 )
     context = ["context"] if chain_retrieves else []
+    remembers = data.get("history") or (
+        isinstance(steps, list) and any(isinstance(s, dict) and s.get("history") for s in steps)
+    )
+    if remembers and "history" in input_names:
+        out.add(
+            ("inputs", "history"),
+            "'history' is reserved in a chain that keeps a conversation",
+            "rename the input",
+            at_key=True,
+        )
 
     if steps is None:
         if data.get("prompt") is None:

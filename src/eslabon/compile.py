@@ -101,6 +101,7 @@ class CompiledStep:
     __slots__ = (
         "attempts",
         "fields",
+        "history",
         "id",
         "loop",
         "model",
@@ -129,6 +130,7 @@ class CompiledStep:
         self.origin = origin  # what the model was built from (None: a ready model was given)
         self.fields = tuple(prompt.input_variables)
         self.tag = f"step:{step_id}"
+        self.history: History | None = None  # set when the step keeps a conversation
         self.structured: Runnable[Any, Any] | None = None
         self.schema: OutputSchema | None = None
         self.attempts = 1
@@ -200,8 +202,12 @@ class CompiledStep:
         }
 
     def messages(self, values: dict[str, Any]) -> list[BaseMessage]:
-        """The messages this step sends, given the inputs and earlier steps' outputs."""
-        return self.prompt.format_messages(**{name: values[name] for name in self.fields})
+        """The messages this step sends, given the inputs and earlier steps' outputs (and, for a
+        step with history, the conversation so far under ``history``)."""
+        fields = {name: values[name] for name in self.fields}
+        if self.history is not None:
+            fields["history"] = self.history.fit(values.get("history") or [])
+        return self.prompt.format_messages(**fields)
 
 
 def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> ChatPromptTemplate:
@@ -214,6 +220,11 @@ def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> Ch
         examples = load_examples(step.examples, base_dir)
         selector = step.selector.model_dump() if step.selector is not None else None
         parts.append(few_shot_prompt(examples, selector, step.prompt, embeddings, base_dir))
+    if step.history:
+        from langchain_core.prompts import MessagesPlaceholder
+
+        # the conversation so far: after the system prompt and examples, before the new turn
+        parts.append(MessagesPlaceholder("history", optional=True))
     parts.append(("human", step.prompt))
     return ChatPromptTemplate.from_messages(parts, template_format="f-string")
 
@@ -270,7 +281,11 @@ def compile_chain(
             with_tools = _step_model(ref, params, retry, fallbacks, base_dir, adapted, settings)[0]
             limit = step.max_tool_calls or DEFAULT_MAX_TOOL_CALLS
             loop = ToolLoop(with_tools, model_, tools, limit)
-        steps.append(CompiledStep(step.id, prompt, model_, origin_, own, structured, loop))
+        compiled_step = CompiledStep(step.id, prompt, model_, origin_, own, structured, loop)
+        if step.history:
+            budget = getattr(step.history, "max_tokens", None)
+            compiled_step.history = History(budget, _token_counter(model_))
+        steps.append(compiled_step)
     compiled = CompiledChain(spec, steps, model_label=_label(chain_ref), retrieval=retrieval)
     compiled.compiled_with = {"model": model, "allow_imports": allow_imports, **settings_arg}
     return compiled
@@ -403,6 +418,47 @@ def load_chain(
     return compile_chain(Chain.from_yaml(Path(path)), model=model, allow_imports=allow_imports)
 
 
+class History:
+    """A step's view of the conversation: all of it, or the newest turns that fit a budget."""
+
+    __slots__ = ("count", "max_tokens")
+
+    def __init__(self, max_tokens: int | None, count: Callable[[list[BaseMessage]], int]) -> None:
+        self.max_tokens = max_tokens
+        self.count = count
+
+    def fit(self, history: Any) -> list[BaseMessage]:
+        from langchain_core.messages import convert_to_messages, trim_messages
+
+        messages = convert_to_messages(history)
+        if self.max_tokens is None:
+            return messages
+        # the system prompt and examples are outside the history: trimming never drops them
+        return trim_messages(
+            messages,
+            max_tokens=self.max_tokens,
+            token_counter=self.count,
+            strategy="last",
+            start_on="human",
+            allow_partial=False,
+        )
+
+
+def _token_counter(model: Any) -> Callable[[list[BaseMessage]], int]:
+    """The model's own token count where it has one offline (llama.cpp's tokenizer), else
+    LangChain's approximate count (provider SDKs' counters download tokenizers)."""
+    counter = getattr(model, "count_message_tokens", None) or getattr(
+        getattr(model, "bound", None),
+        "count_message_tokens",
+        None,  # under a retry wrapper
+    )
+    if callable(counter):
+        return counter  # type: ignore[no-any-return]
+    from langchain_core.messages.utils import count_tokens_approximately
+
+    return count_tokens_approximately
+
+
 class _Extras:
     """What a run gathers besides step texts: typed results, documents, tool calls."""
 
@@ -459,6 +515,14 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             max_bucket_size=1,
         )
         return self.with_model_settings(rate_limiter=limiter)
+
+    def with_history(self, session_id: str, store: Any = None) -> Any:
+        """This chain remembering its turns in ``session_id`` (``history: true`` in the file);
+        ``store``: None for the project's SQLite file, ``"memory"``, a path, or a callable
+        (see :mod:`eslabon.history`)."""
+        from eslabon.history import with_history
+
+        return with_history(self, session_id, store)
 
     def with_cache(self, cache: Any) -> CompiledChain:
         """Model calls answered from ``cache`` (a LangChain ``BaseCache``, or a path for a

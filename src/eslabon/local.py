@@ -261,6 +261,15 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
             return cast("Runnable[LanguageModelInput, AIMessage]", self.bind())
         return super().bind_tools(tools, **kwargs)
 
+    def count_message_tokens(self, messages: list[BaseMessage]) -> int:
+        """Tokens these messages take in this model's own vocabulary (for history trimming)."""
+        llm, lock = _load(self.model_path, self.n_ctx, self.n_threads)
+        with lock:
+            return sum(
+                len(llm.tokenize(m.text.encode("utf-8"), add_bos=False)) + 4  # + role markers
+                for m in messages
+            )
+
     def _prepare(
         self, messages: list[BaseMessage], kwargs: dict[str, Any]
     ) -> tuple[Any, threading.Lock, list[Any], dict[str, Any]]:

@@ -320,6 +320,14 @@ OutputSchemaRef = Annotated[
 ToolPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
 
 
+class HistorySpec(_Strict):
+    """``history: {max_tokens: N}``: keep the conversation, trimmed to fit N tokens."""
+
+    max_tokens: int | None = Field(
+        None, gt=0, description="Trim the oldest turns so the history fits in this many tokens."
+    )
+
+
 class _Prompted(_Strict):
     model: ModelRef | None = None
     params: Params | None = None
@@ -344,6 +352,11 @@ class _Prompted(_Strict):
     )
     max_tool_calls: int | None = Field(
         None, ge=1, le=50, description="Tool calls allowed in one step (default 5)."
+    )
+    history: bool | HistorySpec | None = Field(
+        None,
+        description="Place the conversation so far between the examples and the prompt "
+        "(true, or {max_tokens: N} to trim the oldest turns).",
     )
 
 
@@ -448,6 +461,7 @@ class Chain(_Prompted):
                 output_schema=self.output_schema,
                 tools=self.tools,
                 max_tool_calls=self.max_tool_calls,
+                history=self.history,
             )
         ]
 
