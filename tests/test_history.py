@@ -140,3 +140,45 @@ def test_the_local_model_counts_tokens_with_its_own_tokenizer(tmp_path: Path) ->
     turn = [HumanMessage("hola " * 20)]
     # SmolLM2 spends 41 tokens on this text (+4 for the turn); the approximation differs
     assert step.history.count(turn) == 45 != count_tokens_approximately(turn)
+
+
+def test_eslabon_chat_with_piped_turns_continues_in_a_second_process(
+    server: WireServer, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "eslabon")
+    path = write(tmp_path, CHAT)
+    args = [exe, "chat", str(path), "--session", "clase1", "-m", json.dumps(openai(server))]
+    env = {**os.environ, "OPENAI_API_KEY": "sk-history-test-0123456789"}
+    server.replies.extend(["¡Hola!", "Bien.", "Adiós."])
+    first = subprocess.run(
+        args, input="hola\n¿qué tal?\n", capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["¡Hola!", "Bien."]
+    second = subprocess.run(
+        [*args[:-2]], input="/history\n", capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert "ai: Bien." in second.stdout and "human: hola" in second.stdout
+    third = subprocess.run(
+        args, input="adiós\n", capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert third.stdout.strip() == "Adiós."
+    roles = [(m["role"], m["content"]) for m in server.requests[-1].body["messages"]]
+    assert roles[1:] == [
+        ("user", "hola"),
+        ("assistant", "¡Hola!"),
+        ("user", "¿qué tal?"),
+        ("assistant", "Bien."),
+        ("user", "adiós"),
+    ]
+    assert (tmp_path / ".eslabon" / "chat.sqlite").exists()
+    reset = subprocess.run(
+        [*args[:-2], "-m", "fake:echo"], input="/reset\n/history\n", capture_output=True,
+        text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert "(session forgotten)" in reset.stdout and "human:" not in reset.stdout

@@ -611,6 +611,88 @@ def ui(
         raise typer.Exit(0) from None
 
 
+_CHAT_HELP = "commands: /reset (forget this session), /history, /model SPEC, /exit"
+
+
+@app.command()
+def chat(
+    file: Annotated[Path, typer.Argument(help="A chain file with history: true.")],
+    session: Annotated[
+        str, typer.Option("--session", "-s", help="Conversation name (kept in .eslabon/).")
+    ] = "default",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Talk to this model.")] = None,
+    allow_import: AllowImportOption = None,
+) -> None:
+    """Talk to a chain: each line you type is a turn; answers stream back and are remembered.
+
+    Piped standard input works too: one turn per line, one answer per turn.
+    """
+    try:
+        from eslabon.models import load_env
+
+        load_env()
+        from eslabon.compile import compile_chain
+        from eslabon.loader import load_spec
+
+        spec = load_spec(file)
+        chain = compile_chain(spec, model=_model_option(model), allow_imports=allow_import)
+        talk = chain.with_history(session)
+    except Exception as exc:
+        _fail(exc)
+    console = _console()
+    interactive = sys.stdin.isatty()
+    if interactive:
+        console.print(f"{chain.name} · {chain.model_label} · session '{session}'. {_CHAT_HELP}")
+    while True:
+        try:
+            line = input("> ") if interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not interactive and not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, argument = line.partition(" ")
+            if command == "/exit":
+                break
+            if command == "/reset":
+                talk.history.clear()
+                console.print("(session forgotten)")
+            elif command == "/history":
+                for message in talk.history.messages:
+                    console.print(f"{message.type}: {message.text}")
+            elif command == "/model" and argument.strip():
+                try:
+                    chain = compile_chain(
+                        spec, model=_model_option(argument.strip()), allow_imports=allow_import
+                    )
+                except Exception as exc:
+                    typer.echo(redact(f"error: {exc}"), err=True)
+                    continue
+                talk = chain.with_history(session)  # the same turns, the new model's roles
+                console.print(f"(now talking to {chain.model_label})")
+            else:
+                console.print(_CHAT_HELP)
+            continue
+        try:
+            for chunk in talk.stream({talk.main_input: line}):
+                text = chunk.get(chain.output_id)  # the answer step's tokens only
+                if isinstance(text, str):
+                    console.print(text, end="")
+                    console.file.flush()
+                elif text is not None:
+                    console.print(_shown(text), end="")
+            console.print()
+        except KeyboardInterrupt:  # stop this answer, keep the session
+            console.print("\n(interrupted; this turn is not remembered)")
+        except Exception as exc:
+            if not isinstance(exc, EslabonError) or not interactive:
+                _fail(exc)
+            typer.echo(redact(f"error: {exc}"), err=True)
+
+
 @app.command()
 def models() -> None:
     """Show providers: is the extra installed, is the key set (never the key itself)."""
