@@ -182,3 +182,73 @@ def test_eslabon_chat_with_piped_turns_continues_in_a_second_process(
         text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert "(session forgotten)" in reset.stdout and "human:" not in reset.stdout
+
+
+def test_interactive_chat_in_a_terminal_with_ctrl_c_and_a_model_switch(
+    server: WireServer, tmp_path: Path
+) -> None:
+    """A real terminal (tmux): type turns, stop a streaming answer with Ctrl-C, switch models."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    if not shutil.which("tmux"):
+        pytest.skip("needs tmux")
+    exe = str(Path(sys.executable).parent / "eslabon")
+    path = write(tmp_path, CHAT)
+    server.token_delay = 0.05  # slow enough to interrupt
+    server.replies.extend(["¡Hola, Ana!", " ".join(f"palabra{n}" for n in range(200))])
+    tmux = ["tmux", "-L", f"eslabon-test-{os.getpid()}"]
+    command = " ".join(
+        [exe, "chat", str(path), "--session", "t", "-m", "'" + json.dumps(openai(server)) + "'"]
+    )
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", "chat", "-x", "160", "-y", "50",
+         "-e", "OPENAI_API_KEY=sk-history-test-0123456789", "-c", str(tmp_path), command],
+        check=True,
+    )  # fmt: skip
+
+    def screen() -> str:
+        out = subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "chat", "-S", "-200"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return out.stdout
+
+    def wait_for(text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = screen()
+            if text in shown:
+                return shown
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared:\n{screen()}")
+
+    def send(*keys: str) -> None:
+        subprocess.run([*tmux, "send-keys", "-t", "chat", *keys], check=True)
+
+    try:
+        wait_for("session 't'")
+        send("hola", "Enter")
+        wait_for("¡Hola, Ana!")
+        send("cuéntame algo largo", "Enter")
+        wait_for("palabra5")
+        send("C-c")
+        shown = wait_for("(interrupted; this turn is not remembered)")
+        assert "palabra199" not in shown  # stopped mid-answer
+        send("/history", "Enter")
+        shown = wait_for("ai: ¡Hola, Ana!")
+        assert "human: cuéntame" not in shown
+        send("/model fake:echo", "Enter")
+        wait_for("(now talking to fake:echo)")
+        send("eco eco", "Enter")
+        wait_for("> eco eco\neco eco")  # fake:echo answers with the turn itself
+        send("/history", "Enter")
+        after_switch = wait_for("ai: eco eco").split("(now talking to fake:echo)")[-1]
+        assert "human: hola" in after_switch  # the turns carried over to the new model
+        send("/exit", "Enter")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
