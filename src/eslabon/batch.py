@@ -133,12 +133,6 @@ def _error_record(exc: BaseException) -> dict[str, str]:
     return {"type": kind, "message": redact(str(exc)).strip()[:2000]}
 
 
-def _jsonable(value: Any) -> Any:
-    from eslabon.structured import as_data
-
-    return as_data(value)
-
-
 async def arun_batch(
     chain: Any,
     rows: Iterable[dict[str, Any]],
@@ -161,6 +155,8 @@ async def arun_batch(
     if out.exists() and not resume and out.stat().st_size:
         raise UserError(f"{out} exists; pass --resume to continue it (or remove it)")
     done_ids = _finished(out, retry_failed) if resume else set()
+    from eslabon.structured import as_data
+
     rows = list(rows)
     todo = [r for r in rows if str(r["id"]) not in done_ids]
     report = BatchReport(total=len(rows), skipped=len(rows) - len(todo))
@@ -198,8 +194,8 @@ async def arun_batch(
                     kind = record["error"]["type"]
                     report.errors[kind] = report.errors.get(kind, 0) + 1
                 else:
-                    steps = {s.id: _jsonable(result[s.id]) for s in chain.steps}
-                    record.update(output=_jsonable(result["output"]), steps=steps, error=None)
+                    steps = {s.id: as_data(result[s.id]) for s in chain.steps}
+                    record.update(output=as_data(result["output"]), steps=steps, error=None)
                     for extra in ("documents", "tool_calls"):
                         if extra in result:
                             record[extra] = result[extra]

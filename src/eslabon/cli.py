@@ -138,14 +138,12 @@ def schema(
         typer.echo(json_schema_text(), nl=False)
         return
     try:
-        from eslabon.errors import ChainConfigError
         from eslabon.imports import allowed_imports
         from eslabon.loader import load_spec
         from eslabon.structured import spec_result_schema
 
         spec = load_spec(file)
-        if problems := spec.problems():
-            raise ChainConfigError(problems)
+        spec.check()
         result = spec_result_schema(spec, allowed_imports(allow_import))
     except Exception as exc:
         _fail(exc)
@@ -271,11 +269,12 @@ def _print_documents(console: Any, documents: list[dict[str, Any]]) -> None:
 
 
 def _print_tool_calls(console: Any, calls: list[dict[str, Any]]) -> None:
+    from eslabon.toolcalls import call_summary
+
     _header(console, "tool calls")
     for call in calls:
-        args = ", ".join(f"{k}={v!r}" for k, v in call["args"].items())
-        mark = "error: " if call["error"] else ""
-        console.print(f"{call['name']}({args}) -> {mark}{call['output']}")
+        signature, result = call_summary(call)
+        console.print(f"{signature} -> {result}")
     console.print()
 
 
@@ -561,14 +560,12 @@ def graph(
             raise UserError(f"--format {fmt!r}: use mermaid, markdown, svg or png")
         if fmt in ("svg", "png") and (out is None or len(files) != 1):
             raise UserError(f"--format {fmt} draws one chain file into -o PATH.{fmt}")
-        from eslabon.errors import ChainConfigError
         from eslabon.graph import mermaid
         from eslabon.loader import load_spec
 
         for file in files:
             spec = load_spec(file)
-            if problems := spec.problems():
-                raise ChainConfigError(problems)
+            spec.check()
             text = mermaid(spec)
             if fmt in ("svg", "png"):
                 from eslabon.graph import render_image

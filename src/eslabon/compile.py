@@ -35,7 +35,6 @@ from langchain_core.runnables.utils import AddableDict, coro_with_context
 from pydantic import BaseModel, Field, create_model
 
 from eslabon.errors import (
-    ChainConfigError,
     EslabonError,
     InputError,
     UserError,
@@ -43,7 +42,7 @@ from eslabon.errors import (
 )
 from eslabon.examples import load_examples
 from eslabon.models import build_from_spec, is_chat_model, parse_or_raise, resolve_model_ref
-from eslabon.modelspec import ModelSpec
+from eslabon.modelspec import ModelSpec, ref_label
 from eslabon.spec import Chain, Retry, Step
 from eslabon.structured import (
     STRUCTURED_METHODS,
@@ -239,9 +238,7 @@ def compile_chain(
     ``allow_imports`` lists packages whose code the chain file may import (see
     :mod:`eslabon.imports`); ``model_settings`` are set on every chat model (fallbacks too),
     e.g. ``{"rate_limiter": ..., "cache": ...}``."""
-    problems = spec.problems()
-    if problems:
-        raise ChainConfigError(problems)
+    spec.check()
     base_dir = spec.base_dir
     chain_ref, overridden = resolve_model_ref(model, spec.model)
     chain_params = spec.params.set_values() if spec.params else {}
@@ -385,12 +382,7 @@ def _step_model(
 
 
 def _label(ref: Any) -> str:
-    if isinstance(ref, str):
-        return ref
-    if isinstance(ref, BaseChatModel):
-        return type(ref).__name__
-    data = ref.model_dump(exclude_none=True) if hasattr(ref, "model_dump") else dict(ref)
-    return f"{data.get('provider')}:{data.get('name', '')}".rstrip(":")
+    return type(ref).__name__ if isinstance(ref, BaseChatModel) else ref_label(ref)
 
 
 def sqlite_cache(path: str | Path) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eslabon.modelspec import ref_label
 from eslabon.spec import Chain
 from eslabon.templates import template_fields
 
@@ -26,10 +27,10 @@ def _label(text: str) -> str:
 def _model(ref: Any) -> str:
     if ref is None:
         return "local"
+    label = ref_label(ref)
     if isinstance(ref, str):
-        return ref
+        return label
     data = ref.model_dump(exclude_none=True) if hasattr(ref, "model_dump") else dict(ref)
-    label = f"{data.get('provider')}:{data.get('name') or ''}".rstrip(":")
     if "base_urls" in data:
         label += f" ×{len(data['base_urls'])} servers"
     elif "base_url" in data:

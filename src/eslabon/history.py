@@ -161,12 +161,7 @@ class ChainWithHistory(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._with_history(input)
         output: Any = None
         for chunk in self.chain.stream(values, config):
-            if "output" in chunk:
-                output = (
-                    chunk["output"]
-                    if output is None or not isinstance(chunk["output"], str)
-                    else output + chunk["output"]
-                )
+            output = _answer_so_far(output, chunk)
             yield chunk
         if output is not None:
             self._remember(values, output)
@@ -177,15 +172,20 @@ class ChainWithHistory(Runnable[dict[str, Any], dict[str, Any]]):
         values = self._with_history(input)
         output: Any = None
         async for chunk in self.chain.astream(values, config):
-            if "output" in chunk:
-                output = (
-                    chunk["output"]
-                    if output is None or not isinstance(chunk["output"], str)
-                    else output + chunk["output"]
-                )
+            output = _answer_so_far(output, chunk)
             yield chunk
         if output is not None:
             self._remember(values, output)
+
+
+def _answer_so_far(output: Any, chunk: dict[str, Any]) -> Any:
+    """The answer after one more streamed chunk: text tokens add up (a single-step chain
+    streams them as "output"), a multi-step chain's final "output" or a structured value
+    arrives whole."""
+    if "output" not in chunk:
+        return output
+    piece = chunk["output"]
+    return output + piece if isinstance(output, str) and isinstance(piece, str) else piece
 
 
 def with_history(chain: Any, session_id: str, store: Any = None) -> ChainWithHistory:

@@ -14,7 +14,14 @@ from typing import Any
 
 from eslabon.suggest import did_you_mean
 
-__all__ = ["PROVIDERS", "ModelSpec", "ProviderInfo", "check_model_ref", "parse_model_ref"]
+__all__ = [
+    "PROVIDERS",
+    "ModelSpec",
+    "ProviderInfo",
+    "check_model_ref",
+    "parse_model_ref",
+    "ref_label",
+]
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,15 @@ def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
         raise ModelRefError(
             f"provider '{spec.provider}' needs a model name", f"e.g. '{spec.provider}:MODEL-NAME'"
         )
+
+
+def ref_label(ref: Any) -> str:
+    """How a model reference is shown: the string as written, or ``provider:name`` for a
+    mapping (a ``ModelMapping`` or a dict)."""
+    if isinstance(ref, str):
+        return ref
+    data = ref.model_dump(exclude_none=True) if hasattr(ref, "model_dump") else dict(ref)
+    return f"{data.get('provider')}:{data.get('name') or ''}".rstrip(":")
 
 
 def check_model_ref(ref: Any, base_dir: Path | None = None) -> tuple[str, str | None] | None:

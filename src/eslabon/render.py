@@ -92,11 +92,7 @@ def render_requests(
     """The request each step would send to ``provider``: ``[{step, path, body}, ...]``,
     tools and output schema included (``allow_imports`` as for running the chain)."""
     provider = _provider(provider)
-    problems = spec.problems()
-    if problems:
-        from eslabon.errors import ChainConfigError
-
-        raise ChainConfigError(problems)
+    spec.check()
     steps = spec.normalized_steps()
     ids = [s.id for s in steps]
     if step_id is not None and step_id not in ids:

@@ -475,6 +475,13 @@ class Chain(_Prompted):
 
         return check_chain_data(self.to_data(), self.base_dir, file=str(self._source or "<chain>"))
 
+    def check(self) -> None:
+        """Raise ``ChainConfigError`` with every problem :meth:`problems` finds, if any."""
+        if problems := self.problems():
+            from eslabon.errors import ChainConfigError
+
+            raise ChainConfigError(problems)
+
     def compile(self, model: Any = None, allow_imports: list[str] | None = None) -> Any:
         """Compile into a LangChain Runnable (see :func:`eslabon.compile.compile_chain`)."""
         from eslabon.compile import compile_chain

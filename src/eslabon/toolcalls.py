@@ -17,7 +17,13 @@ from langchain_core.tools import BaseTool, StructuredTool
 
 from eslabon.errors import UserError
 
-__all__ = ["DEFAULT_MAX_TOOL_CALLS", "TRUSTED_TOOLS", "ToolLoop", "load_tools"]
+__all__ = [
+    "DEFAULT_MAX_TOOL_CALLS",
+    "TRUSTED_TOOLS",
+    "ToolLoop",
+    "call_summary",
+    "load_tools",
+]
 
 DEFAULT_MAX_TOOL_CALLS = 5
 TRUSTED_TOOLS = ("eslabon.tools",)  # eslabon's own tools need no import allowance
@@ -88,6 +94,13 @@ def _text(result: Any) -> str:
         return json.dumps(result, ensure_ascii=False)
     except TypeError:
         return str(result)
+
+
+def call_summary(call: dict[str, Any]) -> tuple[str, str]:
+    """A recorded call as shown to people: ``name(arg='value')``, and its result (prefixed
+    ``error:`` when the tool failed). The CLI and the playground both print it."""
+    args = ", ".join(f"{k}={v!r}" for k, v in call["args"].items())
+    return f"{call['name']}({args})", ("error: " if call["error"] else "") + str(call["output"])
 
 
 _LIMIT = "Tool call limit reached ({n}). Answer now with what you have, without calling tools."

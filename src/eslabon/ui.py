@@ -77,15 +77,17 @@ class Form:
     error: str = ""
     picture: str = ""  # the chain as a Mermaid block (eslabon graph)
 
+    def values(self, given: tuple[str, ...]) -> dict[str, str]:
+        """The chain's inputs from the page's fields, in order."""
+        return {inp[0]: given[n] for n, inp in enumerate(self.inputs[:MAX_FIELDS])}
+
 
 def form_for(path: Path) -> Form:
-    from eslabon.errors import ChainConfigError
     from eslabon.loader import load_spec
 
     try:
         spec = load_spec(path)
-        if problems := spec.problems():
-            raise ChainConfigError(problems)
+        spec.check()
     except Exception as exc:
         return Form(error=message(exc))
     from eslabon.graph import mermaid
@@ -176,11 +178,12 @@ def _documents_markdown(documents: list[dict[str, Any]]) -> str:
 def _tools_markdown(calls: list[dict[str, Any]]) -> str:
     if not calls:
         return ""
+    from eslabon.toolcalls import call_summary
+
     lines = ["**Tool calls**", ""]
     for call in calls:
-        args = ", ".join(f"{k}={v!r}" for k, v in call["args"].items())
-        mark = "error: " if call["error"] else ""
-        lines.append(f"- `{call['name']}({args})` → {mark}{call['output']}")
+        signature, result = call_summary(call)
+        lines.append(f"- `{signature}` → {result}")
     return "\n".join(lines)
 
 
@@ -281,16 +284,12 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
 
         chain_box.change(pick, inputs=chain_box, outputs=form_outputs)
 
-        def values_of(name: str, given: tuple[str, ...]) -> dict[str, str]:
-            form = form_for(Path(name))
-            return {inp[0]: given[n] for n, inp in enumerate(form.inputs[:MAX_FIELDS])}
-
         def run(name: str, model: str, *given: str) -> Iterator[list[Any]]:
             form = form_for(Path(name))
             if form.error:
                 yield [gr.update(value=form.error, visible=True), *[gr.update()] * (MAX_STEPS + 3)]
                 return
-            for state in run_chain(Path(name), values_of(name, given), model, allow_imports):
+            for state in run_chain(Path(name), form.values(given), model, allow_imports):
                 texts = [
                     gr.update(value=state.steps.get(step, "")) for step in form.steps[:MAX_STEPS]
                 ]
@@ -310,7 +309,7 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         )
 
         def show(name: str, provider: str, step: str | None, *given: str) -> Any:
-            return render_payload(Path(name), values_of(name, given), provider, step)
+            return render_payload(Path(name), form_for(Path(name)).values(given), provider, step)
 
         show_button.click(
             show, inputs=[chain_box, provider_box, step_box, *fields], outputs=payload
