@@ -197,7 +197,8 @@ def test_a_refused_key_exits_2_naming_the_variable_not_the_key(tmp_path: Path) -
         server.fail_next("auth")
         model = f"{{provider: openai, name: m, base_url: '{server.url}/v1', api_key_env: MI_LLAVE}}"
         chain = write(tmp_path, f"model: {model}\nprompt: hola\n")
-        out = eslabon("run", str(chain), env={"MI_LLAVE": SECRET})
+        grant = f"MI_LLAVE@{server.url}"  # the user approves sending MI_LLAVE there
+        out = eslabon("run", str(chain), "--allow-key", grant, env={"MI_LLAVE": SECRET})
     assert out.returncode == 2, out.stderr
     assert "openai refused the API key (HTTP 401)" in out.stderr
     assert "MI_LLAVE" in out.stderr and SECRET not in out.stdout + out.stderr

@@ -58,7 +58,8 @@ def test_mapping_extra_keys_become_constructor_kwargs() -> None:
         ("claude-3-5-sonnet", "unknown model", "did you mean 'anthropic:claude-3-5-sonnet'?"),
         ("openai:", "needs a model name", "openai:MODEL-NAME"),
         ("fake:parrot", "unknown fake model", "fake:echo"),
-        ("llamacpp:/no/such/model.gguf", "GGUF file not found", ".gguf"),
+        ("llamacpp:no/such/model.gguf", "GGUF file not found", ".gguf"),
+        ("llamacpp:/no/such/model.gguf", "outside the chain's folder", "--allow-path"),
         (42, "a model is", None),
     ],
 )

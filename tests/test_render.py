@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +106,123 @@ def test_tools_and_output_schema_are_rendered_as_sent() -> None:
     assert config["responseJsonSchema"]["required"][0] == "nombre"
     [claude] = render_requests(Chain.from_yaml(CHAINS / "extraer_persona.yaml"), "anthropic")
     assert claude["body"]["tool_choice"] == {"type": "tool", "name": "output"}
+
+
+# -- {context}: what the retriever would fill ----------------------------------------------------
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder with the course chain and its documents, not yet indexed."""
+    (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
+    shutil.copytree(CHAINS / "docs", tmp_path / "docs")
+    shutil.copy(CHAINS / "rag_curso.yaml", tmp_path / "rag_curso.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _user_text(request: dict[str, Any]) -> str:
+    return str(request["body"]["messages"][-1]["content"])
+
+
+def test_cli_render_shows_the_passages_the_index_returns(project: Path) -> None:
+    from eslabon.indexing import index_paths, open_store
+
+    index_paths(["docs"], open_store("curso"))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "eslabon"),
+            "render",
+            "rag_curso.yaml",
+            "-p",
+            "openai",
+            "-i",
+            "pregunta=¿Para qué sirve el rol system?",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=project,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    [request] = json.loads(out.stdout)
+    text = _user_text(request)
+    # the four passages the chain would get, numbered with their source, as a run formats them
+    assert text.startswith("Contexto:\n[1] (source: docs/curso.md)\n")
+    assert "[4] (source: docs/curso.md)" in text and "[5]" not in text
+    assert "Define el comportamiento" in text  # the passage that answers the question
+    assert text.endswith("Pregunta: ¿Para qué sirve el rol system?")
+
+
+def test_without_an_index_the_context_is_a_marked_placeholder(project: Path) -> None:
+    spec = Chain.from_yaml(project / "rag_curso.yaml")
+    [request] = render_requests(spec, "openai", {"pregunta": "¿Qué es un token?"})
+    store = project / ".eslabon" / "chroma"
+    assert _user_text(request) == (
+        "Contexto:\n<context: documents the chroma retriever 'curso' would find for "
+        f'"¿Qué es un token?"; index not found at {store}>\n\nPregunta: ¿Qué es un token?'
+    )
+    assert not store.exists()  # render creates no index
+    # without the input the query is built from, the placeholder says so
+    [request] = render_requests(spec, "anthropic")
+    assert "would find for \"<input pregunta>\"; input 'pregunta' not given" in _user_text(request)
+
+
+def test_an_index_without_the_collection_is_left_as_it_is(project: Path) -> None:
+    from eslabon.indexing import index_paths, open_store
+
+    index_paths(["docs"], open_store("otra"))
+    spec = Chain.from_yaml(project / "rag_curso.yaml")
+    [request] = render_requests(spec, "openai", {"pregunta": "x"})
+    assert "no collection 'curso' in the index at" in _user_text(request)
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(
+        path=str(project / ".eslabon" / "chroma"), settings=Settings(anonymized_telemetry=False)
+    )
+    assert [c.name for c in client.list_collections()] == ["otra"]
+
+
+STEP_RETRIEVERS = """
+inputs: {pregunta: x}
+retriever:
+  type: static
+  documents: [{content: 'de la cadena', source: cadena.md}]
+steps:
+  - id: general
+    prompt: "{context} | {pregunta}"
+  - id: propio
+    retriever:
+      type: bm25
+      k: 1
+      documents:
+        - {content: 'Los gatos duermen mucho', source: gatos.md}
+        - {content: 'Los perros ladran', source: perros.md}
+        - {content: 'Las aves vuelan', source: aves.md}
+    prompt: "{context} | {general}"
+  - id: encadenado
+    retriever:
+      type: memory
+      query: "{propio}"
+      documents: [{content: 'nunca se busca', source: x.md}]
+    prompt: "{context}"
+  - id: despues
+    prompt: "{context}"
+"""
+
+
+def test_a_step_retriever_fills_only_its_own_step(tmp_path: Path) -> None:
+    spec = Chain.from_yaml(write(tmp_path, STEP_RETRIEVERS))
+    general, propio, encadenado, despues = render_requests(
+        spec, "openai", {"pregunta": "¿qué hacen los perros?"}
+    )
+    chain_context = "[1] (source: cadena.md)\nde la cadena"
+    assert _user_text(general) == f"{chain_context} | ¿qué hacen los perros?"
+    assert _user_text(propio) == "[1] (source: perros.md)\nLos perros ladran | <output of general>"
+    # its query needs an earlier step's output, which render does not produce
+    assert _user_text(encadenado) == (
+        '<context: documents the memory retriever would find for "<output of propio>"; the '
+        "query needs the output of step 'propio', which render does not run>"
+    )
+    assert _user_text(despues) == chain_context  # the chain's context again

@@ -175,7 +175,53 @@ def test_the_provider_payload_for_a_step(site: str, browser: Any) -> None:
     page.close()
 
 
+def test_the_provider_payload_shows_what_the_retriever_finds(site: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(site)
+    choose(page, "chain", "d_persona.yaml")
+    page.wait_for_function(
+        "() => document.querySelector('#input-0')?.innerText.includes('pregunta')", timeout=10000
+    )
+    page.locator("#input-0 textarea").fill("¿Cuántos años tiene Ana?")
+    page.get_by_text("Provider payload").click()
+    page.locator("#show-payload").click()
+    page.wait_for_function(
+        "() => document.querySelector('#payload')?.innerText.includes('messages')",
+        timeout=15000,
+    )
+    folded = page.locator("#payload button[aria-label='Expand']")
+    for _ in range(50):  # the JSON view folds the deeper levels: unfold them all
+        if not folded.count():
+            break
+        folded.first.click()
+    shown = page.locator("#payload").inner_text()
+    assert "Ana tiene treinta años" in shown and "fichas/ana.md" in shown
+    assert "KeyError" not in shown
+    page.close()
+
+
 # -- the page's logic, without a browser --------------------------------------------------------
+def test_the_payload_panel_for_the_course_rag_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eslabon.indexing import index_paths, open_store
+    from eslabon.ui import render_payload
+
+    (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
+    shutil.copytree(CHAINS / "docs", tmp_path / "docs")
+    chain = shutil.copy(CHAINS / "rag_curso.yaml", tmp_path / "rag_curso.yaml")
+    monkeypatch.chdir(tmp_path)
+    # no index yet: a marked placeholder, not an error
+    [request] = render_payload(Path(chain), {"pregunta": "¿Qué es un token?"}, "openai", None)
+    text = request["body"]["messages"][-1]["content"]
+    assert "<context: documents the chroma retriever 'curso' would find for" in text
+    index_paths(["docs"], open_store("curso"))
+    [request] = render_payload(Path(chain), {"pregunta": "¿Qué es un token?"}, "openai", None)
+    text = request["body"]["messages"][-1]["content"]
+    assert text.startswith("Contexto:\n[1] (source: docs/curso.md)")
+    assert "Tokens, no palabras" in text  # the passage that answers it
+
+
 def test_form_and_run_state_without_a_browser(tmp_path: Path) -> None:
     from eslabon.ui import FILE_MODEL, form_for, model_choices, run_chain
 

@@ -5,9 +5,11 @@
 * Rows run as asyncio tasks through ``chain.ainvoke``, at most ``concurrency`` at a time; an
   optional requests-per-second limit is LangChain's ``InMemoryRateLimiter`` on every model call.
   The chain's own retry and fallback settings apply to each row.
-* Each finished row is one JSON line in the output, written and flushed as it finishes (a failed
-  row too, with its error). ``resume`` skips the ids the output already holds, after dropping a
-  line a crash cut short; ``retry_failed`` also re-runs the rows recorded with an error.
+* Each finished row is one JSON line in the output, written as it finishes (a failed row too,
+  with its error). ``resume`` skips the ids the output already holds, after dropping a line a
+  crash cut short; ``retry_failed`` also re-runs the rows recorded with an error.
+* One run per output file at a time (a lock), and resume only touches a file of eslabon's own
+  records (:mod:`eslabon.outfile`).
 
 Written by hand rather than on ``Runnable.abatch``: abatch returns only when every row is done
 and keeps results in memory, while a batch of thousands must write each row as it finishes and
@@ -18,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
-import os
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from eslabon.errors import UserError, redact
+from eslabon.outfile import LineSink, finished_ids, output_lock, prepare_output
 
-__all__ = ["BatchReport", "arun_batch", "read_rows", "run_batch"]
+__all__ = ["BatchReport", "Rows", "arun_batch", "read_rows", "run_batch"]
 
 ROW_FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -59,7 +63,13 @@ class BatchReport:
         return line
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
+class Rows(list[dict[str, Any]]):
+    """Rows read from ``source``, which a batch then refuses to write its results over."""
+
+    source: Path | None = None
+
+
+def read_rows(path: str | Path) -> Rows:
     """The rows of a .jsonl, .csv or .parquet file, each with an ``id`` (its own, or its row
     number from 1)."""
     path = Path(path)
@@ -69,7 +79,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         raw = list(_raw_rows(path))
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None
-    rows = []
+    except OSError as exc:  # a folder, no permission
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = Rows()
+    rows.source = path
     for n, row in enumerate(raw, 1):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {n} is not an object with the chain's inputs")
@@ -84,16 +97,14 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 def _raw_rows(path: Path) -> Iterator[Any]:
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as exc:
-                        raise UserError(f"{path}:{n}: not a JSON line: {exc}") from None
+        for n, line in enumerate(_text(path).split("\n"), 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError as exc:
+                    raise UserError(f"{path}:{n}: not a JSON line: {exc}") from None
     elif path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            yield from csv.DictReader(f)
+        yield from csv.DictReader(io.StringIO(_text(path), newline=""))
     else:
         try:
             import pyarrow.parquet as pq
@@ -104,28 +115,18 @@ def _raw_rows(path: Path) -> Iterator[Any]:
         yield from pq.read_table(path).to_pylist()
 
 
-def _finished(out: Path, retry_failed: bool) -> set[str]:
-    """Ids the output already holds. Drops a last line a crash cut short and, with
-    ``retry_failed``, the lines of failed rows (rewritten atomically), so they run again."""
-    if not out.exists():
-        return set()
-    text = out.read_bytes()
-    lines = text.split(b"\n")
-    complete, kept, ids = lines[:-1], [], set()  # after the last newline: partial or empty
-    for line in complete:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a torn line in the middle cannot happen with one write per row; skip it
-        if retry_failed and record.get("error") is not None:
-            continue
-        kept.append(line)
-        ids.add(str(record.get("id")))
-    if len(kept) != len(complete) or lines[-1]:
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
-        os.replace(tmp, out)
-    return ids
+def _text(path: Path) -> str:
+    # utf-8-sig: spreadsheets and Windows editors start UTF-8 files with a byte-order mark,
+    # which would otherwise become part of the first column's name
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _error_record(exc: BaseException) -> dict[str, str]:
@@ -147,69 +148,108 @@ async def arun_batch(
     """Run ``chain`` over ``rows``, appending one JSON line per finished row to ``out``.
 
     ``rate`` caps model requests per second (all steps' calls count). ``on_row`` is called
-    after each row is written (progress bars).
+    after each row is written (progress bars). ``out`` is locked while the batch runs: a second
+    batch on it is refused (:mod:`eslabon.outfile`).
     """
     if concurrency < 1:
         raise UserError("concurrency must be at least 1")
-    out = Path(out)
-    if out.exists() and not resume and out.stat().st_size:
-        raise UserError(f"{out} exists; pass --resume to continue it (or remove it)")
-    done_ids = _finished(out, retry_failed) if resume else set()
+    if rate is not None and not _positive_finite(rate):
+        # nan, inf or 0 would leave the rate limiter waiting forever
+        raise UserError(f"rate must be a positive, finite number of requests per second: {rate!r}")
+    protect = {
+        "the chain file": getattr(getattr(chain, "spec", None), "source", None),
+        "the inputs file": getattr(rows, "source", None),
+    }
+    target = prepare_output(Path(out), protect)
+    with output_lock(target):
+        if resume:
+            LineSink(target).close()  # fail now, not after a rewrite, if OUT cannot be written
+            done_ids = finished_ids(target, retry_failed)
+        elif target.is_file() and target.stat().st_size:
+            raise UserError(f"{out} exists; pass --resume to continue it (or remove it)")
+        else:
+            done_ids = set()
+        rows = list(rows)
+        todo = [r for r in rows if str(r["id"]) not in done_ids]
+        report = BatchReport(total=len(rows), skipped=len(rows) - len(todo))
+        if rate is not None:
+            chain = chain.with_rate_limit(rate)
+        sink = LineSink(target)
+        try:
+            await _run_rows(chain, todo, sink, concurrency, report, on_row)
+        finally:
+            sink.close()
+    return report
+
+
+def _positive_finite(rate: object) -> bool:
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        return False
+    try:
+        value = float(rate)
+    except OverflowError:  # an int past float's range
+        return False
+    return math.isfinite(value) and value > 0
+
+
+async def _run_rows(
+    chain: Any,
+    todo: list[dict[str, Any]],
+    sink: LineSink,
+    concurrency: int,
+    report: BatchReport,
+    on_row: Callable[[dict[str, Any], BatchReport], None] | None,
+) -> None:
     from eslabon.structured import as_data
 
-    rows = list(rows)
-    todo = [r for r in rows if str(r["id"]) not in done_ids]
-    report = BatchReport(total=len(rows), skipped=len(rows) - len(todo))
-    if rate is not None:
-        chain = chain.with_rate_limit(rate)
     inputs_of = chain.spec.input_names()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for row in todo:
         queue.put_nowait(row)
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as sink:
 
-        def write(record: dict[str, Any]) -> None:
-            # one write call per line, flushed at once: a kill leaves whole lines behind
-            sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            sink.flush()
+    async def worker() -> None:
+        while True:
+            try:
+                row = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            inputs = {k: v for k, v in row.items() if k in inputs_of}
+            began = time.perf_counter()
+            record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
+            try:
+                result = await chain.ainvoke(inputs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                record.update(output=None, steps=None, error=_error_record(exc))
+                report.failed += 1
+                kind = record["error"]["type"]
+                report.errors[kind] = report.errors.get(kind, 0) + 1
+            else:
+                steps = {s.id: as_data(result[s.id]) for s in chain.steps}
+                record.update(output=as_data(result["output"]), steps=steps, error=None)
+                for extra in ("documents", "tool_calls"):
+                    if extra in result:
+                        record[extra] = result[extra]
+                report.done += 1
+            record["model"] = chain.model_label
+            record["elapsed_s"] = round(time.perf_counter() - began, 4)
+            sink.write(record)
+            report.elapsed_s = time.perf_counter() - start
+            if on_row is not None:
+                on_row(record, report)
 
-        async def worker() -> None:
-            while True:
-                try:
-                    row = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                inputs = {k: v for k, v in row.items() if k in inputs_of}
-                began = time.perf_counter()
-                record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
-                try:
-                    result = await chain.ainvoke(inputs)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    record.update(output=None, steps=None, error=_error_record(exc))
-                    report.failed += 1
-                    kind = record["error"]["type"]
-                    report.errors[kind] = report.errors.get(kind, 0) + 1
-                else:
-                    steps = {s.id: as_data(result[s.id]) for s in chain.steps}
-                    record.update(output=as_data(result["output"]), steps=steps, error=None)
-                    for extra in ("documents", "tool_calls"):
-                        if extra in result:
-                            record[extra] = result[extra]
-                    report.done += 1
-                record["model"] = chain.model_label
-                record["elapsed_s"] = round(time.perf_counter() - began, 4)
-                write(record)
-                report.elapsed_s = time.perf_counter() - start
-                if on_row is not None:
-                    on_row(record, report)
-
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)) or 1)))
-    report.elapsed_s = time.perf_counter() - start
-    return report
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(todo)) or 1)]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        # one worker failing (OUT cannot be written) or the batch cancelled stops them all:
+        # none may go on calling the model, or write, once the run has ended
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        report.elapsed_s = time.perf_counter() - start
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None

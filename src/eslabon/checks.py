@@ -13,12 +13,18 @@ from typing import Any
 
 from eslabon.errors import Problem
 from eslabon.examples import ExampleFileError, load_example_file
-from eslabon.modelspec import check_model_ref
-from eslabon.spec import NAME_PATTERN, PARAM_NAMES, RETRIEVER_TYPES
+from eslabon.modelspec import PROVIDER_SYNONYMS, check_model_ref
+from eslabon.paths import PathNotAllowedError, confine
+from eslabon.spec import (
+    MODEL_SETTINGS,
+    NAME_PATTERN,
+    RETRIEVER_TYPES,
+    provider_settings,
+)
 from eslabon.suggest import did_you_mean
 from eslabon.templates import check_template
 
-__all__ = ["RESERVED_IDS", "check_chain_data", "format_path"]
+__all__ = ["RESERVED_IDS", "check_chain_data", "external_refs", "format_path"]
 
 PathT = tuple[str | int, ...]
 Locate = Callable[[PathT, bool], tuple[int, int] | None]
@@ -48,12 +54,20 @@ def format_path(path: PathT) -> str:
 
 
 class _Collector:
-    def __init__(self, file: str, locate: Locate | None) -> None:
+    def __init__(self, file: str, locate: Locate | None, base_dir: Path) -> None:
         self.file = file
         self.locate = locate
+        self.base_dir = base_dir
         self.problems: list[Problem] = []
 
-    def add(self, path: PathT, message: str, hint: str | None = None, at_key: bool = False) -> None:
+    def add(
+        self,
+        path: PathT,
+        message: str,
+        hint: str | None = None,
+        at_key: bool = False,
+        warning: bool = False,
+    ) -> None:
         pos = self.locate(path, at_key) if self.locate else None
         self.problems.append(
             Problem(
@@ -63,8 +77,14 @@ class _Collector:
                 line=pos[0] if pos else None,
                 col=pos[1] if pos else None,
                 hint=hint,
+                warning=warning,
             )
         )
+
+    def warn(
+        self, path: PathT, message: str, hint: str | None = None, at_key: bool = False
+    ) -> None:
+        self.add(path, message, hint, at_key, warning=True)
 
 
 def check_chain_data(
@@ -74,7 +94,7 @@ def check_chain_data(
     locate: Locate | None = None,
 ) -> list[Problem]:
     """Semantic problems of a raw chain mapping (see module doc)."""
-    out = _Collector(file, locate)
+    out = _Collector(file, locate, base_dir)
     inputs = data.get("inputs") or {}
     input_names = [k for k in inputs if isinstance(k, str)] if isinstance(inputs, dict) else []
     steps = data.get("steps")
@@ -227,6 +247,7 @@ def _check_retriever(
                     f"unknown retriever type '{kind}'",
                     (hint + " " if hint else "") + "valid types: " + ", ".join(choices),
                 )
+    _check_index_path(out, retriever, path)
     query = retriever.get("query")
     if isinstance(query, str):
         for issue in check_template(query, available):
@@ -237,6 +258,22 @@ def _check_retriever(
             "a retriever needs a search query, and the chain declares no input",
             'add an input, or a query such as  query: "..."',
         )
+
+
+def _check_index_path(out: _Collector, retriever: dict[str, Any], path: PathT) -> None:
+    """An index folder (chroma, llamaindex) is resolved against the project root and must lie
+    in the chain's folder, the project or an allowed folder."""
+    folder = retriever.get("path")
+    if not isinstance(folder, str) or retriever.get("type") not in ("chroma", "llamaindex"):
+        return
+    if retriever.get("type") == "chroma" and retriever.get("host"):
+        return  # a server: the path is not used
+    from eslabon.project import load_project
+
+    try:
+        confine(folder, out.base_dir, "index path", load_project().root)
+    except PathNotAllowedError as exc:
+        out.add((*path, "path"), exc.message, exc.hint)
 
 
 LOCAL_EMBEDDINGS = {
@@ -258,6 +295,12 @@ def _check_embeddings(out: _Collector, data: dict[str, Any], base_dir: Path) -> 
         )
         return
     kind, _, name = ref.partition(":")
+    if kind in LOCAL_EMBEDDINGS:
+        try:
+            confine(name, base_dir, "embeddings model")
+        except PathNotAllowedError as exc:
+            out.add(("embeddings",), exc.message, exc.hint)
+            return
     if kind in LOCAL_EMBEDDINGS and not (base_dir / Path(name).expanduser()).exists():
         out.add(
             ("embeddings",),
@@ -289,17 +332,38 @@ def _check_ref(out: _Collector, ref: Any, path: PathT, base_dir: Path) -> None:
 
 
 def _check_params_in_mapping(out: _Collector, data: dict[str, Any], path: PathT) -> None:
-    # Extra keys of a model mapping go to the model constructor; catch typos of params there.
-    ref = data.get("model")
-    if not isinstance(ref, dict):
+    """Settings of a model mapping that its provider does not take, and literal keys."""
+    refs: list[tuple[Any, PathT]] = [(data.get("model"), path)]
+    fallbacks = data.get("fallbacks")
+    if isinstance(fallbacks, list):
+        refs += [(ref, (*path[:-1], "fallbacks", n)) for n, ref in enumerate(fallbacks)]
+    for ref, where in refs:
+        if isinstance(ref, dict):
+            _check_model_settings(out, ref, where)
+
+
+def _check_model_settings(out: _Collector, ref: dict[str, Any], path: PathT) -> None:
+    provider = ref.get("provider")
+    if not isinstance(provider, str):
         return
+    family = PROVIDER_SYNONYMS.get(provider.lower(), provider)
+    allowed = provider_settings(family)
     for key in ref:
-        if key in ("provider", "name") or key in PARAM_NAMES or not isinstance(key, str):
-            continue
-        # a high cutoff: other keys (base_url, max_retries, ...) are legitimate constructor kwargs
-        hint = did_you_mean(key, PARAM_NAMES, cutoff=0.85)
-        if hint:
-            out.add((*path, key), f"unknown model setting '{key}'", hint, at_key=True)
+        if key in MODEL_SETTINGS and key not in allowed:
+            why = " (it runs in-process)" if family in ("local", "llamacpp", "fake") else ""
+            out.add(
+                (*path, key),
+                f"'{key}' is not a setting of the {family} provider{why}",
+                f"settings here: {', '.join(allowed)}, plus params",
+                at_key=True,
+            )
+    if isinstance(ref.get("api_key"), str):
+        out.warn(
+            (*path, "api_key"),
+            "a key written in a chain file is shared with everyone who gets the file",
+            "remove it; set an environment variable and name it with api_key_env",
+            at_key=True,
+        )
 
 
 def _check_prompted(
@@ -322,8 +386,8 @@ def _check_prompted(
         for j, ex in enumerate(examples):
             if isinstance(ex, dict) and isinstance(ex.get("file"), str):
                 try:
-                    rows = load_example_file(base_dir / ex["file"])
-                except ExampleFileError as exc:
+                    rows = load_example_file(confine(ex["file"], base_dir, "examples file"))
+                except (ExampleFileError, PathNotAllowedError) as exc:
                     out.add((*path, "examples", j, "file"), exc.message, exc.hint)
                     continue
                 if not rows:
@@ -336,6 +400,27 @@ def _check_prompted(
             "add 'examples', or remove 'selector'",
         )
     _check_output_schema(out, data, path)
+
+
+_REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def external_refs(schema: Any, path: PathT = ()) -> list[tuple[PathT, str]]:
+    """Every reference in a JSON Schema that points outside it (a file, a URL): following one
+    would read a file or call a host at run time."""
+    found: list[tuple[PathT, str]] = []
+    stack: list[tuple[Any, PathT]] = [(schema, path)]
+    while stack:  # iterative: schemas built in code have no depth bound
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _REF_KEYS and not (isinstance(value, str) and value.startswith("#")):
+                    found.append(((*where, key), f"{key} {value!r} points outside the schema"))
+                else:
+                    stack.append((value, (*where, key)))
+        elif isinstance(node, list):
+            stack.extend((item, (*where, n)) for n, item in enumerate(node))
+    return sorted(found, key=lambda f: format_path(f[0]))
 
 
 def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> None:
@@ -359,13 +444,25 @@ def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> 
             at_key=True,
         )
         return
+    for where, message in external_refs(schema):
+        out.add(
+            (*path, "output_schema", *where),
+            message,
+            "a $ref may only point inside the schema, e.g. '#/$defs/Name': copy what it "
+            "refers to under $defs",
+        )
+    from eslabon.patterns import pattern_problems
+
+    for where, message in pattern_problems(schema):
+        at_key = where[-2:-1] == ("patternProperties",)  # the pattern is the key itself
+        out.add((*path, "output_schema", *where), message, at_key=at_key)
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        where = [str(p) for p in exc.absolute_path]
+        where = tuple(str(p) for p in exc.absolute_path)
         out.add(
             (*path, "output_schema", *where),
             f"not a valid JSON Schema: {exc.message}",

@@ -42,6 +42,35 @@ AllowImportOption = Annotated[
     list[str] | None,
     typer.Option("--allow-import", help="Let the chain file import code from this package."),
 ]
+AllowEndpointOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-endpoint",
+        help="Let the chain file send the provider's own key to this server (URL or host:port).",
+    ),
+]
+AllowKeyOption = Annotated[
+    list[str] | None,
+    typer.Option("--allow-key", help="VAR@URL: let api_key_env VAR go to this server."),
+]
+AllowPathOption = Annotated[
+    list[str] | None,
+    typer.Option("--allow-path", help="Let the chain file read files in this folder."),
+]
+
+
+def _grant(
+    endpoints: list[str] | None = None,
+    keys: list[str] | None = None,
+    paths: list[str] | None = None,
+) -> None:
+    """The command line's allowances, for this process (docs/security.md)."""
+    if endpoints or keys or paths:
+        from eslabon.allow import Allow, grant_for_process
+
+        grant_for_process(
+            Allow.of(endpoints=endpoints, keys=keys, paths=paths, source="the command line")
+        )
 
 
 def _report(exc: BaseException) -> int:
@@ -49,6 +78,11 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, EslabonError):
         typer.echo(redact(f"error: {exc}"), err=True)
         return 2 if isinstance(exc, UserError) else 1
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # a file the user named cannot be read or written (permissions, a full disk, a folder
+        # where a file should be): theirs to fix, not a crash
+        typer.echo(redact(f"error: {exc.filename}: {exc.strerror or exc}"), err=True)
+        return 2
     typer.echo(redact(f"error: {type(exc).__name__}: {exc}"), err=True)
     typer.echo("    (set ESLABON_DEBUG=1 to see the traceback)", err=True)
     return 1
@@ -76,9 +110,11 @@ def _is_examples_file(path: Path) -> bool:
     # Few-shot example files may live beside chain files: a list, or {examples: [...]} alone.
     import yaml
 
+    from eslabon.yamlsafe import YamlLimitError, load_bounded
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = load_bounded(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, YamlLimitError):
         return False  # let validation report it
     return isinstance(data, list) or (isinstance(data, dict) and set(data) == {"examples"})
 
@@ -86,9 +122,18 @@ def _is_examples_file(path: Path) -> bool:
 @app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Chain files or folders of them.")],
+    allow_path: AllowPathOption = None,
 ) -> None:
-    """Check chain files without calling any model; report every problem at once."""
+    """Check chain files without calling any model; report every problem at once.
+
+    Also says what chain files are allowed beyond the defaults, and who allowed it.
+    """
     from eslabon.loader import validate_file
+
+    try:
+        _grant(paths=allow_path)
+    except UserError as exc:
+        _fail(exc)
 
     files = _chain_files(paths)
     if not files:
@@ -96,24 +141,27 @@ def validate(
             "error: no chain files (.yaml, .yml) found in " + ", ".join(map(str, paths)), err=True
         )
         raise typer.Exit(2)
-    from eslabon.errors import ChainConfigError
     from eslabon.project import load_project
 
     total = bad = 0
     try:
         load_project()  # a broken eslabon.toml affects every chain: report it first
-    except ChainConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(problem.format())
-        total += len(exc.problems)
+        from eslabon.allow import current_allow
+
+        for line in current_allow().describe():
+            typer.echo(line, err=True)
+    except UserError as exc:
+        for problem in getattr(exc, "problems", None) or [str(exc)]:
+            typer.echo(problem if isinstance(problem, str) else problem.format())
+        total += len(getattr(exc, "problems", None) or [exc])
     for file in files:
         problems = validate_file(file)
-        total += len(problems)
-        bad += bool(problems)
-        if problems:
-            for problem in problems:
-                typer.echo(problem.format())
-        else:
+        errors = [p for p in problems if not p.warning]
+        total += len(errors)
+        bad += bool(errors)
+        for problem in problems:
+            typer.echo(problem.format())
+        if not errors:
             typer.echo(f"ok  {file}")
     if total:
         typer.echo(
@@ -179,12 +227,16 @@ def run(
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     allow_import: AllowImportOption = None,
+    allow_endpoint: AllowEndpointOption = None,
+    allow_key: AllowKeyOption = None,
+    allow_path: AllowPathOption = None,
 ) -> None:
     """Run a chain file and print each step's output.
 
     Piped standard input fills the chain's one required input when -i does not give it.
     """
     try:
+        _grant(allow_endpoint, allow_key, allow_path)
         from eslabon.models import load_env
 
         load_env()
@@ -228,9 +280,11 @@ def _model_option(text: str | None) -> Any:
         return text
     import yaml
 
+    from eslabon.yamlsafe import YamlLimitError, load_bounded
+
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        data = load_bounded(text)
+    except (yaml.YAMLError, YamlLimitError) as exc:
         raise UserError(f"--model: not a valid mapping: {exc}") from None
     if not isinstance(data, dict):
         raise UserError("--model: expected a mapping such as '{provider: openai, name: ...}'")
@@ -336,12 +390,14 @@ def render(
     inputs: InputsOption = None,
     step: Annotated[str | None, typer.Option("--step", help="Only this step.")] = None,
     allow_import: AllowImportOption = None,
+    allow_path: AllowPathOption = None,
 ) -> None:
     """Print the exact request body each step would send to a provider (no network, no key).
 
     Earlier steps' outputs appear as <output of ID>; inputs not given as <input NAME>.
     """
     try:
+        _grant(paths=allow_path)
         values = _parse_inputs(inputs or [])
         from eslabon.loader import load_spec
         from eslabon.render import render_requests
@@ -416,17 +472,20 @@ def search(
 
 def _rate_option(text: str | None) -> float | None:
     """--rate takes '5', '5/s' or '300/min'."""
+    import math
+
     if text is None:
         return None
     number, _, unit = text.strip().partition("/")
     per = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0}.get(unit.strip())
     try:
-        value = float(number)
+        value = float(number) / (per or 1.0)
     except ValueError:
         value = 0.0
-    if per is None or value <= 0:
+    # nan, inf (1e400) and 0 would leave the rate limiter waiting forever
+    if per is None or not math.isfinite(value) or value <= 0:
         raise UserError(f"--rate {text!r}: write requests per second, e.g. 5/s or 300/min")
-    return value / per
+    return value
 
 
 @app.command()
@@ -449,6 +508,9 @@ def batch(
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run on this model.")] = None,
     allow_import: AllowImportOption = None,
+    allow_endpoint: AllowEndpointOption = None,
+    allow_key: AllowKeyOption = None,
+    allow_path: AllowPathOption = None,
 ) -> None:
     """Run a chain over every row of INPUTS, concurrently; each finished row is a line in OUT.
 
@@ -456,6 +518,7 @@ def batch(
     A failed row is recorded with its error and the batch goes on.
     """
     try:
+        _grant(allow_endpoint, allow_key, allow_path)
         from eslabon.models import load_env
 
         load_env()
@@ -591,9 +654,13 @@ def ui(
     ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 7860,
     allow_import: AllowImportOption = None,
+    allow_endpoint: AllowEndpointOption = None,
+    allow_key: AllowKeyOption = None,
+    allow_path: AllowPathOption = None,
 ) -> None:
     """A web playground for chain files on http://127.0.0.1:PORT (extra: ui)."""
     try:
+        _grant(allow_endpoint, allow_key, allow_path)
         from eslabon.models import load_env
         from eslabon.ui import serve
 
@@ -619,12 +686,16 @@ def chat(
     ] = "default",
     model: Annotated[str | None, typer.Option("--model", "-m", help="Talk to this model.")] = None,
     allow_import: AllowImportOption = None,
+    allow_endpoint: AllowEndpointOption = None,
+    allow_key: AllowKeyOption = None,
+    allow_path: AllowPathOption = None,
 ) -> None:
     """Talk to a chain: each line you type is a turn; answers stream back and are remembered.
 
     Piped standard input works too: one turn per line, one answer per turn.
     """
     try:
+        _grant(allow_endpoint, allow_key, allow_path)
         from eslabon.models import load_env
 
         load_env()
@@ -695,6 +766,7 @@ def models() -> None:
     """Show providers: is the extra installed, is the key set (never the key itself)."""
     import importlib.util
 
+    from eslabon.errors import hide_secrets
     from eslabon.models import ENV_MODEL, load_env
     from eslabon.modelspec import ALIASES, PROVIDERS, ModelRefError, parse_model_ref
     from eslabon.project import load_project
@@ -707,7 +779,8 @@ def models() -> None:
     for alias in sorted({*ALIASES, *project.models}):
         try:
             spec = parse_model_ref(alias)
-            target = spec.label + (f" {spec.kwargs}" if spec.kwargs else "")
+            shown = hide_secrets(spec.kwargs)  # an alias's literal api_key is never printed
+            target = spec.label + (f" {shown}" if shown else "")
         except ModelRefError as exc:
             target = f"error: {exc.message}"
         where = "eslabon.toml" if alias in project.models else "built-in"

@@ -34,6 +34,7 @@ from langchain_core.runnables.config import (
 from langchain_core.runnables.utils import AddableDict, coro_with_context
 from pydantic import BaseModel, Field, create_model
 
+from eslabon.allow import Allow, allowing
 from eslabon.errors import (
     EslabonError,
     InputError,
@@ -186,9 +187,12 @@ class CompiledStep:
     def translate(self, exc: BaseException) -> EslabonError | None:
         """The eslabon error for a provider failure in this step (None: not one we map)."""
         if self.origin is not None:
+            from eslabon.models import withheld_key_hint
+
             spec = self.origin
             var = spec.kwargs.get("api_key_env") or spec.info.env_var
-            return translate_model_error(exc, spec.provider, spec.name, var)
+            hint = withheld_key_hint(spec)
+            return translate_model_error(exc, spec.provider, spec.name, var, hint)
         name = str(getattr(self.model, "model_name", "") or getattr(self.model, "model", ""))
         return translate_model_error(exc, getattr(self.model, "_llm_type", "model"), name)
 
@@ -233,11 +237,25 @@ def compile_chain(
     model: Any = None,
     allow_imports: list[str] | None = None,
     model_settings: dict[str, Any] | None = None,
+    allow: Allow | None = None,
 ) -> CompiledChain:
     """Compile a checked spec. ``model`` overrides every model in it (see :mod:`eslabon.models`);
     ``allow_imports`` lists packages whose code the chain file may import (see
-    :mod:`eslabon.imports`); ``model_settings`` are set on every chat model (fallbacks too),
+    :mod:`eslabon.imports`); ``allow`` grants more (endpoints and keys, folders: see
+    :mod:`eslabon.allow`); ``model_settings`` are set on every chat model (fallbacks too),
     e.g. ``{"rate_limiter": ..., "cache": ...}``."""
+    with allowing(allow):
+        compiled = _compile(spec, model, allow_imports, model_settings)
+    compiled.compiled_with["allow"] = allow
+    return compiled
+
+
+def _compile(
+    spec: Chain,
+    model: Any,
+    allow_imports: list[str] | None,
+    model_settings: dict[str, Any] | None,
+) -> CompiledChain:
     spec.check()
     base_dir = spec.base_dir
     chain_ref, overridden = resolve_model_ref(model, spec.model)
@@ -257,8 +275,11 @@ def compile_chain(
         # an explicit model replaces every model in the file, fallbacks included
         fallbacks = [] if overridden else (step.fallbacks or spec.fallbacks or [])
         key = repr((ref, sorted(params.items()), retry, fallbacks))
+        trusted = overridden  # the caller's model; the file's own are bounded (docs/security.md)
         if key not in built:  # steps with the same model and settings share one instance
-            built[key] = _step_model(ref, params, retry, fallbacks, base_dir, None, settings)
+            built[key] = _step_model(
+                ref, params, retry, fallbacks, base_dir, None, settings, trusted
+            )
         model_, origin_ = built[key]
         own = _retrieval(spec, step.retriever, step.id, allowed) if spec.steps else None
         prompt = step_prompt(step, base_dir, spec.embeddings)
@@ -267,7 +288,9 @@ def compile_chain(
         if step.output_schema is not None:
             schema = resolve_output_schema(step.output_schema, step.id, allowed)
             adapted = _adapted(step.id, partial(_structured, schema=schema))
-            answer = _step_model(ref, params, retry, fallbacks, base_dir, adapted, settings)[0]
+            answer = _step_model(
+                ref, params, retry, fallbacks, base_dir, adapted, settings, trusted
+            )[0]
             # without retry: one correction round, as pydantic-ai and instructor do by default
             structured = (answer, schema, retry.attempts if retry else 2)
         elif step.tools:
@@ -275,7 +298,9 @@ def compile_chain(
 
             tools = load_tools(step.tools, allowed, step.id)
             adapted = _adapted(step.id, partial(_bind_tools, tools=tools))
-            with_tools = _step_model(ref, params, retry, fallbacks, base_dir, adapted, settings)[0]
+            with_tools = _step_model(
+                ref, params, retry, fallbacks, base_dir, adapted, settings, trusted
+            )[0]
             limit = step.max_tool_calls or DEFAULT_MAX_TOOL_CALLS
             loop = ToolLoop(with_tools, model_, tools, limit)
         compiled_step = CompiledStep(step.id, prompt, model_, origin_, own, structured, loop)
@@ -296,8 +321,8 @@ def _retrieval(
     from eslabon.project import load_project
     from eslabon.retrieval import build_embeddings, build_retriever
 
-    embeddings = build_embeddings(spec.embeddings, spec.base_dir)
-    built = build_retriever(retriever, embeddings, load_project().root, allowed)
+    embeddings = build_embeddings(spec.embeddings, spec.base_dir, from_chain_file=True)
+    built = build_retriever(retriever, embeddings, load_project().root, allowed, spec.base_dir)
     query = retriever.query or "{" + spec.input_names()[0] + "}"
     return Retrieval(built, query, step)
 
@@ -354,16 +379,20 @@ def _step_model(
     base_dir: Path,
     adapt: Adapt | None = None,
     settings: dict[str, Any] | None = None,
+    trusted: bool = False,
 ) -> tuple[Runnable[Any, Any], ModelSpec | None]:
     """The step's model (each fallback too) built, given ``settings``, adapted, then wrapped in
-    retry/fallbacks."""
+    retry/fallbacks. ``trusted``: ``ref`` comes from the user, not the chain file (fallbacks
+    always come from the file)."""
 
-    def build(one: Any, where: str) -> tuple[Runnable[Any, Any], ModelSpec | None]:
+    def build(
+        one: Any, where: str, trusted: bool = False
+    ) -> tuple[Runnable[Any, Any], ModelSpec | None]:
         if is_chat_model(one):
             if settings:
                 one = one.model_copy(update=settings)
             return (adapt(one, None) if adapt else one), None
-        origin = parse_or_raise(one, base_dir, where)
+        origin = parse_or_raise(one, base_dir, where, trusted=trusted)
         resilient = retry or fallbacks
         if resilient and origin.provider in _SDK_RETRIES and "max_retries" not in origin.kwargs:
             origin = replace(origin, kwargs={**origin.kwargs, "max_retries": 0})
@@ -372,7 +401,7 @@ def _step_model(
             model = model.model_copy(update=settings)
         return (adapt(model, origin) if adapt else model), origin
 
-    model, origin = build(ref, "model")
+    model, origin = build(ref, "model", trusted)
     if not retry and not fallbacks:
         return model, origin
     from eslabon.resilience import wrap
@@ -386,28 +415,40 @@ def _label(ref: Any) -> str:
 
 
 def sqlite_cache(path: str | Path) -> Any:
-    """LangChain's SQLite LLM cache at ``path`` (langchain-community, in the rag extra)."""
+    """LangChain's SQLite LLM cache at ``path`` (langchain-community, in the rag extra), whose
+    errors never fail a call (:mod:`eslabon.cache`)."""
     try:
-        from langchain_community.cache import SQLiteCache
+        from eslabon.cache import SafeSQLiteCache
     except ImportError:
         from eslabon.errors import MissingDependencyError
 
         raise MissingDependencyError("--cache", "rag", "langchain-community") from None
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteCache(database_path=str(path))
+    return SafeSQLiteCache(path)
 
 
 def load_chain(
-    path: str | Path, model: Any = None, allow_imports: list[str] | None = None
+    path: str | Path,
+    model: Any = None,
+    allow_imports: list[str] | None = None,
+    allow: Allow | None = None,
 ) -> CompiledChain:
     """Load a chain file and compile it into a Runnable.
 
     ``model`` (a ``provider:model`` string, alias, mapping or a LangChain chat model) overrides
     the models in the file; otherwise ``ESLABON_MODEL``, then the file's ``model``, then
     ``local``. ``allow_imports`` lists the packages whose code the file may import (off by
-    default).
+    default); ``allow`` grants endpoints, keys and folders (see :mod:`eslabon.allow`).
     """
-    return compile_chain(Chain.from_yaml(Path(path)), model=model, allow_imports=allow_imports)
+    with allowing(allow):
+        return _load_chain(path, model, allow_imports, allow)
+
+
+def _load_chain(
+    path: str | Path, model: Any, allow_imports: list[str] | None, allow: Allow | None
+) -> CompiledChain:
+    return compile_chain(
+        Chain.from_yaml(Path(path)), model=model, allow_imports=allow_imports, allow=allow
+    )
 
 
 class History:
@@ -559,8 +600,16 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
                 f"chain '{self.name}' takes a dict with its inputs "
                 f"({', '.join(self._inputs) or 'none'}), got {type(given).__name__}"
             )
+        nulls = [k for k, v in given.items() if v is None]
+        if nulls:  # JSON null / None: not a value (never the text "None"); a default may apply
+            given = {k: v for k, v in given.items() if v is not None}
         values = {**self._defaults, **given}
         missing = [n for n in self._inputs if n not in values]
+        if missing and any(n in nulls for n in missing):
+            raise InputError(
+                f"chain '{self.name}': input {', '.join(repr(n) for n in missing if n in nulls)} "
+                "is null; give it a text value"
+            )
         if missing:
             lines = []
             for name in missing:

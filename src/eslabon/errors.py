@@ -33,6 +33,7 @@ __all__ = [
     "RateLimitedError",
     "UserError",
     "add_secret",
+    "hide_secrets",
     "redact",
     "translate_model_error",
 ]
@@ -42,18 +43,38 @@ _SECRETS: set[str] = set()
 
 
 def add_secret(value: str) -> None:
-    """Remember a key eslabon handed to a client (e.g. from ``api_key_env``) for :func:`redact`."""
-    if len(value) >= 8:
+    """Remember a key eslabon handed to a client (from the environment, a mapping, an alias)
+    for :func:`redact`, whatever its length."""
+    if value and value.strip():
         _SECRETS.add(value)
+
+
+_SHORT = 8  # below this, a key is replaced only where it stands alone, not inside other words
 
 
 def redact(text: str) -> str:
     """Replace known keys and the values of secret-looking environment variables with ***."""
-    values = {v for k, v in os.environ.items() if len(v) >= 8 and _SECRET_NAME.search(k)}
+    # secret-looking variables eslabon never used: only long values (a short one such as
+    # PASSWORD_MIN_LENGTH=8 would blank every "8"); keys eslabon used are in _SECRETS
+    values = {v for k, v in os.environ.items() if len(v) >= _SHORT and _SECRET_NAME.search(k)}
     for value in sorted(values | _SECRETS, key=len, reverse=True):
-        if value in text:
+        if value not in text:
+            continue
+        if len(value) >= _SHORT:
             text = text.replace(value, "***")
+        else:
+            text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "***", text)
     return text
+
+
+def is_secret_setting(name: str) -> bool:
+    """Whether a setting's name says it holds a secret (``api_key``, ``token``, headers...)."""
+    return bool(_SECRET_NAME.search(name)) or name.lower() in ("headers", "default_headers")
+
+
+def hide_secrets(settings: dict[str, object]) -> dict[str, object]:
+    """``settings`` with the values of secret-looking settings shown as ***."""
+    return {k: "***" if is_secret_setting(k) and v else v for k, v in settings.items()}
 
 
 class EslabonError(Exception):
@@ -78,6 +99,7 @@ class Problem:
     line: int | None = None  # 1-based
     col: int | None = None  # 1-based
     hint: str | None = None
+    warning: bool = False  # worth saying, but the chain still runs
 
     def location(self) -> str:
         where = self.file or "<chain>"
@@ -86,7 +108,7 @@ class Problem:
         return where
 
     def format(self) -> str:
-        head = f"{self.location()}: "
+        head = f"{self.location()}: " + ("warning: " if self.warning else "")
         if self.path:
             head += f"{self.path}: "
         text = head + self.message
@@ -201,7 +223,11 @@ _CONTEXT = re.compile(
 
 
 def translate_model_error(
-    exc: BaseException, provider: str, model: str, env_var: str | None = None
+    exc: BaseException,
+    provider: str,
+    model: str,
+    env_var: str | None = None,
+    key_hint: str | None = None,
 ) -> EslabonError | None:
     """Map a provider failure to eslabon's hierarchy; None when it is not one we recognize.
 
@@ -218,7 +244,7 @@ def translate_model_error(
         status = getattr(exc, "code", None) if isinstance(getattr(exc, "code", None), int) else None
     detail = redact(str(exc)).strip().splitlines()[0][:300] if str(exc).strip() else ""
     where = f"{provider}:{model}" if model else provider
-    key_hint = f"check {env_var}" if env_var else "check the key"
+    key_hint = key_hint or (f"check {env_var}" if env_var else "check the key")
     if (
         isinstance(exc, lc.ModelAuthenticationError | lc.ModelPermissionDeniedError)
         or status in (401, 403)

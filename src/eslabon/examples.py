@@ -13,6 +13,7 @@ from typing import Any
 __all__ = ["ExampleFileError", "load_example_file", "load_examples"]
 
 SUFFIXES = (".jsonl", ".yaml", ".yml", ".csv")
+MAX_EXAMPLES_BYTES = 5_000_000  # few-shot examples all go into one prompt; 5 MB is plenty
 
 
 class ExampleFileError(ValueError):
@@ -41,6 +42,26 @@ def _pair(row: Any, where: str) -> dict[str, str]:
     return {"input": str(row["input"]), "output": str(row["output"])}
 
 
+def _read(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_EXAMPLES_BYTES:
+            raise ExampleFileError(
+                f"{path.name} is {size:,} bytes; examples files may be up to "
+                f"{MAX_EXAMPLES_BYTES:,} bytes",
+                "keep a few good examples; a selector picks among them",
+            )
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ExampleFileError(
+            f"{path.name} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+            "save it as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise ExampleFileError(f"cannot read {path.name}: {exc.strerror}") from None
+
+
 def load_example_file(path: Path) -> list[dict[str, str]]:
     """Read ``{input, output}`` rows from a .jsonl, .yaml/.yml or .csv file."""
     if path.suffix.lower() not in SUFFIXES:
@@ -51,7 +72,7 @@ def load_example_file(path: Path) -> list[dict[str, str]]:
         raise ExampleFileError(
             f"examples file not found: {path}", "paths are relative to the chain file"
         )
-    text = path.read_text(encoding="utf-8")
+    text = _read(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
@@ -62,14 +83,24 @@ def load_example_file(path: Path) -> list[dict[str, str]]:
                 rows.append(_pair(json.loads(line), f"{path.name} line {n}"))
             except json.JSONDecodeError as exc:
                 raise ExampleFileError(f"{path.name} line {n}: invalid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise ExampleFileError(f"{path.name} line {n}: values nest too deeply") from None
         return rows
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
-        return [_pair(dict(r), f"{path.name} row {n}") for n, r in enumerate(reader, 2)]
+        try:
+            return [_pair(dict(r), f"{path.name} row {n}") for n, r in enumerate(reader, 2)]
+        except csv.Error as exc:
+            raise ExampleFileError(f"{path.name}: not valid CSV: {exc}") from None
     import yaml
 
+    from eslabon.yamlsafe import YamlLimitError, load_bounded
+
     try:
-        data = yaml.safe_load(text)
+        data = load_bounded(text, MAX_EXAMPLES_BYTES)
+    except YamlLimitError as exc:
+        where = f" (line {exc.line})" if exc.line else ""
+        raise ExampleFileError(f"{path.name}{where}: {exc.message}", exc.hint) from None
     except yaml.YAMLError as exc:
         raise ExampleFileError(f"{path.name}: invalid YAML: {exc}") from None
     if isinstance(data, dict) and "examples" in data:
@@ -80,12 +111,16 @@ def load_example_file(path: Path) -> list[dict[str, str]]:
 
 
 def load_examples(refs: list[Any], base_dir: Path) -> list[dict[str, str]]:
-    """Expand inline pairs and ``{file: ...}`` references into a flat list of pairs."""
+    """Expand inline pairs and ``{file: ...}`` references into a flat list of pairs. Files
+    must lie in the chain's folder or the project (see :mod:`eslabon.paths`)."""
+    from eslabon.paths import confine
+
     out: list[dict[str, str]] = []
     for ref in refs:
         data = ref.model_dump() if hasattr(ref, "model_dump") else ref
         if "file" in data:
-            out.extend(load_example_file(base_dir / str(data["file"])))
+            path = confine(str(data["file"]), base_dir, "examples file")
+            out.extend(load_example_file(path))
         else:
             out.append({"input": str(data["input"]), "output": str(data["output"])})
     return out

@@ -65,13 +65,25 @@ class SQLiteChatHistory(BaseChatMessageHistory):
     def __init__(self, path: str | Path, session_id: str) -> None:
         self.path = Path(path)
         self.session_id = session_id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " session TEXT NOT NULL, message TEXT NOT NULL)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS by_session ON messages (session, id)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                    " session TEXT NOT NULL, message TEXT NOT NULL)"
+                )
+                db.execute("CREATE INDEX IF NOT EXISTS by_session ON messages (session, id)")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise self._unusable(exc) from None
+
+    def _unusable(self, exc: BaseException) -> Exception:
+        from eslabon.errors import UserError
+
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return UserError(
+            f"cannot use the conversation store {self.path}: {reason}\n"
+            "    fix: move that file away (a new one is made), or pass another store"
+        )
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=10)

@@ -34,10 +34,11 @@ def is_allowed(module: str, allowed: Iterable[str]) -> bool:
 
 
 def allowed_imports(explicit: Iterable[str] | None = None) -> list[str]:
-    """The caller's allowlist plus ``[allow] imports`` from the project's eslabon.toml."""
-    from eslabon.project import load_project
+    """The caller's allowlist plus the allowances in force (``--allow-import`` through
+    :func:`eslabon.allow.allowing`, and ``[allow] imports`` from the project's eslabon.toml)."""
+    from eslabon.allow import current_allow
 
-    return [*(explicit or ()), *load_project().allow_imports]
+    return [*(explicit or ()), *current_allow().import_names()]
 
 
 def resolve_import(path: str, allowed: Iterable[str], what: str = "code") -> Any:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from eslabon.checks import PathT, check_chain_data, format_path
-from eslabon.errors import ChainConfigError, Problem
+from eslabon.errors import ChainConfigError, Problem, is_secret_setting
 from eslabon.spec import (
     RETRIEVER_TYPES,
     SELECTOR_TYPES,
@@ -25,6 +25,7 @@ from eslabon.spec import (
     LlamaIndexRetrieverSpec,
     MemoryRetriever,
     MMRSelector,
+    ModelMapping,
     NGramSelector,
     Params,
     SemanticSelector,
@@ -33,6 +34,7 @@ from eslabon.spec import (
     validate_quietly,
 )
 from eslabon.suggest import did_you_mean
+from eslabon.yamlsafe import MAX_FILE_BYTES, YamlLimitError, compose_bounded, construct
 
 __all__ = ["load_spec", "load_spec_text", "problems_from_validation", "validate_file"]
 
@@ -74,15 +76,19 @@ class _Positions:
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, _Positions]:
-    # SafeLoader only: the same loader yaml.safe_load uses, kept so we also get node positions.
-    loader = yaml.SafeLoader(text)
+    # SafeLoader only (what yaml.safe_load uses), bounded in size, depth and alias expansion,
+    # and kept as nodes first so every key and value has its position.
     try:
-        node = loader.get_single_node()
+        node = compose_bounded(text)
         positions = _Positions()
         if node is None:
             return None, positions
         positions.walk(node, ())
-        data = loader.construct_document(node)
+        data = construct(node)
+    except YamlLimitError as exc:
+        raise ChainConfigError(
+            [Problem(exc.message, file=file, line=exc.line, col=exc.col, hint=exc.hint)]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -98,8 +104,6 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, _Positions]:
                 )
             ]
         ) from None
-    finally:
-        loader.dispose()
     return data, positions
 
 
@@ -111,6 +115,8 @@ def _allowed_keys(path: PathT, data: Any) -> list[str]:
         return list(Chain.model_fields)
     if n == 2 and path[0] == "steps":
         return list(Step.model_fields)
+    if path[-1] == "model" or (n >= 2 and path[-2] == "fallbacks"):
+        return list(ModelMapping.model_fields)
     if path[-1] == "params":
         return list(Params.model_fields)
     if n >= 2 and path[-2] == "inputs":
@@ -199,6 +205,8 @@ def problems_from_validation(
         if kind == "missing" and path in typo_fixes:
             continue
         value = err.get("input")
+        if any(isinstance(part, str) and is_secret_setting(part) for part in path):
+            value = "***"  # a key given the wrong type is still a key: never echoed
         at_key = False
         hint: str | None = None
         path_for_pos = path
@@ -209,6 +217,11 @@ def problems_from_validation(
             valid = ", ".join(allowed)
             message = f"unknown key '{key}'"
             hint = (hint + " " if hint else "") + f"valid keys here: {valid}"
+            if set(allowed) == set(ModelMapping.model_fields):
+                hint += (
+                    "; other settings of the model's class can only be given in an alias in "
+                    "your eslabon.toml (a chain file cannot change how eslabon connects)"
+                )
             at_key = True
         elif kind == "missing":
             message = f"missing required key '{path[-1]}'"
@@ -328,10 +341,11 @@ def _validate_data(
     except ValidationError as exc:
         problems += problems_from_validation(exc, data, file, positions)
     problems += check_chain_data(data, base_dir, file, positions.locate)
-    if problems:
-        problems.sort(key=lambda p: (p.line or 0, p.col or 0))
+    problems.sort(key=lambda p: (p.line or 0, p.col or 0))
+    if any(not p.warning for p in problems):
         raise ChainConfigError(problems)
     assert spec is not None
+    spec._warnings = problems
     if spec.name is None and source is not None:
         spec.name = source.stem
     spec._source = source
@@ -343,6 +357,17 @@ def load_spec(path: str | Path) -> Chain:
     p = Path(path)
     file = str(path)
     try:
+        if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+            raise ChainConfigError(
+                [
+                    Problem(
+                        f"the file is {p.stat().st_size:,} bytes; eslabon reads chain files up "
+                        f"to {MAX_FILE_BYTES:,} bytes",
+                        file=file,
+                        hint="move long texts into example or document files",
+                    )
+                ]
+            )
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ChainConfigError(
@@ -352,6 +377,8 @@ def load_spec(path: str | Path) -> Chain:
         raise ChainConfigError([Problem("is a folder, not a chain file", file=file)]) from None
     except UnicodeDecodeError as exc:
         raise ChainConfigError([Problem(f"not UTF-8 text ({exc.reason})", file=file)]) from None
+    except OSError as exc:
+        raise ChainConfigError([Problem(f"cannot read: {exc.strerror}", file=file)]) from None
     data, positions = _parse_yaml(text, file)
     return _validate_data(data, file, positions, p.resolve().parent, p.resolve())
 
@@ -363,9 +390,11 @@ def load_spec_text(text: str, base_dir: str | Path | None = None, file: str = "<
 
 
 def validate_file(path: str | Path) -> list[Problem]:
-    """Every problem in one chain file (empty when valid). Calls no model."""
+    """Every problem in one chain file, warnings included (empty when all is well). Calls no
+    model. Never raises for a file's content, so one bad file cannot stop a folder's check."""
     try:
-        load_spec(path)
+        return list(load_spec(path).warnings)
     except ChainConfigError as exc:
         return exc.problems
-    return []
+    except (RecursionError, MemoryError) as exc:  # a limit the checks above did not foresee
+        return [Problem(f"cannot check this file: {type(exc).__name__}", file=str(path))]

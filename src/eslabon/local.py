@@ -108,11 +108,13 @@ def _load(
 
 
 def _value_error(exc: ValueError, model: ChatLlamaCppLocal) -> ModelError:
-    # llama-cpp-python reports an over-long prompt as a ValueError ("exceed context window")
-    if "context window" in str(exc):
+    # llama-cpp-python reports an over-long prompt as a ValueError ("exceed context window"),
+    # or, when n_ctx is below llama.cpp's own minimum, as numpy's "could not broadcast"
+    if "context window" in str(exc) or "could not broadcast" in str(exc):
+        detail = f": {exc}" if "context window" in str(exc) else ""  # numpy's words help no one
         return ContextLengthError(
             f"the prompt does not fit the context window of {Path(model.model_path).name} "
-            f"(n_ctx={model.n_ctx}): {exc}\n"
+            f"(n_ctx={model.n_ctx}){detail}\n"
             "    fix: shorten the inputs, lower max_tokens, or raise n_ctx in the model mapping",
             "local",
         )
@@ -143,14 +145,38 @@ _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
+# Counted repetitions nest one group per optional item in the grammar ("(c (c (c)?)?)?"), and
+# llama.cpp parses that nesting recursively: maxLength 2000 segfaulted, 1000 did not.
+_GRAMMAR_MAX_COUNT = 500
+_COUNTS = ("maxLength", "maxItems")
+
+
+def _grammar_schema(schema: Any) -> Any:
+    """``schema`` as the grammar may take it: no ``pattern`` (llama-cpp-python's regex-to-grammar
+    translation segfaults on ``\\d``, and nested counts such as ``^(x{0,30}){0,30}$`` took 23 s
+    for 40 tokens) and no count above ``_GRAMMAR_MAX_COUNT``. eslabon still validates the answer
+    against the whole schema, and asks again when it does not match."""
+    from eslabon.patterns import walk_schemas, without_patterns
+
+    bounded = without_patterns(schema)
+    for _, sub in walk_schemas(bounded):
+        for key in _COUNTS:
+            if isinstance(sub.get(key), int) and sub[key] > _GRAMMAR_MAX_COUNT:
+                del sub[key]
+    return bounded
+
+
 def _grammar(schema: dict[str, Any]) -> Any:
     """llama.cpp grammar for ``schema`` (cached: building one takes milliseconds)."""
     key = json.dumps(schema)  # key order kept: the grammar writes properties in this order
     if key not in _GRAMMARS:
         from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
-        text = json_schema_to_gbnf(key)
-        assert _LOOSE_CHAR in text, "llama-cpp-python changed its JSON grammar"
+        text = json_schema_to_gbnf(json.dumps(_grammar_schema(schema)))
+        # a schema without free text (only numbers, enums, ...) has no char rule to tighten
+        assert "char ::=" not in text or _LOOSE_CHAR in text, (
+            "llama-cpp-python changed its JSON grammar"
+        )
         _GRAMMARS[key] = LlamaGrammar.from_string(
             text.replace(_LOOSE_CHAR, _JSON_CHAR), verbose=False
         )

@@ -20,19 +20,29 @@ from eslabon.errors import (
     Problem,
     UserError,
     add_secret,
+    is_secret_setting,
     redact,
 )
-from eslabon.modelspec import PROVIDERS, ModelRefError, ModelSpec, parse_model_ref
-from eslabon.spec import PARAM_NAMES
+from eslabon.modelspec import (
+    PROVIDERS,
+    ModelRefError,
+    ModelSpec,
+    gguf_path,
+    key_destination,
+    parse_model_ref,
+)
+from eslabon.spec import LOCAL_SETTINGS, MODEL_SETTINGS, PARAM_NAMES, provider_settings
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
 __all__ = [
     "DEFAULT_MODEL",
+    "KeyNotAllowedError",
     "build_from_spec",
     "build_model",
     "is_chat_model",
+    "key_refusal",
     "load_env",
     "parse_or_raise",
     "resolve_model_ref",
@@ -66,9 +76,11 @@ def resolve_model_ref(override: Any, file_ref: Any) -> tuple[Any, bool]:
     return (file_ref if file_ref is not None else DEFAULT_MODEL), False
 
 
-def parse_or_raise(ref: Any, base_dir: Path | None, where: str) -> ModelSpec:
+def parse_or_raise(
+    ref: Any, base_dir: Path | None, where: str, *, trusted: bool = False
+) -> ModelSpec:
     try:
-        return parse_model_ref(ref, base_dir)
+        return parse_model_ref(ref, base_dir, trusted=trusted)
     except ModelRefError as exc:
         raise ChainConfigError([Problem(exc.message, path=where, hint=exc.hint)]) from None
 
@@ -83,19 +95,22 @@ def build_model(
     """
     if is_chat_model(ref):
         return ref
-    return build_from_spec(parse_or_raise(ref, base_dir, "model"), params, base_dir)
+    # the caller's own code names this model: its settings are used as written
+    return build_from_spec(parse_or_raise(ref, base_dir, "model", trusted=True), params, base_dir)
 
 
 def build_from_spec(
     spec: ModelSpec, params: dict[str, Any] | None = None, base_dir: Path | None = None
 ) -> BaseChatModel:
     """Build the chat model a parsed :class:`ModelSpec` describes."""
+    _check_settings(spec)
     if "base_urls" in spec.kwargs:
         return _build_pool(spec, params, base_dir)
     kwargs = dict(spec.kwargs)
     kwargs.pop("structured_method", None)  # read when output_schema is bound (compile.py)
     merged = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAM_NAMES}
     merged.update(params or {})
+    merged = _checked_params(merged)
     if spec.provider == "fake":
         from eslabon.fake import EchoChatModel, FakeChatModel
 
@@ -141,9 +156,77 @@ def is_chat_model(obj: Any) -> TypeGuard[BaseChatModel]:
     return isinstance(obj, BaseChatModel)
 
 
-# What a local/llamacpp model mapping may set besides params (anything else is a mistake that
-# llama.cpp would silently ignore, so it is reported instead).
-LOCAL_SETTINGS = ("n_ctx", "n_threads", "repeat_penalty")
+def _problems(exc: Any, prefix: str = "model") -> ChainConfigError:
+    """A pydantic ValidationError as eslabon's error, one problem per field."""
+    return ChainConfigError(
+        [
+            Problem(
+                f"{e['msg'][0].lower()}{e['msg'][1:]} (got {_shown(e)})",
+                path=".".join([prefix, *map(str, e["loc"])]),
+            )
+            for e in exc.errors(include_url=False)
+        ]
+    )
+
+
+def _shown(error: Any) -> str:
+    """A wrong value as an error shows it; a key's never (whatever its type)."""
+    if any(isinstance(part, str) and is_secret_setting(part) for part in error["loc"]):
+        return "***"
+    return repr(error.get("input"))
+
+
+def _checked_params(merged: dict[str, Any]) -> dict[str, Any]:
+    """Params however they were given (a model mapping, params:, --model) pass one check."""
+    from pydantic import ValidationError
+
+    from eslabon.spec import Params
+
+    try:
+        return Params.model_validate(merged).set_values()
+    except ValidationError as exc:
+        raise _problems(exc) from None
+
+
+def _check_settings(spec: ModelSpec) -> None:
+    """The settings a chain file may give a model, checked as ``validate`` checks them; a chain
+    file's mapping may hold nothing else (its loader refuses other keys; this covers specs
+    built in code)."""
+    from pydantic import ValidationError
+
+    from eslabon.spec import ModelMapping
+
+    known = {k: v for k, v in spec.kwargs.items() if k in MODEL_SETTINGS}
+    allowed = provider_settings(spec.provider)
+    if wrong := [k for k in known if k not in allowed]:
+        why = " (it runs in-process)" if spec.provider in ("local", "llamacpp", "fake") else ""
+        raise ChainConfigError(
+            [
+                Problem(
+                    f"'{wrong[0]}' is not a setting of the {spec.provider} provider{why}",
+                    path=f"model.{wrong[0]}",
+                    hint=f"settings here: {', '.join(allowed)}, plus params",
+                )
+            ]
+        )
+    try:
+        ModelMapping.model_validate({"provider": spec.provider, **known})
+    except ValidationError as exc:
+        raise _problems(exc) from None
+    if spec.trusted:
+        return
+    other = [k for k in spec.kwargs if k not in MODEL_SETTINGS and k not in PARAM_NAMES]
+    if other:
+        raise ChainConfigError(
+            [
+                Problem(
+                    f"'{other[0]}' cannot be set by a chain file",
+                    path=f"model.{other[0]}",
+                    hint="settings beyond params, base_url and api_key_env go in an alias "
+                    "in your own eslabon.toml",
+                )
+            ]
+        )
 
 
 def _only(spec: ModelSpec, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -177,9 +260,10 @@ def _build_local(
     if spec.provider == "local":
         path = bundled_model_path()
     else:
-        path = Path(os.path.expanduser(spec.name))
-        if not path.is_absolute():
-            path = (spec.base_dir or base_dir or Path.cwd()) / path
+        try:
+            path = gguf_path(spec, base_dir or Path.cwd())
+        except ModelRefError as exc:
+            raise ChainConfigError([Problem(exc.message, path="model", hint=exc.hint)]) from None
     return ChatLlamaCppLocal(model_path=str(path), **kwargs, **params)
 
 
@@ -229,22 +313,94 @@ def provider_params(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PLACEHOLDER_KEY = "not-needed"  # OpenAI-compatible servers often need none; the SDK wants one
+
+
+class KeyNotAllowedError(UserError):
+    """A chain file asks to send an environment variable to a host the user has not approved."""
+
+
+def key_refusal(spec: ModelSpec, var: str, named: bool) -> str | None:
+    """Why the key in ``var`` may not go where ``spec`` sends its requests (None: it may).
+
+    The user's own settings (trusted specs) send keys as written. A chain file's model gets the
+    provider's own key only at the provider's own host, or at an endpoint the user approved;
+    any other variable only where the user paired it with that host (docs/security.md).
+    """
+    if spec.trusted:
+        return None
+    from eslabon.allow import current_allow, endpoint_matches
+
+    allow = current_allow()
+    destination = key_destination(spec)
+    own = var == spec.info.env_var
+    if destination is None:
+        if own and "base_url" not in spec.kwargs:
+            return None  # the provider's endpoint comes from the user's environment
+        return f"eslabon does not know where {spec.provider} sends {var}"
+    if own and spec.info.host is not None and endpoint_matches(spec.info.host, destination):
+        return None
+    if own and allow.endpoint_grant(destination) is not None:
+        return None
+    if allow.key_grant(var, destination) is not None:
+        return None
+    flag = (
+        f"--allow-key {var}@{destination}"
+        if named and not own
+        else f"--allow-endpoint {destination}"
+    )
+    table = (
+        f'[allow] keys = {{{var} = ["{destination}"]}}'
+        if named and not own
+        else f'[allow] endpoints = ["{destination}"]'
+    )
+    return (
+        f"the chain file sends its requests to {destination}, which you have not approved "
+        f"for {var}.\n    fix: if you trust that server with this key, pass {flag} or add "
+        f"{table} to your eslabon.toml"
+    )
+
+
 def _credentials(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
-    """Fill ``api_key`` from ``api_key_env`` or the provider's variable; never log it."""
+    """Fill ``api_key`` from ``api_key_env`` or the provider's variable, if the key may go to
+    where this model sends requests (:func:`key_refusal`); never log it."""
     info = PROVIDERS[spec.provider]
-    var = kwargs.pop("api_key_env", None) or info.env_var
-    if var is None or "api_key" in kwargs:
+    named = kwargs.pop("api_key_env", None)
+    if "api_key" in kwargs:  # written out (the user's alias; a chain file's own, validate warns)
+        add_secret(str(kwargs["api_key"]))
+        return
+    var = named or info.env_var
+    if var is None:
         return
     load_env()
+    refusal = key_refusal(spec, str(var), named is not None)
+    if refusal is not None:
+        if named is None and "base_url" in kwargs:
+            # the provider's own key stays home; a server that needs no key still works
+            kwargs["api_key"] = PLACEHOLDER_KEY
+            return
+        raise KeyNotAllowedError(f"model '{spec.label}': {refusal}")
     value = os.environ.get(str(var))
     if value:
         add_secret(value)
         kwargs["api_key"] = value
-    elif "base_url" in kwargs and "api_key_env" not in spec.kwargs:
-        # OpenAI-compatible servers often need no key, but the SDK refuses to start without one.
-        kwargs["api_key"] = "not-needed"
+    elif "base_url" in kwargs and named is None:
+        kwargs["api_key"] = PLACEHOLDER_KEY
     else:
         raise MissingCredentialsError(spec.provider, str(var))
+
+
+def withheld_key_hint(spec: ModelSpec) -> str | None:
+    """For a refused key error (401): why eslabon sent a placeholder instead of the key."""
+    var = spec.info.env_var
+    if var is None or "api_key" in spec.kwargs or "api_key_env" in spec.kwargs:
+        return None
+    if "base_url" not in spec.kwargs or not os.environ.get(var):
+        return None
+    refusal = key_refusal(spec, var, named=False)
+    if refusal is None:
+        return None
+    return f"eslabon did not send {var}: " + refusal.replace("\n    fix: ", "; ")
 
 
 def _timeout(spec: ModelSpec, kwargs: dict[str, Any]) -> None:

@@ -19,6 +19,8 @@ __all__ = [
     "ModelSpec",
     "ProviderInfo",
     "check_model_ref",
+    "gguf_path",
+    "key_destination",
     "parse_model_ref",
     "ref_label",
 ]
@@ -32,6 +34,7 @@ class ProviderInfo:
     extra: str | None  # eslabon extra that installs it (None: install the package itself)
     env_var: str | None = None  # API key variable, if the provider needs one
     via_langchain: bool = True  # built by LangChain's init_chat_model
+    host: str | None = None  # where its own key goes when no base_url is given
 
 
 # Providers LangChain's ``init_chat_model`` knows, plus eslabon's own (local, llamacpp, fake).
@@ -40,19 +43,40 @@ PROVIDERS: dict[str, ProviderInfo] = {
     "local": ProviderInfo("llama_cpp", "local", via_langchain=False),
     "llamacpp": ProviderInfo("llama_cpp", "local", via_langchain=False),
     "fake": ProviderInfo("langchain_core", None, via_langchain=False),
-    "openai": ProviderInfo("langchain_openai", "openai", "OPENAI_API_KEY"),
+    "openai": ProviderInfo(
+        "langchain_openai", "openai", "OPENAI_API_KEY", host="https://api.openai.com"
+    ),
     "azure_openai": ProviderInfo("langchain_openai", "openai", "AZURE_OPENAI_API_KEY"),
-    "google_genai": ProviderInfo("langchain_google_genai", "gemini", "GOOGLE_API_KEY"),
-    "anthropic": ProviderInfo("langchain_anthropic", "anthropic", "ANTHROPIC_API_KEY"),
+    "google_genai": ProviderInfo(
+        "langchain_google_genai",
+        "gemini",
+        "GOOGLE_API_KEY",
+        host="https://generativelanguage.googleapis.com",
+    ),
+    "anthropic": ProviderInfo(
+        "langchain_anthropic", "anthropic", "ANTHROPIC_API_KEY", host="https://api.anthropic.com"
+    ),
     "ollama": ProviderInfo("langchain_ollama", "ollama"),
-    "mistralai": ProviderInfo("langchain_mistralai", None, "MISTRAL_API_KEY"),
-    "groq": ProviderInfo("langchain_groq", None, "GROQ_API_KEY"),
-    "deepseek": ProviderInfo("langchain_deepseek", None, "DEEPSEEK_API_KEY"),
-    "xai": ProviderInfo("langchain_xai", None, "XAI_API_KEY"),
-    "together": ProviderInfo("langchain_together", None, "TOGETHER_API_KEY"),
-    "fireworks": ProviderInfo("langchain_fireworks", None, "FIREWORKS_API_KEY"),
-    "openrouter": ProviderInfo("langchain_openrouter", None, "OPENROUTER_API_KEY"),
-    "cohere": ProviderInfo("langchain_cohere", None, "COHERE_API_KEY"),
+    "mistralai": ProviderInfo(
+        "langchain_mistralai", None, "MISTRAL_API_KEY", host="https://api.mistral.ai"
+    ),
+    "groq": ProviderInfo("langchain_groq", None, "GROQ_API_KEY", host="https://api.groq.com"),
+    "deepseek": ProviderInfo(
+        "langchain_deepseek", None, "DEEPSEEK_API_KEY", host="https://api.deepseek.com"
+    ),
+    "xai": ProviderInfo("langchain_xai", None, "XAI_API_KEY", host="https://api.x.ai"),
+    "together": ProviderInfo(
+        "langchain_together", None, "TOGETHER_API_KEY", host="https://api.together.xyz"
+    ),
+    "fireworks": ProviderInfo(
+        "langchain_fireworks", None, "FIREWORKS_API_KEY", host="https://api.fireworks.ai"
+    ),
+    "openrouter": ProviderInfo(
+        "langchain_openrouter", None, "OPENROUTER_API_KEY", host="https://openrouter.ai"
+    ),
+    "cohere": ProviderInfo(
+        "langchain_cohere", None, "COHERE_API_KEY", host="https://api.cohere.com"
+    ),
 }
 
 # Spellings people use for a provider, mapped to LangChain's name.
@@ -89,6 +113,10 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     alias: str | None = None  # the alias it was reached through, if any
     base_dir: Path | None = None  # where relative paths (GGUF files) resolve
+    # Given by the user (command line, ESLABON_MODEL, an eslabon.toml alias, Python code), not
+    # by a chain file: its settings are used as written. A chain file's are bounded instead:
+    # no key to an unapproved host, no file outside its folder (docs/security.md).
+    trusted: bool = False
 
     @property
     def label(self) -> str:
@@ -151,16 +179,18 @@ def resolve_alias(ref: Any, base_dir: Path | None = None) -> tuple[Any, Path | N
     return ref, base_dir, alias
 
 
-def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
-    """Parse a model reference from a chain file or the command line.
+def parse_model_ref(ref: Any, base_dir: Path | None = None, *, trusted: bool = False) -> ModelSpec:
+    """Parse a model reference from a chain file (``trusted=False``) or from the user
+    (the command line, ``ESLABON_MODEL``, Python code: ``trusted=True``).
 
-    ``ref`` is ``"provider:model"``, an alias (``local``, or one from ``eslabon.toml``), or a
-    mapping ``{provider, name, ...}`` (a dict or :class:`eslabon.spec.ModelMapping`).
-    Raises :class:`ModelRefError`.
+    ``ref`` is ``"provider:model"``, an alias (``local``, or one from ``eslabon.toml``: trusted,
+    being the user's own file), or a mapping ``{provider, name, ...}`` (a dict or
+    :class:`eslabon.spec.ModelMapping`). Raises :class:`ModelRefError`.
     """
     if hasattr(ref, "model_dump"):
         ref = ref.model_dump(exclude_none=True)
     ref, base_dir, alias = resolve_alias(ref, base_dir)
+    trusted = trusted or alias is not None
     if isinstance(ref, dict):
         data = dict(ref)
         if "provider" not in data:
@@ -171,12 +201,12 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
         name = str(data.pop("name", "") or "")
         if provider == "local" and not name:
             name = "smollm2-135m-instruct"
-        spec = ModelSpec(provider, name, data, alias, base_dir)
+        spec = ModelSpec(provider, name, data, alias, base_dir, trusted)
     elif isinstance(ref, str):
         text = ref.strip()
         if ":" not in text:
             if text.lower() in PROVIDERS or text.lower() in PROVIDER_SYNONYMS:
-                spec = ModelSpec(_provider(text), "", {}, alias, base_dir)
+                spec = ModelSpec(_provider(text), "", {}, alias, base_dir, trusted)
             else:
                 hint = next(
                     (
@@ -192,7 +222,7 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None) -> ModelSpec:
                 )
         else:
             provider, _, name = text.partition(":")
-            spec = ModelSpec(_provider(provider), name.strip(), {}, alias, base_dir)
+            spec = ModelSpec(_provider(provider), name.strip(), {}, alias, base_dir, trusted)
     else:
         raise ModelRefError("a model is a 'provider:model' string or a {provider, name} mapping")
     _check_provider_specifics(spec, base_dir)
@@ -214,9 +244,7 @@ def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
             raise ModelRefError(
                 "llamacpp needs a GGUF path", "e.g. 'llamacpp:models/mistral-7b.Q4_K_M.gguf'"
             )
-        path = Path(os.path.expanduser(spec.name))
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
+        path = gguf_path(spec, base_dir)
         if not path.is_file():
             raise ModelRefError(
                 f"GGUF file not found: {path}", "give the path to a .gguf model file"
@@ -230,6 +258,30 @@ def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
         raise ModelRefError(
             f"provider '{spec.provider}' needs a model name", f"e.g. '{spec.provider}:MODEL-NAME'"
         )
+
+
+def gguf_path(spec: ModelSpec, base_dir: Path | None) -> Path:
+    """Where a ``llamacpp:PATH`` model's file is; a chain file's must lie in its folder or the
+    project (see :mod:`eslabon.paths`)."""
+    path = Path(os.path.expanduser(spec.name))
+    folder = spec.base_dir or base_dir
+    if not spec.trusted:
+        from eslabon.paths import PathNotAllowedError, confine
+
+        try:
+            return confine(spec.name, folder or Path.cwd(), "GGUF model")
+        except PathNotAllowedError as exc:
+            raise ModelRefError(exc.message, exc.hint) from None
+    if not path.is_absolute() and folder is not None:
+        path = folder / path
+    return path
+
+
+def key_destination(spec: ModelSpec) -> str | None:
+    """The URL a model's requests (and key) go to: its ``base_url``, else the provider's own
+    host (None when eslabon does not know it)."""
+    url = spec.kwargs.get("base_url")
+    return str(url) if url else spec.info.host
 
 
 def ref_label(ref: Any) -> str:

@@ -1,10 +1,20 @@
-"""The project file ``eslabon.toml``: found from the working directory upwards.
+"""The project file ``eslabon.toml``: found from the working directory up to the project root.
+
+The search stops at the project root: the nearest folder holding ``.git`` or an
+``eslabon.toml``. An ``eslabon.toml`` above a git checkout (in a shared or downloaded folder)
+is never read: it could grant chain files what the user never meant to allow.
 
 ```toml
 [models]
 rapido = "openai:gpt-4o-mini"
 local = "llamacpp:models/mistral-7b.Q4_K_M.gguf"      # relative to this file
 propio = {provider = "openai", name = "qwen2.5-7b", base_url = "http://127.0.0.1:8000/v1"}
+
+[allow]                       # what chain files may do beyond the defaults (docs/security.md)
+imports = ["mypkg"]
+endpoints = ["http://gpu1.lan:8000"]
+keys = {VLLM_KEY = ["http://gpu1.lan:8000"]}
+paths = ["/data/models"]
 ```
 
 Only the standard library's ``tomllib`` is used, so ``eslabon validate`` stays fast.
@@ -17,32 +27,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eslabon.errors import ChainConfigError, Problem
+from eslabon.allow import Allow, Grant
+from eslabon.errors import ChainConfigError, Problem, UserError
 
-__all__ = ["PROJECT_FILE", "Project", "find_project", "load_project"]
+__all__ = ["PROJECT_FILE", "Project", "find_project", "find_root", "load_project"]
 
 PROJECT_FILE = "eslabon.toml"
 _KNOWN_TABLES = ("models", "allow")
+_ALLOW_KEYS = ("imports", "endpoints", "keys", "paths")
 
 
 @dataclass(frozen=True)
 class Project:
-    """What ``eslabon.toml`` says; ``root`` is its folder (the working directory without one)."""
+    """What ``eslabon.toml`` says. ``root`` is the project root (the folder of eslabon.toml or
+    of ``.git``; the working directory without either); ``marked`` says one was found."""
 
     root: Path
     file: Path | None = None
     models: dict[str, Any] = field(default_factory=dict)
-    allow_imports: tuple[str, ...] = ()  # [allow] imports: packages chain files may import
+    allow: Allow = field(default_factory=Allow)
+    marked: bool = False
+
+    @property
+    def allow_imports(self) -> tuple[str, ...]:
+        """``[allow] imports``: packages chain files may import."""
+        return tuple(self.allow.import_names())
 
 
-def find_project(start: Path | None = None) -> Path | None:
-    """The nearest ``eslabon.toml`` in ``start`` (default: the working directory) or above."""
+def find_root(start: Path | None = None) -> tuple[Path | None, Path | None]:
+    """``(root, project file)``: the nearest folder from ``start`` (default: the working
+    directory) upwards that holds an ``eslabon.toml`` or ``.git``; the search stops there."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / PROJECT_FILE
         if candidate.is_file():
-            return candidate
-    return None
+            return folder, candidate
+        if (folder / ".git").exists():
+            return folder, None
+    return None, None
+
+
+def find_project(start: Path | None = None) -> Path | None:
+    """The project's ``eslabon.toml``, if the project root holds one (see :func:`find_root`)."""
+    return find_root(start)[1]
 
 
 _CACHE: dict[tuple[Path, float], Project] = {}
@@ -50,9 +77,9 @@ _CACHE: dict[tuple[Path, float], Project] = {}
 
 def load_project(start: Path | None = None) -> Project:
     """Read the nearest project file (cached while it is unchanged)."""
-    path = find_project(start)
+    root, path = find_root(start)
     if path is None:
-        return Project(root=(start or Path.cwd()).resolve())
+        return Project(root=root or (start or Path.cwd()).resolve(), marked=root is not None)
     key = (path, path.stat().st_mtime)
     if key not in _CACHE:
         _CACHE[key] = _parse(path)
@@ -63,22 +90,24 @@ def _problem(path: Path, message: str, key: str = "", hint: str | None = None) -
     return ChainConfigError([Problem(message, path=key, file=str(path), hint=hint)])
 
 
+def _known(
+    path: Path, name: str, known: tuple[str, ...], message: str, key: str, what: str
+) -> None:
+    if name not in known:
+        from eslabon.suggest import did_you_mean
+
+        hint = did_you_mean(name, known)
+        hint = (hint + " " if hint else "") + f"known {what}: " + ", ".join(known)
+        raise _problem(path, message, key, hint)
+
+
 def _parse(path: Path) -> Project:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise _problem(path, f"invalid TOML: {exc}") from None
     for table in data:
-        if table not in _KNOWN_TABLES:
-            from eslabon.suggest import did_you_mean
-
-            hint = did_you_mean(table, _KNOWN_TABLES)
-            raise _problem(
-                path,
-                f"unknown table [{table}]",
-                table,
-                (hint + " " if hint else "") + "known tables: " + ", ".join(_KNOWN_TABLES),
-            )
+        _known(path, table, _KNOWN_TABLES, f"unknown table [{table}]", table, "tables")
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise _problem(path, '[models] must be a table of alias = "provider:model"', "models")
@@ -89,13 +118,40 @@ def _parse(path: Path) -> Project:
                 f"alias '{alias}' must be a \"provider:model\" string or an inline table",
                 f"models.{alias}",
             )
-    allow = data.get("allow", {})
-    imports = allow.get("imports", []) if isinstance(allow, dict) else None
-    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+    allow = _parse_allow(path, data.get("allow", {}))
+    return Project(root=path.parent, file=path, models=dict(models), allow=allow, marked=True)
+
+
+def _strings(path: Path, value: Any, key: str, example: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise _problem(path, f"[allow] {key} must be a list of text", f"allow.{key}", example)
+    return list(value)
+
+
+def _parse_allow(path: Path, allow: Any) -> Allow:
+    if not isinstance(allow, dict):
+        raise _problem(path, "[allow] must be a table", "allow")
+    for key in allow:
+        _known(path, key, _ALLOW_KEYS, f"unknown key '{key}' in [allow]", f"allow.{key}", "keys")
+    source = str(path)
+    imports = _strings(path, allow.get("imports", []), "imports", 'e.g. imports = ["mypkg"]')
+    endpoints = _strings(
+        path, allow.get("endpoints", []), "endpoints", 'e.g. endpoints = ["http://gpu1.lan:8000"]'
+    )
+    keys = allow.get("keys", {})
+    example = 'e.g. keys = {VLLM_KEY = ["http://gpu1.lan:8000"]}'
+    if not isinstance(keys, dict):
         raise _problem(
-            path,
-            "[allow] imports must be a list of package names",
-            "allow.imports",
-            'e.g. imports = ["mypkg"]',
+            path, "[allow] keys must be a table VARIABLE = [URL, ...]", "allow.keys", example
         )
-    return Project(root=path.parent, file=path, models=dict(models), allow_imports=tuple(imports))
+    pairs = {var: _strings(path, urls, f"keys.{var}", example) for var, urls in keys.items()}
+    folders = _strings(path, allow.get("paths", []), "paths", 'e.g. paths = ["/data/models"]')
+    # relative folders are relative to the project file, as model paths in [models] are
+    resolved = [str((path.parent / Path(f).expanduser()).resolve()) for f in folders]
+    try:
+        built = Allow.of(imports=imports, endpoints=endpoints, keys=pairs, source=source)
+    except UserError as exc:  # a malformed URL: say which file
+        raise _problem(path, str(exc), "allow") from None
+    return Allow(
+        built.imports, built.endpoints, built.keys, tuple(Grant(f, source) for f in resolved)
+    )

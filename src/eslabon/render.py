@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from eslabon.compile import step_prompt
-from eslabon.errors import UserError
+from eslabon.errors import EslabonError, UserError, redact
 from eslabon.models import build_from_spec
 from eslabon.modelspec import PROVIDER_SYNONYMS, parse_model_ref
 from eslabon.spec import Chain
@@ -102,10 +103,14 @@ def render_requests(
             + (f" ({hint})" if hint else "")
             + f"; steps: {', '.join(ids)}"
         )
+    given: dict[str, Any] = {
+        n: d for n in spec.input_names() if (d := spec.input_default(n)) is not None
+    }
+    given.update(inputs or {})
     values: dict[str, Any] = {name: f"<input {name}>" for name in spec.input_names()}
-    values.update({n: d for n in spec.input_names() if (d := spec.input_default(n)) is not None})
-    values.update(inputs or {})
+    values.update(given)
     values.update({sid: f"<output of {sid}>" for sid in ids})
+    contexts = _Contexts(spec, given, allow_imports)
 
     name = RENDER_PROVIDERS[provider]
     compatible = False  # the chain targets an OpenAI-compatible server (base_url)
@@ -122,7 +127,11 @@ def render_requests(
             if step_id is not None and step.id != step_id:
                 continue
             prompt = step_prompt(step, spec.base_dir)
-            messages = prompt.format_messages(**{f: values[f] for f in prompt.input_variables})
+            fields = prompt.input_variables
+            step_values = values
+            if "context" in fields and (context := contexts.get(step)) is not None:
+                step_values = {**values, "context": context}  # what its retriever fills
+            messages = prompt.format_messages(**{f: step_values[f] for f in fields})
             params = {**chain_params, **(step.params.set_values() if step.params else {})}
             ref: dict[str, Any] = {"provider": provider, "name": name}
             if provider == "openai" and not compatible:
@@ -133,7 +142,9 @@ def render_requests(
                 ref["base_url"] = capture.url + ("/v1" if provider == "openai" else "")
             if provider != "ollama":
                 ref.update(api_key=_PLACEHOLDER_KEY, max_retries=0)
-            model = _bound(build_from_spec(parse_model_ref(ref), params), step, allow_imports)
+            # render's own reference to its capture server, not the file's: trusted
+            spec_ref = parse_model_ref(ref, trusted=True)
+            model = _bound(build_from_spec(spec_ref, params), step, allow_imports)
             before = len(capture.requests)
             failure: Exception | None = None
             try:
@@ -147,6 +158,139 @@ def render_requests(
             path, body = capture.requests[-1]
             out.append({"step": step.id, "path": path, "body": body})
     return out
+
+
+# retrievers whose search needs the chain's embeddings (static and bm25 need none)
+_EMBEDDED = ("memory", "chroma", "llamaindex")
+_OFFLINE_EMBEDDINGS = ("local", "llamacpp", "huggingface")
+
+
+class _Contexts:
+    """The ``{context}`` each step would get: the documents its retriever finds for the search
+    query, run here as the chain would run it, when that needs no network, no code of the
+    file's and no step output; otherwise a marked placeholder that says why not."""
+
+    def __init__(self, spec: Chain, given: dict[str, Any], allow_imports: list[str] | None):
+        self.spec = spec
+        self.given = given
+        self.allow_imports = allow_imports
+        self.found: dict[str | None, str] = {}
+
+    def get(self, step: Any) -> str | None:
+        """``step``'s ``{context}`` (None: no retriever fills it; then it is an input)."""
+        # a step's own retriever (multi-step chains only, as compile_chain has it) wins
+        own = step.retriever if self.spec.steps and step.retriever is not None else None
+        retriever = own if own is not None else self.spec.retriever
+        if retriever is None:
+            return None
+        key = step.id if own is not None else None
+        if key not in self.found:
+            self.found[key] = self._context(retriever, key)
+        return self.found[key]
+
+    def _context(self, retriever: Any, step: str | None) -> str:
+        from langchain_core.prompts import PromptTemplate
+
+        names = self.spec.input_names()
+        query = retriever.query or ("{" + names[0] + "}" if names else "")
+        template = PromptTemplate.from_template(query)
+        fields = template.input_variables
+        shown = template.format(
+            **{
+                f: self.given.get(f, f"<input {f}>" if f in names else f"<output of {f}>")
+                for f in fields
+            }
+        )
+        missing = [f for f in fields if f not in self.given]
+        reason: str | None
+        if missing:
+            name = missing[0]
+            reason = (
+                f"input '{name}' not given (-i {name}=...)"
+                if name in names
+                else f"the query needs the output of step '{name}', which render does not run"
+            )
+        else:
+            try:
+                if (reason := self._unavailable(retriever)) is None:
+                    return self._search(retriever, query, step)
+            except Exception as exc:  # whatever the index says, render still shows the request
+                detail = (
+                    str(exc) if isinstance(exc, EslabonError) else f"{type(exc).__name__}: {exc}"
+                )
+                reason = "the search failed: " + redact(detail).splitlines()[0]
+        return f'<context: documents the {_label(retriever)} would find for "{shown}"; {reason}>'
+
+    def _unavailable(self, retriever: Any) -> str | None:
+        """Why render cannot run ``retriever`` here (None: it can)."""
+        from eslabon.project import load_project
+        from eslabon.retrieval import DEFAULT_STORE
+        from eslabon.spec import RETRIEVER_TYPES
+
+        kind = retriever.type
+        if kind not in RETRIEVER_TYPES:
+            return "render runs only the built-in retrievers, not code a retriever factory runs"
+        embeddings = self.spec.embeddings or "local"
+        if kind in _EMBEDDED and embeddings.partition(":")[0] not in _OFFLINE_EMBEDDINGS:
+            return f"its embeddings '{embeddings}' are a provider's, and render calls no provider"
+        root = load_project().root
+        if kind == "chroma":
+            if retriever.host:
+                return f"render does not query Chroma servers ({retriever.host}:{retriever.port})"
+            folder = root / (retriever.path or DEFAULT_STORE)
+            if not (folder / "chroma.sqlite3").is_file():
+                return f"index not found at {folder}"
+            if not _has_collection(folder, retriever.collection):
+                return f"no collection '{retriever.collection}' in the index at {folder}"
+        if kind == "llamaindex" and not (root / retriever.path).is_dir():
+            return f"index not found at {root / retriever.path}"
+        return None
+
+    def _search(self, retriever: Any, query: str, step: str | None) -> str:
+        from eslabon.compile import Retrieval
+        from eslabon.imports import allowed_imports
+        from eslabon.project import load_project
+        from eslabon.retrieval import build_embeddings, build_retriever
+
+        spec = self.spec
+        embeddings = build_embeddings(
+            spec.embeddings if retriever.type in _EMBEDDED else None,
+            spec.base_dir,
+            from_chain_file=True,
+        )
+        allowed = allowed_imports(self.allow_imports)
+        built = build_retriever(retriever, embeddings, load_project().root, allowed, spec.base_dir)
+        values = dict(self.given)
+        Retrieval(built, query, step).run(values, {})  # fills values["context"] as a run does
+        return str(values["context"])
+
+
+def _label(retriever: Any) -> str:
+    kind = retriever.type
+    if kind == "chroma":
+        return f"chroma retriever '{retriever.collection}'"
+    if kind == "llamaindex":
+        return f"llamaindex retriever at '{retriever.path}'"
+    from eslabon.spec import RETRIEVER_TYPES
+
+    return f"{kind} retriever" if kind in RETRIEVER_TYPES else f"'{kind}' retriever"
+
+
+def _has_collection(folder: Path, name: str) -> bool:
+    """Whether the Chroma store at ``folder`` holds ``name`` (building the retriever would
+    create an empty one in the user's store instead)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    # the settings chroma_store uses: Chroma refuses a second client on a path with others
+    client = chromadb.PersistentClient(
+        path=str(folder), settings=Settings(anonymized_telemetry=False)
+    )
+    try:
+        client.get_collection(name)
+    except Exception:  # chromadb's NotFoundError (a ValueError in older releases)
+        return False
+    return True
 
 
 def _bound(model: Any, step: Any, allow_imports: list[str] | None) -> Any:

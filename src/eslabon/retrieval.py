@@ -120,9 +120,13 @@ def _documents(refs: list[Any]) -> list[Document]:
     return docs
 
 
-def build_embeddings(ref: str | None, base_dir: Path | None = None) -> Embeddings:
+def build_embeddings(
+    ref: str | None, base_dir: Path | None = None, from_chain_file: bool = False
+) -> Embeddings:
     """``local`` (offline, lexical), ``llamacpp:PATH`` (a GGUF run by llama.cpp), or
-    ``provider:model`` through LangChain's init_embeddings (openai, google_genai, ollama, ...)."""
+    ``provider:model`` through LangChain's init_embeddings (openai, google_genai, ollama, ...).
+    A chain file's model path must lie in its folder or the project (:mod:`eslabon.paths`); the
+    user's own (``eslabon index --embeddings``) may be anywhere."""
     if ref in (None, "local"):
         from eslabon.embeddings import HashingEmbeddings
 
@@ -130,9 +134,13 @@ def build_embeddings(ref: str | None, base_dir: Path | None = None) -> Embedding
     assert ref is not None
     provider, _, name = ref.partition(":")
     if provider in ("llamacpp", "huggingface"):
-        path = Path(name).expanduser()
-        if not path.is_absolute():
-            path = (base_dir or Path.cwd()) / path
+        from eslabon.paths import confine
+
+        if from_chain_file:
+            path = confine(name, base_dir or Path.cwd(), "embeddings model")
+        else:
+            path = Path(name).expanduser()
+            path = path if path.is_absolute() else (base_dir or Path.cwd()) / path
         if not path.exists():  # a missing folder must not become a model name asked of a hub
             from eslabon.checks import LOCAL_EMBEDDINGS
 
@@ -183,9 +191,17 @@ def _sentence_transformers(path: Path) -> Embeddings:
 
 
 def build_retriever(
-    spec: Any, embeddings: Embeddings, project_root: Path, allow_imports: list[str] | None = None
+    spec: Any,
+    embeddings: Embeddings,
+    project_root: Path,
+    allow_imports: list[str] | None = None,
+    chain_dir: Path | None = None,
 ) -> BaseRetriever:
-    """The retriever a chain file's ``retriever:`` mapping describes."""
+    """The retriever a chain file's ``retriever:`` mapping describes. Index folders resolve
+    against ``project_root`` and must lie in the chain's folder (``chain_dir``), the project
+    or an allowed folder (:mod:`eslabon.paths`)."""
+    from eslabon.paths import confine
+
     kind = spec.type
     if kind not in RETRIEVER_TYPES:  # registered, installed, or type: python
         return _custom(spec, allow_imports or [])
@@ -214,18 +230,31 @@ def build_retriever(
             _documents(spec.documents), k=spec.k, preprocess_func=words
         )
     if kind == "chroma":
+        path = spec.path
+        if path is not None and not spec.host:
+            path = str(confine(path, chain_dir or project_root, "chroma path", project_root))
+        credentials = False
+        if spec.host:
+            from eslabon.allow import current_allow
+
+            # Chroma reads auth settings from the environment: only for a host the user approved
+            credentials = current_allow().endpoint_grant(f"{spec.host}:{spec.port}") is not None
         return ChromaRetriever(
             vectorstore=chroma_store(
-                spec.collection, embeddings, spec.path, spec.host, spec.port, project_root
+                spec.collection,
+                embeddings,
+                path,
+                spec.host,
+                spec.port,
+                project_root,
+                credentials=credentials,
             ),
             k=spec.k,
         )
     if kind == "llamaindex":
         from eslabon.llamaindex import load_persisted
 
-        folder = Path(spec.path)
-        if not folder.is_absolute():
-            folder = project_root / folder
+        folder = confine(spec.path, chain_dir or project_root, "llamaindex path", project_root)
         return load_persisted(str(folder), embeddings, spec.k)
     raise AssertionError(f"unhandled retriever type {kind!r}")
 
@@ -268,9 +297,11 @@ def chroma_store(
     host: str | None,
     port: int,
     project_root: Path,
+    credentials: bool = True,
 ) -> VectorStore:
     """A Chroma collection, always with eslabon's embeddings (Chroma's default downloads a
-    model at first use and fails offline)."""
+    model at first use and fails offline). ``credentials=False``: Chroma's auth settings from
+    the environment are not used (a server the user has not approved)."""
     try:
         import chromadb
         from langchain_chroma import Chroma
@@ -279,6 +310,14 @@ def chroma_store(
     from chromadb.config import Settings
 
     settings = Settings(anonymized_telemetry=False)
+    if not credentials:
+        settings = Settings(
+            anonymized_telemetry=False,
+            chroma_client_auth_provider=None,
+            chroma_client_auth_credentials=None,
+            chroma_auth_token_transport_header=None,
+            chroma_server_headers=None,
+        )
     if host:
         client = chromadb.HttpClient(host=host, port=port, settings=settings)
     else:

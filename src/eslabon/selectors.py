@@ -82,7 +82,7 @@ def _selector(
 
         common: dict[str, Any] = {
             "examples": examples,
-            "embeddings": build_embeddings(embeddings, base_dir),
+            "embeddings": build_embeddings(embeddings, base_dir, from_chain_file=True),
             "vectorstore_cls": InMemoryVectorStore,
             "k": settings.get("k", 4),
             "input_keys": ["input"],

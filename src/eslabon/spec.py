@@ -54,7 +54,9 @@ class Params(_Strict):
     max_tokens: int | None = Field(None, gt=0, description="Maximum tokens to generate.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, gt=0)
-    stop: list[str] | str | None = Field(None, description="Stop sequences (one or a list).")
+    stop: list[Annotated[str, Field(min_length=1)]] | Annotated[str, Field(min_length=1)] | None = (
+        Field(None, description="Stop sequences (one or a list; never empty text).")
+    )
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -69,15 +71,76 @@ class Params(_Strict):
 
 
 PARAM_NAMES = tuple(Params.model_fields)
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+HTTP_URL_PATTERN = r"^https?://[^\s/?#]+"
 
 
-class ModelMapping(BaseModel):
-    """``{provider, name, ...}``: extra keys go to the model's constructor (e.g. ``base_url``)."""
+class ModelMapping(Params):
+    """``{provider, name, ...}``: params and the few settings a chain file may give a model.
 
-    model_config = ConfigDict(extra="allow")
+    A chain file cannot set how eslabon connects beyond ``base_url`` (which never receives a
+    key the user has not approved, see docs/security.md): other constructor settings (headers,
+    proxies, clients, ...) belong in an alias in the user's own eslabon.toml.
+    """
 
     provider: str = Field(description="Provider, e.g. openai, google_genai, local, llamacpp, fake.")
     name: str | None = Field(None, description="Model name (a GGUF path for llamacpp).")
+    base_url: str | None = Field(
+        None,
+        pattern=HTTP_URL_PATTERN,
+        description="An OpenAI-compatible (or Ollama, ...) server. Keys go there only if the "
+        "user approves it (--allow-endpoint, [allow] endpoints).",
+    )
+    base_urls: list[Annotated[str, Field(pattern=HTTP_URL_PATTERN)]] | None = Field(
+        None, min_length=1, description="Several servers of one model (a pool)."
+    )
+    per_endpoint_concurrency: int | None = Field(None, ge=1, le=1024)
+    api_key_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="Environment variable holding the key; the user must approve sending it "
+        "to this host ([allow] keys).",
+    )
+    api_key: str | None = Field(
+        None, description="A literal key: discouraged (validate warns); use api_key_env."
+    )
+    timeout: float | None = Field(None, gt=0, le=3600, description="Seconds per request.")
+    max_retries: int | None = Field(None, ge=0, le=20, description="The SDK's own retries.")
+    structured_method: Literal["json_schema", "function_calling", "json_mode"] | None = None
+    extra_body: dict[str, Any] | None = Field(
+        None, description="Extra JSON fields for OpenAI-compatible servers."
+    )
+    responses: list[str] | None = Field(None, description="fake provider: the replies, in turn.")
+    n_ctx: int | None = Field(None, gt=0, le=1_048_576, description="local/llamacpp context.")
+    n_threads: int | None = Field(None, ge=1, le=1024, description="local/llamacpp threads.")
+    repeat_penalty: float | None = Field(None, gt=0, le=10, description="local/llamacpp.")
+
+
+# What each provider family accepts from the settings above (checked with file and line).
+LOCAL_SETTINGS = ("n_ctx", "n_threads", "repeat_penalty")
+NETWORK_SETTINGS = (
+    "base_url",
+    "base_urls",
+    "per_endpoint_concurrency",
+    "api_key_env",
+    "api_key",
+    "timeout",
+    "max_retries",
+    "structured_method",
+    "extra_body",
+)
+MODEL_SETTINGS = tuple(
+    k for k in ModelMapping.model_fields if k not in PARAM_NAMES and k not in ("provider", "name")
+)
+
+
+def provider_settings(provider: str) -> tuple[str, ...]:
+    """The settings above that ``provider`` takes (after synonyms: llamacpp, local, fake, ...)."""
+    if provider in ("local", "llamacpp", "llama_cpp", "llama.cpp"):
+        return LOCAL_SETTINGS
+    if provider == "fake":
+        return ("responses",)
+    return NETWORK_SETTINGS
 
 
 def _model_kind(value: Any) -> str | None:
@@ -386,6 +449,7 @@ class Chain(_Prompted):
     )
 
     _source: Path | None = PrivateAttr(default=None)
+    _warnings: list[Any] = PrivateAttr(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
         _init_or_raise(super().__init__, data)
@@ -395,6 +459,11 @@ class Chain(_Prompted):
     def source(self) -> Path | None:
         """The file this chain was loaded from, if any."""
         return self._source
+
+    @property
+    def warnings(self) -> list[Any]:
+        """Problems worth saying that do not stop the chain (e.g. a key written in the file)."""
+        return list(self._warnings)
 
     @property
     def base_dir(self) -> Path:
@@ -477,7 +546,8 @@ class Chain(_Prompted):
 
     def check(self) -> None:
         """Raise ``ChainConfigError`` with every problem :meth:`problems` finds, if any."""
-        if problems := self.problems():
+        problems = self.problems()
+        if any(not p.warning for p in problems):
             from eslabon.errors import ChainConfigError
 
             raise ChainConfigError(problems)

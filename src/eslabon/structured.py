@@ -56,9 +56,11 @@ class OutputSchema:
                         for e in exc.errors()
                     )
                 ) from None
-        from jsonschema import Draft202012Validator
+        from eslabon.patterns import validator_for
 
-        errors = sorted(Draft202012Validator(self.json_schema).iter_errors(data), key=str)
+        # jsonschema's own validator runs `pattern` with Python's backtracking re: a hostile
+        # pattern in the file could hang here; this one runs patterns on RE2
+        errors = sorted(validator_for(self.json_schema).iter_errors(data), key=str)
         if errors:
             raise _Invalid(
                 "; ".join(
@@ -138,6 +140,19 @@ def resolve_output_schema(ref: Any, step_id: str, allowed: list[str]) -> OutputS
             )
         return OutputSchema(cls.model_json_schema(), cls)
     schema = dict(ref)
+    from eslabon.checks import external_refs
+    from eslabon.patterns import pattern_problems
+
+    if outside := external_refs(schema):  # never read a file or call a host for a $ref
+        raise UserError(
+            f"output_schema of step '{step_id}': "
+            + "; ".join(f"{'.'.join(map(str, path))}: {message}" for path, message in outside)
+        )
+    if problems := pattern_problems(schema):  # refused now, not after the model has answered
+        raise UserError(
+            f"output_schema of step '{step_id}': "
+            + "; ".join(f"{'.'.join(map(str, path))}: {message}" for path, message in problems)
+        )
     # providers name the schema (OpenAI: ^[a-zA-Z0-9_-]+$); the step id always qualifies
     schema.setdefault("title", step_id)
     return OutputSchema(schema)

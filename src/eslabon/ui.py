@@ -154,12 +154,20 @@ def run_chain(
     yield state
 
 
-def render_payload(path: Path, values: dict[str, str], provider: str, step: str | None) -> Any:
+def render_payload(
+    path: Path,
+    values: dict[str, str],
+    provider: str,
+    step: str | None,
+    allow_imports: list[str] | None = None,
+) -> Any:
+    """The request bodies ``eslabon render`` prints ({context}: what the retriever finds), or
+    ``{"error": message}``."""
     from eslabon.loader import load_spec
     from eslabon.render import render_requests
 
     try:
-        return render_requests(load_spec(path), provider, values, step or None)
+        return render_requests(load_spec(path), provider, values, step or None, allow_imports)
     except Exception as exc:
         return {"error": message(exc)}
 
@@ -309,7 +317,9 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         )
 
         def show(name: str, provider: str, step: str | None, *given: str) -> Any:
-            return render_payload(Path(name), form_for(Path(name)).values(given), provider, step)
+            values = form_for(Path(name)).values(given)
+            # the imports the page was started with: tools and pydantic schemas render as run
+            return render_payload(Path(name), values, provider, step, allow_imports)
 
         show_button.click(
             show, inputs=[chain_box, provider_box, step_box, *fields], outputs=payload
