@@ -229,7 +229,7 @@ def test_fallbacks_and_pools_follow_the_same_rule(server: WireServer, tmp_path: 
     url = server.url + "/v1"
     chain = write(
         root / "chains",
-        "model: {provider: anthropic, name: claude-x, base_url: 'http://127.0.0.1:9'}\n"
+        "model: {provider: openai, name: m, base_url: 'http://127.0.0.1:9/v1'}\n"
         f"fallbacks:\n  - {{provider: openai, name: m, base_urls: ['{url}', '{url}']}}\n"
         "prompt: hola\n",
     )
@@ -239,19 +239,49 @@ def test_fallbacks_and_pools_follow_the_same_rule(server: WireServer, tmp_path: 
     assert auth_headers(server) == ["Bearer not-needed"]
 
 
-def test_anthropic_and_gemini_keys_stay_home(server: WireServer, tmp_path: Path) -> None:
+def test_other_providers_need_an_approved_endpoint(server: WireServer, tmp_path: Path) -> None:
+    """Their clients send credentials from the environment by themselves (Anthropic's custom
+    headers, Vertex AI's keys, Azure AD tokens): a chain file's base_url must be approved."""
     root = project(tmp_path)
+    env = {
+        "ANTHROPIC_API_KEY": SECRET,
+        "ANTHROPIC_CUSTOM_HEADERS": f"X-Gateway-Secret: {AWS}",
+        "GOOGLE_API_KEY": SECRET,
+        "GOOGLE_GENAI_USE_VERTEXAI": "true",
+    }
     for n, provider in enumerate(("anthropic", "google_genai")):
         chain = write(
             root / "chains",
             f"model: {{provider: {provider}, name: m, base_url: '{server.url}'}}\nprompt: hola\n",
             f"c{n}.yaml",
         )
-        env = {"ANTHROPIC_API_KEY": SECRET, "GOOGLE_API_KEY": SECRET}
         out = eslabon("run", str(chain), env=env, cwd=root)
-        assert out.returncode == 0, out.stderr
-    sent = str([r.headers for r in server.requests])
-    assert len(server.requests) == 2 and SECRET not in sent and "not-needed" in sent
+        assert out.returncode == 2, out.stderr
+        assert f"points {provider} at {server.url}, which you have not approved" in out.stderr
+        assert f"--allow-endpoint {server.url}" in out.stderr
+        assert "warning: model: run will stop here" in eslabon("validate", str(chain)).stdout
+    assert server.requests == []
+    chain = root / "chains" / "c0.yaml"
+    out = eslabon("run", str(chain), "--allow-endpoint", server.url, env=env, cwd=root)
+    assert out.returncode == 0, out.stderr  # approved: the user's credentials go there
+    assert SECRET in str(server.requests[0].headers)
+
+
+def test_ollama_never_sends_its_key_to_a_chain_files_server(
+    server: WireServer, tmp_path: Path
+) -> None:
+    root = project(tmp_path)
+    chain = write(
+        root / "chains",
+        f"model: {{provider: ollama, name: m, base_url: '{server.url}'}}\nprompt: hola\n",
+    )
+    out = eslabon("run", str(chain), env={"OLLAMA_API_KEY": SECRET}, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert auth_headers(server) == ["Bearer not-needed"]
+    out = eslabon(
+        "run", str(chain), "--allow-endpoint", server.url, env={"OLLAMA_API_KEY": SECRET}, cwd=root
+    )
+    assert auth_headers(server)[-1] == f"Bearer {SECRET}"
 
 
 def test_a_refused_placeholder_says_why_the_key_was_not_sent(
@@ -661,3 +691,150 @@ def test_allow_table_mistakes_are_clear(tmp_path: Path) -> None:
         assert out.returncode == 2, out.stdout
         assert str(root / "eslabon.toml") in out.stdout + out.stderr
         assert message in out.stdout + out.stderr and "Traceback" not in out.stderr
+
+
+# -- the red-team review's variants ---------------------------------------------------------------
+
+
+def test_more_ways_to_exhaust_the_machine_are_refused(tmp_path: Path) -> None:
+    big = "A" * 300_000
+    cases = {
+        # one long anchored text used in many places
+        "texto.yaml": f"x: &t {big}\nexamples:\n"
+        + "".join("  - {input: *t, output: b}\n" for _ in range(30))
+        + "prompt: hola\n",
+        # nesting built from aliases, 60 levels each
+        "alias.yaml": "".join(
+            f"a{i}: &a{i} " + "[" * 60 + (f"*a{i - 1}" if i else "x") + "]" * 60 + "\n"
+            for i in range(3)
+        )
+        + "prompt: hola\n",
+        # $refs that double at each level: 2**30 subschemas to check an answer against
+        "refs.yaml": "prompt: hola\noutput_schema:\n  type: object\n  $defs:\n"
+        + "".join(
+            f"    d{i}: {{allOf: [{{$ref: '#/$defs/d{i + 1}'}}, {{$ref: '#/$defs/d{i + 1}'}}]}}\n"
+            for i in range(30)
+        )
+        + "    d30: {type: string}\n  properties: {a: {$ref: '#/$defs/d0'}}\n",
+        # a pool of thousands of clients
+        "pool.yaml": "model: {provider: openai, name: m, base_urls: ["
+        + ", ".join(f"'http://127.0.0.1:{1000 + n}'" for n in range(3000))
+        + "]}\nprompt: hola\n",
+    }
+    (tmp_path / "big.jsonl").write_text('{"input": "a", "output": "' + "b" * 4_000_000 + '"}\n')
+    cases["many.yaml"] = "examples: [" + ", ".join(["{file: big.jsonl}"] * 5) + "]\nprompt: x\n"
+    for name, body in cases.items():
+        write(tmp_path, body, name)
+    # a template the old check's regex took a minute over (cubic backtracking): fine, at once
+    jinja = write(tmp_path, 'prompt: "{{' + " " * 30_000 + 'x"\n', "jinja.yaml")
+    out = eslabon("validate", *(str(tmp_path / name) for name in cases), str(jinja), timeout=120)
+    assert out.returncode == 2
+    for name in cases:
+        assert f"{tmp_path / name}:" in out.stdout, (name, out.stdout[-2000:])
+    assert out.stdout.count("ok  ") == 1 and f"ok  {jinja}" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_a_prompt_too_big_to_send_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    from eslabon import load_chain
+    from eslabon.errors import InputError
+
+    body = "inputs: {x: {default: AAAA}}\nprompt: '" + "{x}" * 15_000 + "'\n"
+    chain = load_chain(write(tmp_path, body), model="fake:echo")
+    assert chain.invoke({})["output"].startswith("AAAA")
+    with pytest.raises(InputError, match="its prompt would be 1,500,000,000 characters"):
+        chain.invoke({"x": "A" * 100_000})
+
+
+def test_files_that_are_not_files_do_not_stop_validate(tmp_path: Path) -> None:
+    folder = tmp_path / "chains"
+    folder.mkdir()
+    (folder / "cero.yaml").symlink_to("/dev/zero")
+    os.mkfifo(folder / "tubo.yaml")
+    write(folder, "examples: [{file: \"a\\0b.csv\"}]\nprompt: '{x}'\ninputs: {x: t}\n", "nul.yaml")
+    write(folder, f"examples: [{{file: {'n' * 300}.csv}}]\nprompt: x\n", "largo.yaml")
+    write(folder, "model: 'llamacpp:a\\0b.gguf'\nprompt: x\n", "gguf.yaml")
+    good = write(folder, "prompt: hola\n", "bueno.yaml")
+    out = eslabon("validate", str(folder), timeout=60)
+    assert out.returncode == 2 and f"ok  {good}" in out.stdout
+    for name in ("cero", "tubo", "nul", "largo", "gguf"):
+        assert f"{folder / name}.yaml" in out.stdout, (name, out.stdout)
+    assert "not a regular file" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_a_property_named_ref_is_data_not_a_reference(tmp_path: Path) -> None:
+    chain = write(
+        tmp_path,
+        "prompt: hola\noutput_schema:\n  type: object\n  properties:\n"
+        "    $ref: {type: string}\n  required: [$ref]\n",
+    )
+    assert eslabon("validate", str(chain)).returncode == 0
+
+
+def test_urls_are_checked_as_urls(tmp_path: Path) -> None:
+    chain = write(
+        tmp_path,
+        "model: {provider: ollama, name: m, base_url: 'localhost:11434'}\nprompt: x\n"
+        "fallbacks:\n  - {provider: openai, name: m, base_url: 'http://127.0.0.1:9[@api.openai.com'}\n"
+        "  - {provider: openai, name: m, base_url: 'HTTP://127.0.0.1:9/v1'}\n",
+    )
+    out = eslabon("validate", str(chain))
+    assert out.returncode == 2
+    assert "model.base_url: not an http(s) URL" in out.stdout
+    assert "fallbacks[0].base_url: not a valid URL" in out.stdout
+    assert "fallbacks[1]" not in out.stdout  # an upper-case scheme is a URL too
+
+
+def test_models_hides_secrets_at_any_depth(tmp_path: Path) -> None:
+    root = project(
+        tmp_path,
+        "[models]\nmio = {provider = 'openai', name = 'm', base_url = 'http://ana:hunter2pw@h/v1',"
+        " client_kwargs = {headers = {Authorization = 'Bearer zzsecret'}},"
+        " extra_body = {token = 'tok-secret', n = 1}}\n",
+    )
+    out = eslabon("models", cwd=root)
+    assert out.returncode == 0, out.stderr
+    for secret in ("hunter2pw", "zzsecret", "tok-secret"):
+        assert secret not in out.stdout
+    assert "'n': 1" in out.stdout
+
+
+def test_a_dotenv_grant_is_shown_and_unsafe_config_files_are_refused(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    chain = write(root / "chains", "prompt: hola\n")
+    (root / ".env").write_text("ESLABON_ALLOW_ENDPOINTS=http://127.0.0.1:9\n")
+    out = eslabon("validate", str(chain), cwd=root)
+    assert (
+        f"allow endpoint 'http://127.0.0.1:9' (from $ESLABON_ALLOW_ENDPOINTS in {root}/.env)"
+        in (out.stderr)
+    )
+    (root / ".env").chmod(0o666)
+    out = eslabon("validate", str(chain), cwd=root)
+    assert out.returncode == 2 and "every user may write it" in out.stdout + out.stderr
+    (root / ".env").unlink()
+    (root / "eslabon.toml").write_text('[allow]\nimports = ["subprocess"]\n')
+    if os.getuid() == 0:  # root can give the file away, as another user's planted file would be
+        os.chown(root / "eslabon.toml", 4242, 4242)
+        out = eslabon("run", str(chain), "-m", "fake:echo", cwd=root)
+        assert out.returncode == 2 and "belongs to another user (uid 4242)" in out.stderr
+
+
+def test_the_search_stops_at_the_home_folder(tmp_path: Path) -> None:
+    (tmp_path / "eslabon.toml").write_text('[allow]\nimports = ["subprocess"]\n')
+    home = tmp_path / "home"
+    work = home / "trabajo"
+    work.mkdir(parents=True)
+    chain = write(work, "tools: ['subprocess:getoutput']\ninputs: {q: t}\nprompt: '{q}'\n")
+    out = eslabon(
+        "run", str(chain), "-m", "fake:echo", "-i", "q=id", env={"HOME": str(home)}, cwd=work
+    )
+    assert out.returncode == 2 and "importing code is off" in out.stderr
+
+
+def test_the_calculator_refuses_results_too_big_to_compute() -> None:
+    from eslabon.tools import calculadora
+
+    with pytest.raises(ValueError, match="result too large"):
+        calculadora("((9**999)**999)**999")
+    assert calculadora("2**10 * (3 + 4)") == 7168

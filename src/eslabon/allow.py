@@ -139,13 +139,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 def origin_of(url: str, where: str = "") -> tuple[str | None, str, int | None]:
     """``(scheme, host, port)`` of a URL, or of ``host[:port]`` (scheme None: any)."""
     text = url.strip()
-    parts = urlsplit(text if "://" in text else "//" + text)
     try:
+        parts = urlsplit(text if "://" in text else "//" + text)
         port = parts.port
-    except ValueError:
-        port = None
-        parts = parts._replace(netloc="")
-    host = (parts.hostname or "").lower()
+        host = (parts.hostname or "").lower()
+    except ValueError:  # "Invalid IPv6 URL", a port that is not a number
+        port, host = None, ""
     if not host:
         raise UserError(
             f"{where + ': ' if where else ''}{url!r} is not a URL or host; "
@@ -171,6 +170,13 @@ def endpoint_matches(granted: str, url: str) -> bool:
     )
 
 
+def _source(name: str) -> str:
+    from eslabon.models import ENV_FILE_NAMES  # set when a .env file supplied it
+
+    file = ENV_FILE_NAMES.get(name)
+    return f"${name}" + (f" in {file}" if file else "")
+
+
 def _from_env() -> Allow:
     endpoints = [e.strip() for e in os.environ.get(ENV_ENDPOINTS, "").split(",") if e.strip()]
     keys = [k.strip() for k in os.environ.get(ENV_KEYS, "").split(",") if k.strip()]
@@ -178,9 +184,9 @@ def _from_env() -> Allow:
     if not (endpoints or keys or paths):
         return Allow()
     return Allow(
-        endpoints=tuple(Grant(e, f"${ENV_ENDPOINTS}") for e in endpoints),
-        keys=tuple(_pair(k, f"${ENV_KEYS}") for k in keys),
-        paths=tuple(Grant(p, f"${ENV_PATHS}") for p in paths),
+        endpoints=tuple(Grant(e, _source(ENV_ENDPOINTS)) for e in endpoints),
+        keys=tuple(_pair(k, _source(ENV_KEYS)) for k in keys),
+        paths=tuple(Grant(p, _source(ENV_PATHS)) for p in paths),
     )
 
 

@@ -10,9 +10,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from eslabon.errors import Problem
-from eslabon.examples import ExampleFileError, load_example_file
+from eslabon.examples import MAX_EXAMPLES_BYTES, ExampleFileError, load_example_file
 from eslabon.modelspec import PROVIDER_SYNONYMS, check_model_ref
 from eslabon.paths import PathNotAllowedError, confine
 from eslabon.spec import (
@@ -58,6 +59,7 @@ class _Collector:
         self.file = file
         self.locate = locate
         self.base_dir = base_dir
+        self.example_bytes = 0  # example files' sizes, each time one is named, in all steps
         self.problems: list[Problem] = []
 
     def add(
@@ -364,6 +366,32 @@ def _check_model_settings(out: _Collector, ref: dict[str, Any], path: PathT) -> 
             "remove it; set an environment variable and name it with api_key_env",
             at_key=True,
         )
+    _check_approvals(out, ref, path)
+
+
+def _check_approvals(out: _Collector, ref: dict[str, Any], path: PathT) -> None:
+    """Say now what ``run`` would refuse for want of the user's approval (a warning: the
+    approval may come with the run, e.g. --allow-endpoint)."""
+    from dataclasses import replace
+
+    from eslabon.models import endpoint_refusal, key_refusal
+    from eslabon.modelspec import ModelRefError, parse_model_ref
+
+    try:
+        spec = parse_model_ref(ref, out.base_dir)
+    except ModelRefError:
+        return  # reported by the model check
+    urls = spec.kwargs.get("base_urls") or [spec.kwargs.get("base_url")]
+    var = spec.kwargs.get("api_key_env")
+    for url in urls if isinstance(urls, list) else []:
+        one = replace(spec, kwargs={**spec.kwargs, "base_url": url} if url else spec.kwargs)
+        refusal = endpoint_refusal(one) or (
+            key_refusal(one, str(var), named=True) if isinstance(var, str) else None
+        )
+        if refusal is not None:
+            message, _, fix = refusal.partition("\n    fix: ")
+            out.warn(path, f"run will stop here: {message}", fix or None)
+            return
 
 
 def _check_prompted(
@@ -386,10 +414,20 @@ def _check_prompted(
         for j, ex in enumerate(examples):
             if isinstance(ex, dict) and isinstance(ex.get("file"), str):
                 try:
-                    rows = load_example_file(confine(ex["file"], base_dir, "examples file"))
+                    found = confine(ex["file"], base_dir, "examples file")
+                    rows = load_example_file(found)
                 except (ExampleFileError, PathNotAllowedError) as exc:
                     out.add((*path, "examples", j, "file"), exc.message, exc.hint)
                     continue
+                before = out.example_bytes
+                out.example_bytes += found.stat().st_size
+                if out.example_bytes > MAX_EXAMPLES_BYTES >= before:  # said once
+                    out.add(
+                        (*path, "examples", j, "file"),
+                        f"the chain's example files add up to more than {MAX_EXAMPLES_BYTES:,} "
+                        "bytes (a file counts each time it is named)",
+                        "keep a few good examples; a selector picks among them",
+                    )
                 if not rows:
                     out.add((*path, "examples", j, "file"), f"examples file is empty: {ex['file']}")
     selector = data.get("selector")
@@ -407,20 +445,74 @@ _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 def external_refs(schema: Any, path: PathT = ()) -> list[tuple[PathT, str]]:
     """Every reference in a JSON Schema that points outside it (a file, a URL): following one
-    would read a file or call a host at run time."""
+    would read a file or call a host at run time. Looked for everywhere, data keywords too:
+    llama.cpp's grammar converter follows any ``$ref`` it meets, and fetches URLs."""
     found: list[tuple[PathT, str]] = []
     stack: list[tuple[Any, PathT]] = [(schema, path)]
     while stack:  # iterative: schemas built in code have no depth bound
         node, where = stack.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                if key in _REF_KEYS and not (isinstance(value, str) and value.startswith("#")):
+                # a string: a reference (a mapping is a property that happens to be named "$ref")
+                if key in _REF_KEYS and isinstance(value, str) and not value.startswith("#"):
                     found.append(((*where, key), f"{key} {value!r} points outside the schema"))
                 else:
                     stack.append((value, (*where, key)))
         elif isinstance(node, list):
             stack.extend((item, (*where, n)) for n, item in enumerate(node))
     return sorted(found, key=lambda f: format_path(f[0]))
+
+
+MAX_SCHEMA_SIZE = 10_000  # subschemas once local $refs are followed
+
+
+def schema_size(schema: Any) -> int:
+    """How many values ``schema`` stands for once its local ``$ref``s are followed (each
+    reference measured once; a recursive one counts 1: its cost is bounded by the data).
+    Validation time grows with it: 30 levels of ``allOf: [{$ref}, {$ref}]`` are 2**30."""
+    memo: dict[str, int] = {}
+    visiting: set[str] = set()
+
+    def target(ref: str) -> Any:
+        node = schema
+        for part in ref[2:].split("/") if ref.startswith("#/") else []:
+            part = unquote(part).replace("~1", "/").replace("~0", "~")
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        return node
+
+    def via(ref: str) -> int:
+        if ref in visiting:
+            return 1
+        if ref not in memo:
+            visiting.add(ref)
+            try:
+                memo[ref] = size(target(ref))
+            except (KeyError, IndexError, ValueError, TypeError):
+                memo[ref] = 1  # a dangling reference: the schema check reports it
+            finally:
+                visiting.discard(ref)
+        return memo[ref]
+
+    def size(node: Any) -> int:
+        total = 1
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
+        for key, value in items:
+            is_ref = key in _REF_KEYS and isinstance(value, str) and value.startswith("#")
+            total += via(value) if is_ref else size(value)
+            if total > MAX_SCHEMA_SIZE:
+                break
+        return total
+
+    try:
+        return size(schema)
+    except RecursionError:
+        return MAX_SCHEMA_SIZE + 1
 
 
 def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> None:
@@ -450,6 +542,14 @@ def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> 
             message,
             "a $ref may only point inside the schema, e.g. '#/$defs/Name': copy what it "
             "refers to under $defs",
+        )
+    if schema_size(schema) > MAX_SCHEMA_SIZE:
+        out.add(
+            (*path, "output_schema"),
+            f"output_schema stands for more than {MAX_SCHEMA_SIZE:,} subschemas once its $refs "
+            "are followed: checking an answer against it would take too long",
+            "reference each definition fewer times, or simplify the schema",
+            at_key=True,
         )
     from eslabon.patterns import pattern_problems
 

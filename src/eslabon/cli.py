@@ -110,9 +110,11 @@ def _is_examples_file(path: Path) -> bool:
     # Few-shot example files may live beside chain files: a list, or {examples: [...]} alone.
     import yaml
 
-    from eslabon.yamlsafe import YamlLimitError, load_bounded
+    from eslabon.yamlsafe import MAX_FILE_BYTES, YamlLimitError, load_bounded
 
     try:
+        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+            return False  # a device, a pipe or a huge file: validation reports it unread
         data = load_bounded(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, YamlLimitError):
         return False  # let validation report it
@@ -145,6 +147,9 @@ def validate(
 
     total = bad = 0
     try:
+        from eslabon.models import load_env
+
+        load_env()  # a .env may grant too: say so, as run would use it
         load_project()  # a broken eslabon.toml affects every chain: report it first
         from eslabon.allow import current_allow
 

@@ -111,6 +111,7 @@ class CompiledStep:
         "schema",
         "structured",
         "tag",
+        "uses",
     )
 
     def __init__(
@@ -129,6 +130,7 @@ class CompiledStep:
         self.model = model
         self.origin = origin  # what the model was built from (None: a ready model was given)
         self.fields = tuple(prompt.input_variables)
+        self.uses = _field_uses(prompt)
         self.tag = f"step:{step_id}"
         self.history: History | None = None  # set when the step keeps a conversation
         self.structured: Runnable[Any, Any] | None = None
@@ -208,9 +210,32 @@ class CompiledStep:
         """The messages this step sends, given the inputs and earlier steps' outputs (and, for a
         step with history, the conversation so far under ``history``)."""
         fields = {name: values[name] for name in self.fields}
+        size = sum(len(str(fields[name])) * n for name, n in self.uses.items() if name in fields)
+        if size > MAX_PROMPT_CHARS:  # refused before building it: a file could ask for gigabytes
+            raise InputError(
+                f"step '{self.id}': its prompt would be {size:,} characters, more than any model "
+                f"takes (eslabon's limit: {MAX_PROMPT_CHARS:,})\n"
+                "    fix: shorten the inputs, or use each {field} fewer times in the templates"
+            )
         if self.history is not None:
             fields["history"] = self.history.fit(values.get("history") or [])
         return self.prompt.format_messages(**fields)
+
+
+MAX_PROMPT_CHARS = 4_000_000  # about a million tokens: beyond every model's context window
+
+
+def _field_uses(prompt: ChatPromptTemplate) -> dict[str, int]:
+    """How many times each field appears in the prompt's templates (system and user)."""
+    from eslabon.templates import template_fields
+
+    uses: dict[str, int] = {}
+    for message in prompt.messages:
+        template = getattr(getattr(message, "prompt", None), "template", None)
+        if isinstance(template, str):
+            for name in template_fields(template):
+                uses[name] = uses.get(name, 0) + 1
+    return uses
 
 
 def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> ChatPromptTemplate:

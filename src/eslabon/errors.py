@@ -49,6 +49,7 @@ def add_secret(value: str) -> None:
         _SECRETS.add(value)
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")  # user:password@ in a URL
 _SHORT = 8  # below this, a key is replaced only where it stands alone, not inside other words
 
 
@@ -64,17 +65,35 @@ def redact(text: str) -> str:
             text = text.replace(value, "***")
         else:
             text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "***", text)
-    return text
+    return _USERINFO.sub("***@", text) if "@" in text else text
 
 
 def is_secret_setting(name: str) -> bool:
     """Whether a setting's name says it holds a secret (``api_key``, ``token``, headers...)."""
-    return bool(_SECRET_NAME.search(name)) or name.lower() in ("headers", "default_headers")
+    return bool(_SECRET_NAME.search(name)) or name.lower() in (
+        "headers",
+        "default_headers",
+        "authorization",
+        "auth",
+    )
 
 
 def hide_secrets(settings: dict[str, object]) -> dict[str, object]:
-    """``settings`` with the values of secret-looking settings shown as ***."""
-    return {k: "***" if is_secret_setting(k) and v else v for k, v in settings.items()}
+    """``settings`` as they may be shown: secret-looking settings (at any depth: headers,
+    ``extra_body.token``) as ***, and ``user:password@`` in URLs as ***@."""
+
+    def shown(key: str, value: object) -> object:
+        if is_secret_setting(key) and value:
+            return "***"
+        if isinstance(value, dict):
+            return {str(k): shown(str(k), v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shown(key, v) for v in value]
+        if isinstance(value, str):
+            return _USERINFO.sub("***@", value)
+        return value
+
+    return {k: shown(k, v) for k, v in settings.items()}
 
 
 class EslabonError(Exception):

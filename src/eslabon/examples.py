@@ -10,15 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from eslabon.errors import UserError
+
 __all__ = ["ExampleFileError", "load_example_file", "load_examples"]
 
 SUFFIXES = (".jsonl", ".yaml", ".yml", ".csv")
 MAX_EXAMPLES_BYTES = 5_000_000  # few-shot examples all go into one prompt; 5 MB is plenty
 
 
-class ExampleFileError(ValueError):
+class ExampleFileError(UserError):
     def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message + (f"\n    fix: {hint}" if hint else ""))
         self.message = message
         self.hint = hint
 
@@ -116,11 +118,19 @@ def load_examples(refs: list[Any], base_dir: Path) -> list[dict[str, str]]:
     from eslabon.paths import confine
 
     out: list[dict[str, str]] = []
+    size = 0
     for ref in refs:
         data = ref.model_dump() if hasattr(ref, "model_dump") else ref
         if "file" in data:
             path = confine(str(data["file"]), base_dir, "examples file")
-            out.extend(load_example_file(path))
+            rows = load_example_file(path)
         else:
-            out.append({"input": str(data["input"]), "output": str(data["output"])})
+            rows = [{"input": str(data["input"]), "output": str(data["output"])}]
+        size += sum(len(r["input"]) + len(r["output"]) for r in rows)
+        if size > MAX_EXAMPLES_BYTES:  # one file named 400 times is 400 files' worth
+            raise ExampleFileError(
+                f"the examples add up to more than {MAX_EXAMPLES_BYTES:,} characters",
+                "keep a few good examples; a selector picks among them",
+            )
+        out.extend(rows)
     return out

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from eslabon.checks import PathT, check_chain_data, format_path
-from eslabon.errors import ChainConfigError, Problem, is_secret_setting
+from eslabon.errors import ChainConfigError, Problem, is_secret_setting, redact
 from eslabon.spec import (
     RETRIEVER_TYPES,
     SELECTOR_TYPES,
@@ -275,6 +275,8 @@ def problems_from_validation(
         elif kind == "string_type":
             message = f"expected text (got {_short(value)})"
             hint = "quote the value if YAML reads it as a number, boolean or mapping"
+        elif kind == "value_error":  # eslabon's own validators: their words, without pydantic's
+            message = f"{str(err['msg']).removeprefix('Value error, ')} (got {_short(value)})"
         else:
             message = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {_short(value)})"
         pos = None
@@ -357,6 +359,9 @@ def load_spec(path: str | Path) -> Chain:
     p = Path(path)
     file = str(path)
     try:
+        if p.exists() and not p.is_file() and not p.is_dir():
+            # a device (/dev/zero) or a pipe would be read without end
+            raise ChainConfigError([Problem("not a regular file", file=file)])
         if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
             raise ChainConfigError(
                 [
@@ -396,5 +401,6 @@ def validate_file(path: str | Path) -> list[Problem]:
         return list(load_spec(path).warnings)
     except ChainConfigError as exc:
         return exc.problems
-    except (RecursionError, MemoryError) as exc:  # a limit the checks above did not foresee
-        return [Problem(f"cannot check this file: {type(exc).__name__}", file=str(path))]
+    except Exception as exc:  # a limit the checks above did not foresee: still one problem
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        return [Problem(f"cannot check this file ({redact(reason)})", file=str(path))]

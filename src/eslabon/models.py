@@ -41,6 +41,7 @@ __all__ = [
     "KeyNotAllowedError",
     "build_from_spec",
     "build_model",
+    "endpoint_refusal",
     "is_chat_model",
     "key_refusal",
     "load_env",
@@ -53,14 +54,28 @@ ENV_MODEL = "ESLABON_MODEL"
 _ENV_LOADED = False
 
 
+ENV_FILE_NAMES: dict[str, Path] = {}  # variables that came from a .env file, and which one
+
+
 def load_env() -> None:
-    """Load ``.env`` from the working directory once (never overriding the real environment)."""
+    """Load ``.env`` from the working directory once (never overriding the real environment).
+
+    It is the user's configuration, like ``eslabon.toml``: one owned by another user or
+    writable by everyone is refused (see :func:`eslabon.project.check_owner`)."""
     global _ENV_LOADED
     if not _ENV_LOADED:
         _ENV_LOADED = True
-        from dotenv import load_dotenv
+        path = Path.cwd() / ".env"
+        if not path.is_file():
+            return
+        from dotenv import dotenv_values, load_dotenv
 
-        load_dotenv(Path.cwd() / ".env", override=False)
+        from eslabon.project import check_owner
+
+        check_owner(path)
+        values = dotenv_values(path)
+        ENV_FILE_NAMES.update({k: path for k in values if k not in os.environ})
+        load_dotenv(path, override=False)
 
 
 def resolve_model_ref(override: Any, file_ref: Any) -> tuple[Any, bool]:
@@ -361,6 +376,45 @@ def key_refusal(spec: ModelSpec, var: str, named: bool) -> str | None:
     )
 
 
+# Providers a chain file may point at any server: every credential their clients send is the one
+# eslabon passes (or a placeholder in its place). The others' clients also send what they find in
+# the environment themselves (ANTHROPIC_CUSTOM_HEADERS, Vertex AI's keys and tokens when
+# GOOGLE_GENAI_USE_VERTEXAI is set, Azure AD tokens, ...), so a chain file's base_url for them
+# must be one the user approved.
+OPEN_ENDPOINTS = ("openai", "ollama")
+
+
+def _unapproved(spec: ModelSpec) -> str | None:
+    """A chain file's ``base_url`` the user has not approved (None: none, or approved)."""
+    url = spec.kwargs.get("base_url")
+    if spec.trusted or not url:
+        return None
+    from eslabon.allow import current_allow, endpoint_matches
+
+    own = spec.info.host is not None and endpoint_matches(spec.info.host, str(url))
+    return None if own or current_allow().endpoint_grant(str(url)) else str(url)
+
+
+def endpoint_refusal(spec: ModelSpec) -> str | None:
+    """Why a chain file may not point this provider at its ``base_url`` (None: it may)."""
+    if spec.provider in OPEN_ENDPOINTS or (url := _unapproved(spec)) is None:
+        return None
+    return (
+        f"the chain file points {spec.provider} at {url}, which you have not approved; its "
+        "client sends credentials it finds in the environment, which eslabon cannot hold back."
+        f"\n    fix: if you trust that server, pass --allow-endpoint {url} or add "
+        f'[allow] endpoints = ["{url}"] to your eslabon.toml'
+    )
+
+
+def _withhold_ollama_key(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
+    # the ollama client sends $OLLAMA_API_KEY (ollama.com's key) to whatever host it talks to,
+    # unless an Authorization header is given: give the placeholder to an unapproved server
+    if spec.provider == "ollama" and os.environ.get("OLLAMA_API_KEY") and _unapproved(spec):
+        client = kwargs.setdefault("client_kwargs", {})
+        client.setdefault("headers", {})["Authorization"] = f"Bearer {PLACEHOLDER_KEY}"
+
+
 def _credentials(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
     """Fill ``api_key`` from ``api_key_env`` or the provider's variable, if the key may go to
     where this model sends requests (:func:`key_refusal`); never log it."""
@@ -416,7 +470,10 @@ def _build_langchain(
         raise MissingDependencyError(
             f"Provider '{spec.provider}'", info.extra, info.module.replace("_", "-")
         )
+    if (refusal := endpoint_refusal(spec)) is not None:
+        raise KeyNotAllowedError(f"model '{spec.label}': {refusal}")
     _credentials(spec, kwargs)
+    _withhold_ollama_key(spec, kwargs)
     _timeout(spec, kwargs)
     from langchain.chat_models import init_chat_model
 

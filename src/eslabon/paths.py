@@ -59,7 +59,13 @@ def confine(raw: str, base_dir: Path, what: str = "file", relative_to: Path | No
     raises :class:`PathNotAllowedError` when it lies outside the folders a chain file in
     ``base_dir`` may read."""
     start = (relative_to or base_dir).resolve()
-    resolved = _lexical(raw, start).resolve()
+    try:
+        resolved = _lexical(raw, start).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a link loop
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise PathNotAllowedError(
+            what, f"{raw!r} is not a usable path ({reason})", "give a plain relative path"
+        ) from None
     roots = allowed_roots(base_dir)
     if any(resolved == root or resolved.is_relative_to(root) for root in roots):
         return resolved

@@ -331,6 +331,37 @@ def _additional_properties(validator: Any, extra: Any, instance: Any, schema: An
             yield ValidationError(error % extras_msg(sorted(extras, key=str)))
 
 
+def _canonical(value: Any) -> Any:
+    """A hashable form under JSON Schema's equality (1 == 1.0, true != 1, objects unordered)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, float) and value.is_integer():
+        return ("number", int(value))
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, list):
+        return ("array", tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _canonical(v)) for k, v in value.items()))
+    return ("other", repr(value))
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    # jsonschema compares unhashable items pairwise: 20,000 objects took minutes; a set of
+    # canonical forms is linear
+    from jsonschema.exceptions import ValidationError
+
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for item in instance:
+        key = _canonical(item)
+        if key in seen:
+            yield ValidationError(f"{instance!r} has non-unique elements")
+            return
+        seen.add(key)
+
+
 def _valid(errors: Iterator[Any]) -> bool:
     return next(errors, None) is None
 
@@ -409,6 +440,7 @@ def _validator_class() -> Any:
             "patternProperties": _pattern_properties,
             "additionalProperties": _additional_properties,
             "unevaluatedProperties": _unevaluated_properties,
+            "uniqueItems": _unique_items,
         },
     )
     fields = [(f.name, f.alias) for f in attrs.fields(cls) if f.init]

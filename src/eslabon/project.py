@@ -22,6 +22,8 @@ Only the standard library's ``tomllib`` is used, so ``eslabon validate`` stays f
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any
 from eslabon.allow import Allow, Grant
 from eslabon.errors import ChainConfigError, Problem, UserError
 
-__all__ = ["PROJECT_FILE", "Project", "find_project", "find_root", "load_project"]
+__all__ = ["PROJECT_FILE", "Project", "check_owner", "find_project", "find_root", "load_project"]
 
 PROJECT_FILE = "eslabon.toml"
 _KNOWN_TABLES = ("models", "allow")
@@ -56,15 +58,39 @@ class Project:
 
 def find_root(start: Path | None = None) -> tuple[Path | None, Path | None]:
     """``(root, project file)``: the nearest folder from ``start`` (default: the working
-    directory) upwards that holds an ``eslabon.toml`` or ``.git``; the search stops there."""
+    directory) upwards that holds an ``eslabon.toml`` or ``.git``; the search stops there, and
+    never goes above the user's home folder when it starts inside it."""
     here = (start or Path.cwd()).resolve()
+    home = Path.home().resolve()
     for folder in (here, *here.parents):
         candidate = folder / PROJECT_FILE
         if candidate.is_file():
             return folder, candidate
         if (folder / ".git").exists():
             return folder, None
+        if folder == home:
+            break
     return None, None
+
+
+def check_owner(path: Path) -> None:
+    """Refuse a configuration file another user could have written: one owned by someone else
+    (root excepted) or writable by everyone (as git refuses a repository of "dubious
+    ownership"). It could grant chain files imports, keys and folders."""
+    st = path.stat()
+    why = None
+    if st.st_uid not in (os.getuid(), 0):
+        why = f"it belongs to another user (uid {st.st_uid})"
+    elif st.st_mode & stat.S_IWOTH:
+        why = "every user may write it"
+    if why is not None:
+        raise _problem(
+            path,
+            f"eslabon does not read this file: {why}, and it could grant chain files what you "
+            "never meant to allow",
+            hint="if it is yours, fix its owner or permissions (chmod o-w); otherwise work in a "
+            "folder with its own .git or eslabon.toml",
+        )
 
 
 def find_project(start: Path | None = None) -> Path | None:
@@ -80,6 +106,7 @@ def load_project(start: Path | None = None) -> Project:
     root, path = find_root(start)
     if path is None:
         return Project(root=root or (start or Path.cwd()).resolve(), marked=root is not None)
+    check_owner(path)
     key = (path, path.stat().st_mtime)
     if key not in _CACHE:
         _CACHE[key] = _parse(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -72,7 +73,22 @@ class Params(_Strict):
 
 PARAM_NAMES = tuple(Params.model_fields)
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-HTTP_URL_PATTERN = r"^https?://[^\s/?#]+"
+
+
+def _http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL; write e.g. http://127.0.0.1:8000/v1")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class ModelMapping(Params):
@@ -85,14 +101,13 @@ class ModelMapping(Params):
 
     provider: str = Field(description="Provider, e.g. openai, google_genai, local, llamacpp, fake.")
     name: str | None = Field(None, description="Model name (a GGUF path for llamacpp).")
-    base_url: str | None = Field(
+    base_url: HttpUrl | None = Field(
         None,
-        pattern=HTTP_URL_PATTERN,
         description="An OpenAI-compatible (or Ollama, ...) server. Keys go there only if the "
         "user approves it (--allow-endpoint, [allow] endpoints).",
     )
-    base_urls: list[Annotated[str, Field(pattern=HTTP_URL_PATTERN)]] | None = Field(
-        None, min_length=1, description="Several servers of one model (a pool)."
+    base_urls: list[HttpUrl] | None = Field(
+        None, min_length=1, max_length=64, description="Several servers of one model (a pool)."
     )
     per_endpoint_concurrency: int | None = Field(None, ge=1, le=1024)
     api_key_env: str | None = Field(
@@ -396,7 +411,7 @@ class _Prompted(_Strict):
     params: Params | None = None
     retry: Retry | None = Field(None, description="Retries for this model's transient failures.")
     fallbacks: list[ModelRef] | None = Field(
-        None, description="Models to try in order when the model fails."
+        None, max_length=10, description="Models to try in order when the model fails."
     )
     retriever: RetrieverRef | None = Field(
         None, description="Documents to retrieve; prompts use them as {context}."
@@ -411,6 +426,7 @@ class _Prompted(_Strict):
     )
     tools: list[ToolPath] | None = Field(
         None,
+        max_length=64,
         description="Python functions the model may call, by import path 'package.module:name'.",
     )
     max_tool_calls: int | None = Field(
@@ -442,7 +458,7 @@ class Chain(_Prompted):
     description: str | None = None
     inputs: dict[Name, InputRef] = Field(default_factory=dict)
     prompt: str | None = Field(None, description="Single-step shorthand: user message template.")
-    steps: list[Step] | None = None
+    steps: list[Step] | None = Field(None, max_length=100)
     output: Name | None = Field(None, description="Step whose text is the result (default: last).")
     embeddings: str | None = Field(
         None, description="Embeddings for retrievers and selectors: 'local' or 'provider:model'."

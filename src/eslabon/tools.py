@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,14 @@ _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
 }
 _MAX_EXPONENT = 1000  # 9**9**9 would keep a CPU busy for hours
 _MAX_LENGTH = 500
+_MAX_DIGITS = 4_000  # below Python's 4,300-digit limit for printing an int
+
+
+def _digits(number: int | float) -> float:
+    """About how many decimal digits ``number`` has (exact enough to bound a power)."""
+    if isinstance(number, int):
+        return number.bit_length() * 0.30103 + 1
+    return max(1.0, math.log10(abs(number)) + 1) if math.isfinite(number) else 1.0
 
 
 def _evaluate(node: ast.AST) -> int | float:
@@ -41,6 +50,9 @@ def _evaluate(node: ast.AST) -> int | float:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
             raise ValueError(f"exponent too large (at most {_MAX_EXPONENT})")
+        if isinstance(node.op, ast.Pow) and abs(left) > 1 and _digits(left) * right > _MAX_DIGITS:
+            # the exponent alone is not enough: (9**999)**999 has a million digits
+            raise ValueError(f"result too large (more than {_MAX_DIGITS} digits)")
         return _BINARY[type(node.op)](left, right)  # type: ignore[no-any-return]
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand))  # type: ignore[no-any-return]

@@ -9,11 +9,13 @@ use, memoized, so the count itself stays linear).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 __all__ = [
+    "MAX_CHARS",
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
     "MAX_VALUES",
@@ -25,6 +27,7 @@ __all__ = [
 MAX_FILE_BYTES = 1_000_000  # a chain file is a page of text; 1 MB is far beyond any real one
 MAX_DEPTH = 64  # nested mappings/lists
 MAX_VALUES = 100_000  # values once aliases are expanded
+MAX_CHARS = 5_000_000  # text once aliases are expanded (a long anchored text used many times)
 
 
 class YamlLimitError(ValueError):
@@ -64,24 +67,37 @@ def _check_depth(text: str) -> None:
             depth -= 1
 
 
-def _expanded(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """How many values ``node`` stands for once every alias is expanded (memoized by node)."""
+@dataclass(frozen=True)
+class _Size:
+    values: int  # values once aliases are expanded
+    chars: int  # text in them
+    depth: int  # nesting, through aliases too
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, _Size]) -> _Size:
+    """What ``node`` stands for once every alias is expanded (memoized by node, so shared
+    nodes are measured once however often they are used)."""
     known = sizes.get(id(node))
     if known is not None:
         return known
-    total = 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            total += _expanded(key, sizes) + _expanded(value, sizes)
-            if total > MAX_VALUES:
-                break
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            total += _expanded(item, sizes)
-            if total > MAX_VALUES:
-                break
-    sizes[id(node)] = total
-    return total
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else list(node.value)
+        )
+        values, chars, depth = 1, 0, 0
+        for child in children:
+            size = _expanded(child, sizes)
+            values, chars = values + size.values, chars + size.chars
+            depth = max(depth, size.depth)
+            if values > MAX_VALUES or chars > MAX_CHARS or depth > MAX_DEPTH:
+                break  # over a limit already: the caller says so
+        found = _Size(values, chars, depth + 1)
+    else:
+        found = _Size(1, len(str(node.value)), 0)
+    sizes[id(node)] = found
+    return found
 
 
 def compose_bounded(text: str, max_bytes: int = MAX_FILE_BYTES) -> yaml.Node | None:
@@ -96,14 +112,20 @@ def compose_bounded(text: str, max_bytes: int = MAX_FILE_BYTES) -> yaml.Node | N
         node = loader.get_single_node()
     finally:
         loader.dispose()
-    if node is not None and _expanded(node, {}) > MAX_VALUES:
-        raise YamlLimitError(
-            f"the YAML expands to more than {MAX_VALUES:,} values through its aliases "
-            "(*name repeats what &name marks)",
-            "write the values out, or use fewer nested aliases",
-            node.start_mark.line + 1,
-            node.start_mark.column + 1,
-        )
+    if node is None:
+        return None
+    size = _expanded(node, {})
+    where = (node.start_mark.line + 1, node.start_mark.column + 1)
+    hint = "write the values out, or use fewer nested aliases (*name repeats what &name marks)"
+    if size.values > MAX_VALUES:
+        message = f"the YAML expands to more than {MAX_VALUES:,} values through its aliases"
+        raise YamlLimitError(message, hint, *where)
+    if size.chars > MAX_CHARS:
+        message = f"the YAML expands to more than {MAX_CHARS:,} characters through its aliases"
+        raise YamlLimitError(message, hint, *where)
+    if size.depth > MAX_DEPTH:
+        message = f"values nest deeper than {MAX_DEPTH} levels through aliases"
+        raise YamlLimitError(message, hint, *where)
     return node
 
 
