@@ -20,6 +20,7 @@ from pydantic import (
     PrivateAttr,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -88,7 +89,11 @@ def _http_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
+HttpUrl = Annotated[
+    str,
+    AfterValidator(_http_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}),
+]
 
 
 class ModelMapping(Params):
