@@ -342,22 +342,15 @@ def key_refusal(spec: ModelSpec, var: str, named: bool) -> str | None:
     provider's own key only at the provider's own host, or at an endpoint the user approved;
     any other variable only where the user paired it with that host (docs/security.md).
     """
-    if spec.trusted:
-        return None
-    from eslabon.allow import current_allow, endpoint_matches
-
-    allow = current_allow()
-    destination = key_destination(spec)
     own = var == spec.info.env_var
+    if spec.trusted or (own and _unapproved(spec) is None):
+        return None  # the user's, or the provider's own key to its own (or an approved) host
+    destination = key_destination(spec)
     if destination is None:
-        if own and "base_url" not in spec.kwargs:
-            return None  # the provider's endpoint comes from the user's environment
         return f"eslabon does not know where {spec.provider} sends {var}"
-    if own and spec.info.host is not None and endpoint_matches(spec.info.host, destination):
-        return None
-    if own and allow.endpoint_grant(destination) is not None:
-        return None
-    if allow.key_grant(var, destination) is not None:
+    from eslabon.allow import current_allow
+
+    if current_allow().key_grant(var, destination) is not None:
         return None
     flag = (
         f"--allow-key {var}@{destination}"
