@@ -161,6 +161,8 @@ def test_a_cache_hit_makes_no_request(server: WireServer, tmp_path: Path) -> Non
             text=True,
         )
         assert done.returncode == 0, done.stderr
+        # LangChain's cache lookup once warned on every hit (LangChainPendingDeprecationWarning)
+        assert "Warning" not in done.stderr, done.stderr
     assert len(server.requests) == 3  # the second batch was answered from the cache
     first, second = (
         sorted((r["id"], r["output"]) for r in records(tmp_path / n))
@@ -297,3 +299,71 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path: Path) ->
     )
     assert "━" not in piped.stderr and "40/40 rows (0 failed" in piped.stderr
     assert piped.stdout.startswith("40 done, 0 failed")
+
+
+EMPTY_CHAIN = """\
+inputs:
+  q: La pregunta
+  tono: {description: El tono, default: amable}
+prompt: "{q} ({tono})"
+"""
+
+
+def test_an_empty_cell_is_a_missing_value_the_default_or_an_error_naming_the_column(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "rows.csv").write_text("id,q,tono\na,hola,\nb,,serio\nc,adios,seco\n")
+    rows_ = read_rows(tmp_path / "rows.csv")
+    assert rows_[0] == {"id": "a", "q": "hola", "tono": None}  # was "" (and "NaN values found")
+    chain = load_chain(write(tmp_path, EMPTY_CHAIN), model="fake:echo")
+    report = run_batch(chain, rows_, tmp_path / "out.jsonl")
+    assert (report.done, report.failed) == (2, 1)
+    got = {r["id"]: r for r in records(tmp_path / "out.jsonl")}
+    assert got["a"]["output"] == "hola (amable)"  # the input's default
+    assert got["c"]["output"] == "adios (seco)"
+    error = got["b"]["error"]
+    assert error["type"] == "InputError"
+    assert error["message"].startswith("row b: column 'q' is empty (or null)"), error
+    assert "no default" in error["message"] and 'default: ""' in error["message"]
+
+
+def test_jsonl_nulls_are_missing_values_never_the_text_none(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text(
+        '{"q": "hola", "tono": null}\n{"q": null}\n{"id": null, "q": "x"}\n'
+    )
+    rows_ = read_rows(tmp_path / "rows.jsonl")
+    assert [r["id"] for r in rows_] == [1, 2, 3]  # a null id is the row number
+    chain = load_chain(write(tmp_path, EMPTY_CHAIN), model="fake:echo")
+    run_batch(chain, rows_, tmp_path / "out.jsonl")
+    got = {r["id"]: r for r in records(tmp_path / "out.jsonl")}
+    assert got[1]["output"] == "hola (amable)"
+    assert got[2]["output"] is None and "row 2: column 'q' is empty" in got[2]["error"]["message"]
+    assert "None" not in json.dumps([r["output"] for r in got.values()])
+
+
+def test_an_input_whose_default_is_empty_text_may_be_left_empty(tmp_path: Path) -> None:
+    chain = load_chain(
+        write(tmp_path, 'inputs:\n  q: {description: x, default: ""}\nprompt: "[{q}]"\n'),
+        model="fake:echo",
+    )
+    (tmp_path / "rows.csv").write_text('q\n""\n')
+    run_batch(chain, read_rows(tmp_path / "rows.csv"), tmp_path / "out.jsonl")
+    assert [r["output"] for r in records(tmp_path / "out.jsonl")] == ["[]"]
+
+
+def test_the_exit_code_says_whether_rows_failed(tmp_path: Path) -> None:
+    chain = write(tmp_path, EMPTY_CHAIN)
+    (tmp_path / "good.csv").write_text("q\nhola\n")
+    (tmp_path / "bad.csv").write_text('q\nhola\n""\n')
+    codes = {}
+    for name in ("good", "bad"):
+        rows_, out = tmp_path / f"{name}.csv", tmp_path / f"{name}.jsonl"
+        done = subprocess.run(
+            [EXE, "batch", str(chain), str(rows_), "-m", "fake:echo", "-o", str(out)],
+            capture_output=True,
+            text=True,
+        )
+        codes[name] = done.returncode
+        assert "Traceback" not in done.stderr
+    # was 0 for both: a script could not tell that rows failed
+    assert codes == {"good": 0, "bad": 3}

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +239,116 @@ def test_fast_commands_import_nothing_heavy(args: list[str]) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY []" in out.stderr, out.stderr
+
+
+# -- paths a new user takes (issue 13) -----------------------------------------------------------
+def test_an_unknown_input_is_an_error_with_a_suggestion() -> None:
+    out = eslabon("run", "chains/hola.yaml", "-m", "fake:echo", "-i", "nombr=Ana")
+    assert out.returncode == 2, out.stdout
+    assert "-i nombr: the chain has no input 'nombr' (did you mean 'nombre'?)" in out.stderr
+    assert out.stdout == ""  # nothing ran on the default instead
+
+
+def test_run_json_names_each_steps_model(tmp_path: Path) -> None:
+    chain = write(
+        tmp_path,
+        "model: fake:echo\nsteps:\n  - {id: a, prompt: hola}\n"
+        "  - {id: b, model: {provider: fake, responses: [listo]}, prompt: '{a}'}\n",
+    )
+    data = json.loads(eslabon("run", str(chain), "--json").stdout)
+    assert data["models"] == {"a": "fake:echo", "b": "fake"}  # not the chain's model for both
+    assert data["model"] == "fake:echo, fake"
+    one = json.loads(eslabon("run", str(chain), "--json", "-m", "fake:echo").stdout)
+    assert one["model"] == "fake:echo" and one["models"] == {"a": "fake:echo", "b": "fake:echo"}
+
+
+def test_validate_warns_about_templates_that_pass_but_do_the_wrong_thing(tmp_path: Path) -> None:
+    chain = write(tmp_path, "inputs: {texto: x, sobra: y}\nprompt: 'Resume {{texto}}'\n")
+    out = eslabon("validate", str(chain))
+    assert out.returncode == 0, out.stdout + out.stderr  # warnings: the chain still runs
+    assert (
+        f"{chain}:1:20: warning: inputs.sobra: input 'sobra' is used by no template" in out.stdout
+    )
+    assert (
+        f"{chain}:2:9: warning: prompt: '{{{{texto}}}}' is sent as the literal text" in out.stdout
+    )
+
+
+def test_a_broken_project_file_is_reported_once(tmp_path: Path) -> None:
+    (tmp_path / "eslabon.toml").write_text("[models\n", encoding="utf-8")
+    chain = write(tmp_path, "model: local\nprompt: hola\n")
+    out = eslabon("validate", str(chain), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stdout.count("invalid TOML") == 1, out.stdout
+    assert f"{chain}: not checked: fix {tmp_path / 'eslabon.toml'} first" in out.stdout
+    assert out.stderr.strip().endswith(
+        "1 problem in the project's configuration; 1 of 1 file not checked."
+    )
+
+
+def test_errors_while_running_name_the_file(tmp_path: Path) -> None:
+    chain = write(tmp_path, "model: anthropic:claude-x\nparams: {seed: 1}\nprompt: hola\n")
+    for args in (["run", str(chain)], ["render", str(chain), "-p", "anthropic"]):
+        out = eslabon(*args, env={"ANTHROPIC_API_KEY": "not-used"})
+        assert out.returncode == 2
+        assert out.stderr.startswith(f"error: {chain}: params.seed: "), out.stderr
+
+
+def test_ui_says_a_missing_folder_before_any_banner() -> None:
+    out = eslabon("ui", "nope/")
+    assert out.returncode == 2
+    assert out.stderr == "error: no such file or folder: nope\n"  # no URL to a server never started
+
+
+def test_piped_chat_prints_a_transcript(tmp_path: Path) -> None:
+    (tmp_path / "eslabon.toml").write_text("", encoding="utf-8")  # the session stays in tmp_path
+    out = eslabon(
+        "chat",
+        str(CHAINS / "conversacion.yaml"),
+        "-m",
+        "fake:echo",
+        cwd=tmp_path,
+        stdin="hola\nprimera línea\n",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "> hola\nhola\n\n> primera línea\nprimera línea\n"
+
+
+def test_search_explains_scores_without_langchains_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relevance below 0 (a chunk further from the query than unrelated text) made LangChain warn
+    with every chunk's text; eslabon shows the score between 0 and 1 and says why."""
+    import warnings
+
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from typer.testing import CliRunner
+
+    import eslabon.indexing
+    from eslabon.cli import app
+
+    class Opposite(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [[1.0, 0.0] if "gato" in t else [-1.0, 0.0] for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return [1.0, 0.0]
+
+    class Store(InMemoryVectorStore):
+        def _select_relevance_score_fn(self) -> Any:
+            return lambda similarity: similarity  # cosine: -1 for the opposite chunk
+
+    store = Store(Opposite())
+    texts = ["el gato duerme", "SECRETO DE OTRO CHUNK " * 20]
+    store.add_texts(
+        texts, metadatas=[{"source": "a.md", "chunk": 0}, {"source": "b.md", "chunk": 0}]
+    )
+    monkeypatch.setattr(eslabon.indexing, "open_store", lambda *args, **kwargs: store)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, ["search", "chroma:curso", "gato", "-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert not [w for w in seen if "Relevance scores" in str(w.message)]
+    assert "a.md #0  score 1.000" in result.stdout and "b.md #0  score 0.000" in result.stdout
+    assert "score -1" not in result.output and "shares next to nothing" in result.stderr

@@ -178,6 +178,42 @@ def test_pipe_composition_both_ways() -> None:
     assert streamed == "Repite: a b"
 
 
+async def test_output_text_gives_the_answer_as_text_token_by_token() -> None:
+    from operator import itemgetter
+
+    from langchain_core.output_parsers import StrOutputParser
+
+    chain = load_chain(
+        CANONICAL, model={"provider": "fake", "responses": ["A1", "P2", "al fin sí"]}
+    )
+    text = chain.output_text()
+    given = {"problema": "x"}
+    assert text.invoke(given) == "al fin sí"
+    assert list(text.stream(given)) == ["al ", "fin ", "sí"]  # the last step's tokens only
+    assert [t async for t in text.astream(given)] == ["al ", "fin ", "sí"]
+    assert await text.ainvoke(given) == "al fin sí"
+    assert (text | StrOutputParser()).invoke(given) == "al fin sí"
+    assert (text | StrOutputParser()).batch([given, given]) == ["al fin sí"] * 2
+    # what output_text replaces: a dict is not text, and a plain function runs once, on the
+    # whole result (docs/python.md)
+    with pytest.raises(ValueError, match="valid string"):
+        (chain | StrOutputParser()).invoke(given)
+    assert list((chain | itemgetter("output")).stream(given)) == ["al fin sí"]
+
+
+def test_output_text_of_an_earlier_step_and_of_a_structured_step(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "steps:\n  - {id: a, prompt: uno dos}\n  - {id: b, prompt: tres}\noutput: a\n"
+    )
+    text = load_chain(path, model="fake:echo").output_text()
+    assert list(text.stream({})) == ["uno ", "dos"]  # not b's tokens, nor the closing output
+    schema = "{type: object, properties: {n: {type: integer}}, required: [n]}"
+    path = write(tmp_path, f"prompt: hola\noutput_schema: {schema}\n", "s.yaml")
+    text = load_chain(path, model=FakeChatModel(responses=['{"n": 1}'])).output_text()
+    assert text.invoke({}) == '{"n": 1}'  # JSON text, as later templates see it
+    assert list(text.stream({})) == ['{"n": 1}']
+
+
 def test_string_input_for_single_input_chains_and_defaults() -> None:
     chain = load_chain(CHAINS / "hola.yaml", model="fake:echo")
     assert chain.invoke({})["output"] == "Saluda a Mundo con una sola frase amable."

@@ -17,6 +17,7 @@ from eslabon import (
     UserError,
     load_chain,
 )
+from eslabon.allow import Allow
 from eslabon.retrieval import build_embeddings
 from wire_server import WireServer
 
@@ -101,7 +102,9 @@ def test_gguf_embeddings_through_llama_cpp(tmp_path: Path) -> None:
         f"embeddings: 'llamacpp:{bundled_model_path()}'\ninputs: {{q: x}}\n"
         f"{DOCS}prompt: '{{context}}'\n",
     )
-    assert load_chain(path, model="fake:echo").invoke({"q": "zorro"})["documents"]
+    # the model lies in site-packages, outside the chain's folder: the user allows that folder
+    allow = Allow.of(paths=[bundled_model_path().parent])
+    assert load_chain(path, model="fake:echo", allow=allow).invoke({"q": "zorro"})["documents"]
 
 
 def _minilm_folder() -> Path:
@@ -131,7 +134,8 @@ def test_sentence_transformers_embeddings_from_a_folder(tmp_path: Path) -> None:
         "    - {content: 'Interest rates went up', source: bank.md}\n"
         "prompt: '{context}'\n",
     )
-    result = load_chain(path, model="fake:echo").invoke({"q": "a kitten napping"})
+    allow = Allow.of(paths=[folder])  # the link leads to site-packages: allowed by the user
+    result = load_chain(path, model="fake:echo", allow=allow).invoke({"q": "a kitten napping"})
     assert result["documents"][0]["source"] == "cat.md"
 
 

@@ -122,3 +122,49 @@ def test_svg_and_png_are_drawn_offline(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert several.returncode == 2 and "draws one chain file" in several.stderr
+
+
+def test_several_files_make_one_flowchart_a_subgraph_each() -> None:
+    """Two chains' texts one after the other were two `flowchart` headers in one block, which
+    Mermaid cannot draw; now one flowchart, a subgraph per chain, its node ids its own."""
+    done = subprocess.run(
+        [EXE, "graph", "chains/hola.yaml", "chains/analizar_planificar_resolver.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert text.count("flowchart") == 1 and text.startswith("flowchart TD\n")
+    assert '    subgraph chain1["hola"]' in text and '    subgraph chain2["analizar_' in text
+    assert text.count("\n    end\n") == 2
+    assert ("c1_in_nombre", "", "c1_step_output") in edges(text)
+    assert ("c2_step_analisis", "analisis", "c2_step_plan") in edges(text)
+    assert {"c1_out", "c2_out"} <= {t for _, _, t in edges(text)}  # one output node each
+
+
+def test_the_combined_flowchart_draws(tmp_path: Path) -> None:
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("gradio", reason="the ui extra")
+    pytest.importorskip("playwright", reason="the ui extra")
+    if not shutil.which("chromium"):
+        pytest.skip("needs Chromium")
+    code = (
+        "import sys\n"
+        "from eslabon import Chain\n"
+        "from eslabon.graph import mermaid_many, render_image\n"
+        "specs = [Chain.from_yaml(f'chains/{n}') for n in ('hola.yaml', 'rag_curso.yaml')]\n"
+        "text = mermaid_many([(s.name or '', s) for s in specs])\n"
+        "sys.stdout.write(render_image(text, 'svg').decode())\n"
+    )  # in a process of its own, as the CLI draws: Gradio leaves an event loop behind
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    drawing = done.stdout
+    assert drawing.startswith("<svg") and "Syntax error" not in drawing
+    for label in ("hola", "rag_curso", "nombre", "pregunta"):
+        assert label in drawing

@@ -159,7 +159,8 @@ def test_eslabon_chat_with_piped_turns_continues_in_a_second_process(
         args, input="hola\n¿qué tal?\n", capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == ["¡Hola!", "Bien."]
+    # a transcript: where each answer ends shows (docs/cli.md)
+    assert first.stdout.splitlines() == ["> hola", "¡Hola!", "", "> ¿qué tal?", "Bien."]
     second = subprocess.run(
         [*args[:-2]], input="/history\n", capture_output=True, text=True, env=env, cwd=tmp_path
     )
@@ -167,7 +168,7 @@ def test_eslabon_chat_with_piped_turns_continues_in_a_second_process(
     third = subprocess.run(
         args, input="adiós\n", capture_output=True, text=True, env=env, cwd=tmp_path
     )
-    assert third.stdout.strip() == "Adiós."
+    assert third.stdout == "> adiós\nAdiós.\n"
     roles = [(m["role"], m["content"]) for m in server.requests[-1].body["messages"]]
     assert roles[1:] == [
         ("user", "hola"),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import write
-from eslabon import FakeChatModel, load_chain
+from eslabon import FakeChatModel, UserError, load_chain
 from eslabon.imports import ImportNotAllowedError, is_allowed, resolve_import
 from eslabon.loader import validate_file
 from eslabon.registry import register_retriever
@@ -194,3 +195,90 @@ def test_an_installed_package_provides_a_retriever_by_entry_point(tmp_path: Path
     # without the package on the path, the same file is a clear mistake, not a crash
     done = subprocess.run([exe, "validate", str(chain)], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown retriever type 'temas'" in done.stdout + done.stderr
+
+
+# -- own code beside the chain file (issue 13) ---------------------------------------------------
+@pytest.fixture
+def beside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project with ``mipaquete/`` (not installed) beside a chain file in ``cadenas/``."""
+    (tmp_path / ".git").mkdir()  # the project root
+    folder = tmp_path / "cadenas"
+    (folder / "mipaquete").mkdir(parents=True)
+    (folder / "mipaquete" / "__init__.py").write_text("", encoding="utf-8")
+    (folder / "mipaquete" / "buscar.py").write_text(PLUGIN, encoding="utf-8")
+    (folder / "otro.py").write_text("def make(k): raise SystemExit('imported!')\n")
+    monkeypatch.chdir(tmp_path)
+    yield folder
+    for name in [m for m in sys.modules if m.split(".")[0] in ("mipaquete", "otro", "colorsys")]:
+        del sys.modules[name]
+
+
+def test_an_allowed_package_beside_the_chain_is_found(beside: Path) -> None:
+    path = python_chain(beside, "mipaquete.buscar:make")
+    before = list(sys.path)
+    assert run(path, allow_imports=["mipaquete"]) == "[1] (source: plugin)\nsecreto"
+    assert sys.path == before  # found without putting the folder on the path
+
+
+def test_not_allowed_it_is_not_even_looked_for(beside: Path) -> None:
+    with pytest.raises(ImportNotAllowedError, match="--allow-import mipaquete"):
+        load_chain(python_chain(beside, "mipaquete.buscar:make"), model="fake:echo")
+    assert "mipaquete" not in sys.modules
+    # allowing one package does not open the folder to the others beside it
+    with pytest.raises(ImportNotAllowedError):
+        load_chain(
+            python_chain(beside, "otro:make"), model="fake:echo", allow_imports=["mipaquete"]
+        )
+    assert "otro" not in sys.modules
+
+
+def test_an_installed_package_wins_over_a_folder_of_the_same_name(tmp_path: Path) -> None:
+    from eslabon.imports import chain_folder
+
+    sys.modules.pop("colorsys", None)
+    (tmp_path / "colorsys.py").write_text("def rgb_to_hls(*a): return 'from the folder'\n")
+    with chain_folder(tmp_path):
+        found = resolve_import("colorsys:rgb_to_hls", ["colorsys"])
+    assert found(0.0, 0.0, 0.0) == (0.0, 0.0, 0.0)  # the standard library's
+
+
+def test_a_link_out_of_the_folder_is_not_followed(tmp_path: Path) -> None:
+    from eslabon.imports import chain_folder
+
+    outside = tmp_path / "fuera"
+    (outside / "paquete_link").mkdir(parents=True)
+    (outside / "paquete_link" / "__init__.py").write_text("def f(): return 1\n")
+    chains = tmp_path / "cadenas"
+    chains.mkdir()
+    (chains / "paquete_link").symlink_to(outside / "paquete_link")
+    with chain_folder(chains), pytest.raises(UserError, match="No module named 'paquete_link'"):
+        resolve_import("paquete_link:f", ["paquete_link"])
+    assert "paquete_link" not in sys.modules
+
+
+def test_not_found_anywhere_says_where_it_looked(beside: Path) -> None:
+    path = python_chain(beside, "nopaquete.x:make")
+    with pytest.raises(UserError) as info:
+        load_chain(path, model="fake:echo", allow_imports=["nopaquete"])
+    text = str(info.value)
+    assert "No module named 'nopaquete'" in text
+    assert f"looked in: installed packages, {beside}, {beside.parent}" in text
+
+
+def test_cli_allow_import_finds_the_package_beside_the_chain(beside: Path) -> None:
+    import os
+    import subprocess
+
+    path = python_chain(beside, "mipaquete.buscar:make")
+    exe = str(Path(sys.executable).parent / "eslabon")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [exe, "run", str(path), "-i", "q=x", "-m", "fake:echo", "--allow-import", "mipaquete"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path("/"),  # from anywhere: the chain's folder is what counts
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "secreto" in done.stdout

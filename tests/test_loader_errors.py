@@ -31,7 +31,8 @@ def problems(tmp_path: Path, text: str) -> list[Problem]:
 
 
 def one(tmp_path: Path, text: str) -> Problem:
-    found = problems(tmp_path, text)
+    """The one error (warnings aside)."""
+    found = [p for p in problems(tmp_path, text) if not p.warning]
     assert len(found) == 1, [p.format() for p in found]
     return found[0]
 
@@ -152,8 +153,9 @@ def test_unknown_selector_type_lists_valid_types(tmp_path: Path) -> None:
 
 
 def test_jinja_and_attribute_access_are_rejected_at_load(tmp_path: Path) -> None:
+    # every problem of the template, not only the first
     found = problems(tmp_path, GOOD.replace("Plan para {analisis}", "{{ analisis }} {x.y}"))
-    assert len(found) == 1 and "Jinja" in found[0].message
+    assert [p.message.split(" ")[0] for p in found] == ["Jinja", "field"]
     p = one(tmp_path, GOOD.replace("Plan para {analisis}", "{analisis.__class__}"))
     assert "not a plain name" in p.message
 
@@ -239,3 +241,134 @@ def test_spec_built_in_code_raises_the_same_error() -> None:
 def test_yaml_text_can_be_loaded_directly() -> None:
     spec = load_spec_text("prompt: 'Hola {nombre}'\ninputs: {nombre: Quién}\n")
     assert spec.normalized_steps()[0].prompt == "Hola {nombre}"
+
+
+# -- files that pass the schema but do not do what they say (issue 13) ----------------------------
+def warnings_of(tmp_path: Path, text: str) -> list[Problem]:
+    spec = load_spec(write(tmp_path, text))
+    return [p for p in spec.warnings if p.warning]
+
+
+def test_doubled_braces_warn_at_their_line(tmp_path: Path) -> None:
+    [found] = warnings_of(tmp_path, "inputs: {texto: x}\nprompt: 'Resume {{texto}} y {texto}'\n")
+    assert (found.path, found.line) == ("prompt", 2)
+    assert "sent as the literal text '{texto}'" in found.message
+
+
+def test_an_input_no_template_uses_is_a_warning(tmp_path: Path) -> None:
+    [found] = warnings_of(tmp_path, "inputs: {texto: x, sobra: y}\nprompt: 'Resume {texto}'\n")
+    assert (found.path, found.line, found.col) == ("inputs.sobra", 1, 20)
+    assert found.message == "input 'sobra' is used by no template or retriever query"
+    # a retriever's query uses inputs too, and one without a query searches for the first input
+    queried = (
+        "inputs: {q: x, tema: y}\nretriever: {type: static, documents: [a], query: '{tema}'}\n"
+        "prompt: '{context} {q}'\n"
+    )
+    assert warnings_of(tmp_path, queried) == []
+    default_query = (
+        "inputs: {q: x}\nretriever: {type: static, documents: [a]}\nprompt: '{context}'\n"
+    )
+    assert warnings_of(tmp_path, default_query) == []
+    steps = (
+        "inputs: {a: x, b: y}\nsteps:\n  - {id: s1, prompt: '{a}'}\n"
+        "  - {id: s2, system: '{b}', prompt: '{s1}'}\n"
+    )
+    assert warnings_of(tmp_path, steps) == []
+
+
+def test_a_retriever_setting_is_reported_at_its_own_key(tmp_path: Path) -> None:
+    text = (
+        "inputs: {q: x}\nretriever: {type: chroma, collection: curso, k: 0}\nprompt: '{context}'\n"
+    )
+    p = one(tmp_path, text)
+    assert (p.path, p.line, p.col) == ("retriever.k", 2, 49)  # not 'retriever.chroma'
+    steps = (
+        "inputs: {q: x}\nsteps:\n  - id: a\n"
+        "    retriever: {type: bm25, documents: [x], k: -1}\n    prompt: '{context}'\n"
+    )
+    assert one(tmp_path, steps).path == "steps[0].retriever.k"
+
+
+def test_every_bad_row_of_an_examples_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "ej.jsonl").write_text(
+        '{"input": "a", "output": "b"}\n{"input": "a"}\nnot json\n'
+        '{"input": 1, "output": 2, "x": 3}\n',
+        encoding="utf-8",
+    )
+    text = "inputs: {q: x}\nexamples: [{file: ej.jsonl}]\nprompt: '{q}'\n"
+    found = problems(tmp_path, text)
+    assert [p.message.split(":")[0] for p in found] == [
+        "ej.jsonl line 2",
+        "ej.jsonl line 3",
+        "ej.jsonl line 4",
+    ]
+    assert all(p.path == "examples[0].file" and p.line == 2 for p in found)
+
+
+def test_every_mistake_of_an_output_schema_is_reported(tmp_path: Path) -> None:
+    text = (
+        "inputs: {q: x}\nprompt: '{q}'\noutput_schema:\n  type: object\n  properties:\n"
+        "    a: {type: strin}\n    b: {minLength: -1}\n"
+    )
+    found = problems(tmp_path, text)
+    assert [p.path for p in found] == [
+        "output_schema.properties.a.type",
+        "output_schema.properties.b.minLength",
+    ]
+    assert [p.line for p in found] == [6, 7]
+
+
+@pytest.mark.parametrize(
+    ("tool", "message", "hint"),
+    [
+        (
+            "eslabon.tools:calculadoraa",
+            "eslabon.tools has no tool 'calculadoraa'",
+            "did you mean 'calculadora'?",
+        ),
+        (
+            "eslabon.tool:calculadora",
+            "no module 'eslabon.tool' in eslabon",
+            "did you mean 'eslabon.tools'?",
+        ),
+    ],
+)
+def test_a_misspelled_eslabon_tool_is_caught(
+    tmp_path: Path, tool: str, message: str, hint: str
+) -> None:
+    p = one(tmp_path, f"inputs: {{q: x}}\nprompt: '{{q}}'\ntools: ['{tool}']\n")
+    assert (p.path, p.line, p.message) == ("tools[0]", 3, message)
+    assert p.hint is not None and p.hint.startswith(hint)
+    assert "eslabon.tools:calculadora" in p.hint
+
+
+def test_other_packages_tools_are_not_imported_at_validate(tmp_path: Path) -> None:
+    import sys
+
+    (tmp_path / "herramientas_val.py").write_text("raise SystemExit('imported!')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        spec = load_spec(
+            write(tmp_path, "inputs: {q: x}\nprompt: '{q}'\ntools: ['herramientas_val:f']\n")
+        )
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert spec.warnings == [] and "herramientas_val" not in sys.modules
+
+
+def test_errors_found_while_building_name_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A setting checked only when the model is built (run, render) names the chain's file, as
+    validate's problems do — never ``<chain>``."""
+    from eslabon import load_chain
+    from eslabon.render import render_requests
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-used")
+    path = write(tmp_path, "model: anthropic:claude-x\nparams: {seed: 1}\nprompt: hola\n")
+    with pytest.raises(ChainConfigError) as info:
+        load_chain(path)
+    assert str(info.value).startswith(f"{path}: params.seed: provider 'anthropic' does not")
+    with pytest.raises(ChainConfigError) as info:
+        render_requests(load_spec(path), "anthropic")
+    assert str(info.value).startswith(f"{path}: params.seed:")

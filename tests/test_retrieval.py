@@ -245,3 +245,80 @@ class TestChromaConformance(RetrieverConformance):
         assert [d.id for d in ours] == [d.id for d, _ in theirs]
         assert [d.metadata["score"] for d in ours] == pytest.approx([s for _, s in theirs])
         assert [d.page_content for d in ours] == [d.page_content for d, _ in theirs]
+
+
+# -- an index that is missing, empty or of other embeddings: a clear error, never an empty
+# -- {context}; and running or validating a chain creates no store -----------------------------
+
+
+def test_a_chroma_collection_never_indexed_is_a_clear_error_that_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eslabon.retrieval import IndexNotFoundError
+
+    (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    path = chain(tmp_path, "    type: chroma\n    collection: curso\n    k: 2\n")
+    assert validate_file(path) == []
+    # before: the chain ran with an empty "Contexto:" and left an empty store behind
+    with pytest.raises(IndexNotFoundError) as info:
+        load_chain(path, model="fake:echo")
+    message = str(info.value)
+    assert message.startswith("chroma collection 'curso' has nothing to search: no index at")
+    assert "eslabon index DOCS --into chroma:curso" in message
+    assert not (tmp_path / ".eslabon").exists()
+
+    store = chroma_store("apuntes", build_embeddings("local"), None, None, 8000, tmp_path)
+    with pytest.raises(IndexNotFoundError, match=r"collections there: apuntes"):
+        load_chain(path, model="fake:echo")  # another collection is there, not this one
+    with pytest.raises(IndexNotFoundError, match=r"'apuntes' has nothing to search: it is empty"):
+        load_chain(
+            chain(tmp_path, "    type: chroma\n    collection: apuntes\n"), model="fake:echo"
+        )
+    store.add_texts(["Los LLM predicen el siguiente token."], metadatas=[{"source": "llm.md"}])
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / ".eslabon" / "chroma"), settings=Settings(anonymized_telemetry=False)
+    )
+    assert [c.name for c in client.list_collections()] == ["apuntes"]  # no 'curso' was made
+
+
+def test_a_chain_whose_embeddings_differ_from_its_collection_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eslabon.embeddings import HashingEmbeddings
+    from eslabon.retrieval import EmbeddingsMismatchError
+
+    (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    store = chroma_store("curso_256", HashingEmbeddings(256), None, None, 8000, tmp_path)
+    store.add_texts(["Los LLM predicen el siguiente token."], metadatas=[{"source": "llm.md"}])
+    path = chain(tmp_path, "    type: chroma\n    collection: curso_256\n")
+    # before: the first question failed inside Chroma with an embedding-dimension error
+    with pytest.raises(EmbeddingsMismatchError, match="'local:256', not 'local'"):
+        load_chain(path, model="fake:echo")
+
+
+def test_a_llamaindex_folder_missing_or_empty_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("llama_index.core")
+    monkeypatch.chdir(tmp_path)  # the project root: index folders are relative to it
+    from llama_index.core import VectorStoreIndex
+
+    from eslabon.llamaindex import to_llamaindex
+    from eslabon.retrieval import IndexNotFoundError
+
+    missing = chain(tmp_path, "    type: llamaindex\n    path: indice\n")
+    with pytest.raises(IndexNotFoundError, match=r"no llama-index index at .*indice"):
+        load_chain(missing, model="fake:echo")
+    assert not (tmp_path / "indice").exists()
+    empty = VectorStoreIndex.from_documents(
+        [], embed_model=to_llamaindex(build_embeddings("local"))
+    )
+    empty.storage_context.persist(str(tmp_path / "indice"))
+    # before: every question got an empty {context}
+    with pytest.raises(IndexNotFoundError, match="holds no documents"):
+        load_chain(missing, model="fake:echo")

@@ -52,3 +52,39 @@ def test_jinja_is_rejected(template: str) -> None:
 def test_malformed_and_empty_fields(template: str) -> None:
     [message] = messages(template, ["x"])
     assert "malformed" in message or "empty field" in message
+
+
+def test_doubled_braces_around_a_usable_name_warn() -> None:
+    """``{{texto}}`` (Jinja, Handlebars) is sent as the literal text ``{texto}``: a warning."""
+    [issue] = check_template("Resume: {{texto}}", ["texto"])
+    assert issue.warning
+    assert (
+        issue.message
+        == "'{{texto}}' is sent as the literal text '{texto}', not the value of 'texto'"
+    )
+    assert issue.hint is not None and issue.hint.startswith("write {texto} to insert it")
+    # braces meant as braces stay silent: not a name the template could use, or a real field
+    assert check_template("{{literal}} {{}} {{{texto}}} {{ }}", ["texto"]) == []
+
+
+def test_every_problem_of_a_template_is_reported() -> None:
+    found = messages("{% if x %}{{ x }}{% endif %} {y.z} {nada} } {x!r} {", ["x"])
+    assert [m.split(" ")[0] for m in found] == [
+        "Jinja",  # one problem, one fix, for the three tags
+        "field",  # {y.z}
+        "unknown",  # {nada}
+        "malformed",  # the single '}'
+        "field",  # {x!r}: found past the stray brace
+        "malformed",  # the '{' never closed
+    ]
+    assert "'{% if x %}', '{{ x }}', '{% endif %}'" in found[0]
+
+
+def test_checking_stays_linear_on_hostile_templates() -> None:
+    import time
+
+    for template in ("{" * 200_000, "}" * 200_001, "{a" * 100_000, "{{ " + " " * 200_000,
+                     "{%" * 100_000, "{{a" * 100_000):  # fmt: skip
+        start = time.perf_counter()
+        check_template(template, ["a"])
+        assert time.perf_counter() - start < 2, template[:10]

@@ -1,7 +1,9 @@
 """Batch runs: one chain over many rows, concurrently, losing and duplicating nothing.
 
 * Rows come from .jsonl, .csv or .parquet (extra ``parquet``); each row's fields are the chain's
-  inputs, its ``id`` (or its 1-based row number) names it.
+  inputs, its ``id`` (or its 1-based row number) names it. An empty CSV cell, a JSON ``null``
+  and a parquet null are a missing value: the input's default applies, and an input without one
+  fails that row with an error naming the column.
 * Rows run as asyncio tasks through ``chain.ainvoke``, at most ``concurrency`` at a time; an
   optional requests-per-second limit is LangChain's ``InMemoryRateLimiter`` on every model call.
   The chain's own retry and fallback settings apply to each row.
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eslabon.errors import UserError, redact
+from eslabon.errors import InputError, UserError, redact
 from eslabon.outfile import LineSink, finished_ids, output_lock, prepare_output
 
 __all__ = ["BatchReport", "Rows", "arun_batch", "read_rows", "run_batch"]
@@ -83,10 +85,13 @@ def read_rows(path: str | Path) -> Rows:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     rows = Rows()
     rows.source = path
+    csv_file = path.suffix == ".csv"
     for n, row in enumerate(raw, 1):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {n} is not an object with the chain's inputs")
-        rows.append({**row, "id": row.get("id", n)})
+        if csv_file:  # CSV cannot tell an empty text from a missing one: missing (a default)
+            row = {k: None if v == "" else v for k, v in row.items()}
+        rows.append({**row, "id": n if row.get("id") is None else row["id"]})
     ids = [str(r["id"]) for r in rows]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
@@ -127,6 +132,21 @@ def _text(path: Path) -> str:
             f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
             "save the file as UTF-8"
         ) from None
+
+
+def _check_empty(chain: Any, row: dict[str, Any], inputs: list[str]) -> None:
+    """Refuse a row whose empty cell (CSV) or null (JSONL, parquet) is an input with no
+    default, naming the column; with a default, the chain uses it."""
+    spec = chain.spec
+    empty = [n for n in inputs if n in row and row[n] is None and spec.input_default(n) is None]
+    if empty:
+        names = ", ".join(f"'{n}'" for n in empty)
+        raise InputError(
+            f"row {row['id']}: column {names} is empty (or null), and the chain gives "
+            f"{'it' if len(empty) == 1 else 'them'} no default\n    fix: fill it in, or give the "
+            f'input a default in the chain file ({empty[0]}: {{description: ..., default: ""}} '
+            "lets it be empty)"
+        )
 
 
 def _error_record(exc: BaseException) -> dict[str, str]:
@@ -218,6 +238,7 @@ async def _run_rows(
             began = time.perf_counter()
             record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
             try:
+                _check_empty(chain, row, inputs_of)
                 result = await chain.ainvoke(inputs)
             except asyncio.CancelledError:
                 raise

@@ -23,7 +23,7 @@ from eslabon.spec import (
     provider_settings,
 )
 from eslabon.suggest import did_you_mean
-from eslabon.templates import check_template
+from eslabon.templates import check_template, literal_names, used_names
 
 __all__ = ["RESERVED_IDS", "check_chain_data", "external_refs", "format_path"]
 
@@ -61,6 +61,7 @@ class _Collector:
         self.base_dir = base_dir
         self.example_bytes = 0  # example files' sizes, each time one is named, in all steps
         self.problems: list[Problem] = []
+        self.whole = True  # False: the schema check found problems this check cannot see
 
     def add(
         self,
@@ -94,9 +95,12 @@ def check_chain_data(
     base_dir: Path,
     file: str = "<chain>",
     locate: Locate | None = None,
+    schema_ok: bool = True,
 ) -> list[Problem]:
-    """Semantic problems of a raw chain mapping (see module doc)."""
+    """Semantic problems of a raw chain mapping (see module doc). ``schema_ok``: the schema
+    check passed (else warnings that other errors would explain are left out)."""
     out = _Collector(file, locate, base_dir)
+    out.whole = schema_ok
     inputs = data.get("inputs") or {}
     input_names = [k for k in inputs if isinstance(k, str)] if isinstance(inputs, dict) else []
     steps = data.get("steps")
@@ -143,6 +147,7 @@ def check_chain_data(
             )
         else:
             _check_prompted(out, data, (), input_names + context, [], base_dir)
+        _check_inputs_used(out, data, input_names)
         output = data.get("output")
         if isinstance(output, str) and output != "output":
             out.add(
@@ -211,6 +216,7 @@ def check_chain_data(
             own = ["context"]
         names = input_names + earlier + (context or own)
         _check_prompted(out, step, ("steps", i), names, later, base_dir)
+    _check_inputs_used(out, data, input_names)
 
     output = data.get("output")
     valid_ids = list(dict.fromkeys(s for s in ids if s))
@@ -253,7 +259,7 @@ def _check_retriever(
     query = retriever.get("query")
     if isinstance(query, str):
         for issue in check_template(query, available):
-            out.add((*path, "query"), issue.message, issue.hint)
+            out.add((*path, "query"), issue.message, issue.hint, warning=issue.warning)
     elif query is None and not available:
         out.add(
             path,
@@ -407,18 +413,25 @@ def _check_prompted(
         if not isinstance(template, str):
             continue
         for issue in check_template(template, available, later):
-            out.add((*path, key), issue.message, issue.hint)
+            out.add((*path, key), issue.message, issue.hint, warning=issue.warning)
 
     examples = data.get("examples")
     if isinstance(examples, list):
         for j, ex in enumerate(examples):
             if isinstance(ex, dict) and isinstance(ex.get("file"), str):
+                where = (*path, "examples", j, "file")
+                row_problems: list[ExampleFileError] = []
                 try:
                     found = confine(ex["file"], base_dir, "examples file")
-                    rows = load_example_file(found)
+                    rows = load_example_file(found, row_problems)
                 except (ExampleFileError, PathNotAllowedError) as exc:
-                    out.add((*path, "examples", j, "file"), exc.message, exc.hint)
+                    out.add(where, exc.message, exc.hint)
                     continue
+                for problem in row_problems[:MAX_PROBLEMS_PER_FILE]:
+                    out.add(where, problem.message, problem.hint)
+                if len(row_problems) > MAX_PROBLEMS_PER_FILE:
+                    more = len(row_problems) - MAX_PROBLEMS_PER_FILE
+                    out.add(where, f"… and {more} more problems in {ex['file']}")
                 before = out.example_bytes
                 out.example_bytes += found.stat().st_size
                 if out.example_bytes > MAX_EXAMPLES_BYTES >= before:  # said once
@@ -438,6 +451,90 @@ def _check_prompted(
             "add 'examples', or remove 'selector'",
         )
     _check_output_schema(out, data, path)
+    _check_tools(out, data, path)
+
+
+MAX_PROBLEMS_PER_FILE = 20  # an examples file of 10,000 bad rows: the first ones say enough
+_TOOL_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def _check_tools(out: _Collector, data: dict[str, Any], path: PathT) -> None:
+    """eslabon's own tools are checked by name; other packages' only by the shape of the path
+    (the schema check): validate never imports code a chain file names."""
+    tools = data.get("tools")
+    if not isinstance(tools, list):
+        return
+    for n, tool in enumerate(tools):
+        if isinstance(tool, str) and _TOOL_PATH.match(tool):
+            problem = eslabon_tool_problem(tool)
+            if problem is not None:
+                out.add((*path, "tools", n), *problem)
+
+
+def eslabon_tool_problem(tool: str) -> tuple[str, str] | None:
+    """``(message, hint)`` when ``tool`` names a module or tool eslabon does not have. Imports
+    ``eslabon.tools`` only (standard library only); other modules are listed, not imported."""
+    import pkgutil
+
+    import eslabon
+
+    module, _, attribute = tool.partition(":")
+    if module.split(".")[0] != "eslabon":
+        return None
+    import eslabon.tools
+
+    shipped = list(eslabon.tools.__all__)
+    examples = ", ".join(f"eslabon.tools:{t}" for t in shipped)
+    modules = [f"eslabon.{m.name}" for m in pkgutil.iter_modules(eslabon.__path__)]
+    if module not in modules:
+        hint = did_you_mean(module, modules)
+        return (
+            f"no module '{module}' in eslabon",
+            (hint + " " if hint else "") + f"eslabon's own tools: {examples}",
+        )
+    name = attribute.split(".")[0]
+    if module == "eslabon.tools" and name not in shipped:
+        hint = did_you_mean(name, shipped)
+        return (
+            f"eslabon.tools has no tool '{name}'",
+            (hint + " " if hint else "") + f"eslabon's own tools: {examples}",
+        )
+    return None
+
+
+def _check_inputs_used(out: _Collector, data: dict[str, Any], input_names: list[str]) -> None:
+    """A declared input that no template and no retriever query uses: ``run`` still asks for it
+    (unless it has a default), and its value goes nowhere. Said of files without errors only:
+    a misspelled ``promtp`` would leave its input unused too, and its error says it already."""
+    if not input_names or not out.whole or any(not p.warning for p in out.problems):
+        return
+    used: set[str] = set()
+    literal: set[str] = set()  # written {{name}}: warned about in its template
+    queries = [data.get("retriever")]
+    steps = data.get("steps")
+    prompted = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else [data]
+    for step in prompted:
+        for key in ("system", "prompt"):
+            if isinstance(step.get(key), str):
+                used.update(used_names(step[key]))
+                literal.update(literal_names(step[key]))
+        queries.append(step.get("retriever"))
+    for retriever in queries:
+        if isinstance(retriever, dict):
+            query = retriever.get("query")
+            if isinstance(query, str):
+                used.update(used_names(query))
+            elif query is None:
+                used.add(input_names[0])  # a retriever searches for the first input by default
+    for name in input_names:
+        if name not in used and name not in literal:
+            out.warn(
+                ("inputs", name),
+                f"input '{name}' is used by no template or retriever query",
+                f"insert it with {{{name}}} in a prompt or system, or remove it (run asks for "
+                "every input that has no default)",
+                at_key=True,
+            )
 
 
 _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
@@ -557,12 +654,14 @@ def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> 
         at_key = where[-2:-1] == ("patternProperties",)  # the pattern is the key itself
         out.add((*path, "output_schema", *where), message, at_key=at_key)
     from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError
 
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        where = tuple(str(p) for p in exc.absolute_path)
+    # every mistake, not only the first (check_schema raises the best match alone)
+    meta = Draft202012Validator(
+        Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    errors = sorted(meta.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path])
+    for exc in errors[:MAX_PROBLEMS_PER_FILE]:
+        where = tuple(p if isinstance(p, int) else str(p) for p in exc.absolute_path)
         out.add(
             (*path, "output_schema", *where),
             f"not a valid JSON Schema: {exc.message}",

@@ -145,7 +145,8 @@ def validate(
         raise typer.Exit(2)
     from eslabon.project import load_project
 
-    total = bad = 0
+    total = bad = unchecked = 0
+    config: list[Any] = []  # a broken eslabon.toml (or .env): its problems, said once
     try:
         from eslabon.models import load_env
 
@@ -156,25 +157,42 @@ def validate(
         for line in current_allow().describe():
             typer.echo(line, err=True)
     except UserError as exc:
-        for problem in getattr(exc, "problems", None) or [str(exc)]:
+        config = getattr(exc, "problems", None) or [str(exc)]
+        for problem in config:
             typer.echo(problem if isinstance(problem, str) else problem.format())
-        total += len(getattr(exc, "problems", None) or [exc])
+    config_files = {p.file for p in config if not isinstance(p, str)}
     for file in files:
         problems = validate_file(file)
-        errors = [p for p in problems if not p.warning]
+        # the broken project file stops each chain's check too: said once, above
+        own = [p for p in problems if p.file not in config_files]
+        if len(own) < len(problems) and not any(not p.warning for p in own):
+            unchecked += 1
+            typer.echo(f"{file}: not checked: fix {', '.join(map(str, config_files))} first")
+            continue
+        errors = [p for p in own if not p.warning]
         total += len(errors)
         bad += bool(errors)
-        for problem in problems:
+        for problem in own:
             typer.echo(problem.format())
         if not errors:
             typer.echo(f"ok  {file}")
-    if total:
-        typer.echo(
-            f"{total} problem{'s' if total != 1 else ''} in {bad} of {len(files)} "
-            f"file{'s' if len(files) != 1 else ''}.",
-            err=True,
-        )
+    if total or config:
+        typer.echo(_summary(total, bad, len(files), len(config), unchecked), err=True)
         raise typer.Exit(2)
+
+
+def _summary(total: int, bad: int, files: int, config: int, unchecked: int) -> str:
+    """``4 problems in 1 of 2 files.``, and what a broken project file left unchecked."""
+
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}{'s' if n != 1 else ''}"
+
+    parts = [f"{count(config, 'problem')} in the project's configuration"] if config else []
+    if total or not config:
+        parts.append(f"{count(total, 'problem')} in {bad} of {count(files, 'file')}")
+    if unchecked:
+        parts.append(f"{unchecked} of {count(files, 'file')} not checked")
+    return "; ".join(parts) + "."
 
 
 @app.command()
@@ -191,13 +209,14 @@ def schema(
         typer.echo(json_schema_text(), nl=False)
         return
     try:
-        from eslabon.imports import allowed_imports
-        from eslabon.loader import load_spec
+        from eslabon.imports import allowed_imports, chain_folder
+        from eslabon.loader import load_spec, problems_in
         from eslabon.structured import spec_result_schema
 
         spec = load_spec(file)
-        spec.check()
-        result = spec_result_schema(spec, allowed_imports(allow_import))
+        with problems_in(spec), chain_folder(file.resolve().parent):
+            spec.check()
+            result = spec_result_schema(spec, allowed_imports(allow_import))
     except Exception as exc:
         _fail(exc)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
@@ -252,6 +271,7 @@ def run(
         chain = compile_chain(
             load_spec(file), model=_model_option(model), allow_imports=allow_import
         )
+        _check_input_names(chain.spec, values)
         _read_stdin_input(chain.spec, values)
         if stream and not as_json:
             _run_streaming(chain, values)
@@ -265,9 +285,11 @@ def run(
     if as_json:
         from eslabon.structured import as_data
 
+        models = {s.id: s.label for s in chain.steps}  # each step's own: steps may differ
         out = {
             "chain": chain.name,
-            "model": chain.model_label,
+            "model": ", ".join(dict.fromkeys(models.values())),
+            "models": models,
             "output": as_data(result["output"]),
             "steps": {s.id: as_data(result[s.id]) for s in chain.steps},
         }
@@ -277,6 +299,21 @@ def run(
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     _print_steps(chain, result)
+
+
+def _check_input_names(spec: Any, values: dict[str, str]) -> None:
+    """``-i name=...`` for a name the chain does not declare is a mistake, not ignored."""
+    names = spec.input_names()
+    for name in values:
+        if name not in names:
+            from eslabon.suggest import did_you_mean
+
+            hint = did_you_mean(name, names)
+            raise UserError(
+                f"-i {name}: the chain has no input '{name}'"
+                + (f" ({hint})" if hint else "")
+                + f"; it takes: {', '.join(names) or 'no inputs'}"
+            )
 
 
 def _model_option(text: str | None) -> Any:
@@ -390,8 +427,15 @@ def _run_streaming(chain: Any, values: dict[str, str]) -> None:
 def render(
     file: Annotated[Path, typer.Argument(help="The chain file.")],
     provider: Annotated[
-        str, typer.Option("--provider", "-p", help="openai, google_genai, anthropic or ollama.")
-    ],
+        str | None,
+        typer.Option(
+            "--provider",
+            "-p",
+            help="openai, google_genai, anthropic, ollama or local (the file's model where it "
+            "is that provider's), or a model for every step: openai:gpt-4o, an alias. "
+            "Default: each step's own model.",
+        ),
+    ] = None,
     inputs: InputsOption = None,
     step: Annotated[str | None, typer.Option("--step", help="Only this step.")] = None,
     allow_import: AllowImportOption = None,
@@ -399,7 +443,8 @@ def render(
 ) -> None:
     """Print the exact request body each step would send to a provider (no network, no key).
 
-    Earlier steps' outputs appear as <output of ID>; inputs not given as <input NAME>.
+    Earlier steps' outputs appear as <output of ID>; inputs not given as <input NAME>. For
+    local models: the prompt with the GGUF's chat template applied, as llama.cpp receives it.
     """
     try:
         _grant(paths=allow_path)
@@ -423,14 +468,23 @@ def index(
     path: ChromaPathOption = None,
     host: ChromaHostOption = None,
     port: ChromaPortOption = 8000,
+    rebuild: Annotated[
+        bool,
+        typer.Option("--rebuild", help="Empty the collection first (to change embeddings)."),
+    ] = False,
 ) -> None:
-    """Index documents into a Chroma collection (idempotent: unchanged files add nothing)."""
+    """Index documents into a Chroma collection (idempotent: unchanged files add nothing).
+
+    A file changed, or indexed with another --chunk-size/--chunk-overlap, replaces its chunks;
+    a file gone from a folder being indexed has its chunks removed. A collection keeps one
+    embeddings model: other --embeddings are refused unless --rebuild.
+    """
     try:
         from rich.progress import Progress
 
         from eslabon.indexing import index_paths, open_store, parse_target
 
-        store = open_store(parse_target(into), embeddings, path, host, port)
+        store = open_store(parse_target(into), embeddings, path, host, port, rebuild=rebuild)
         with Progress(console=_console(), transient=True) as bar:
             task = bar.add_task("indexing", total=None)
             report = index_paths(
@@ -445,7 +499,8 @@ def index(
     typer.echo(
         f"{report.files} files: {report.added} chunks added, "
         f"{len(report.replaced_files)} files replaced, "
-        f"{len(report.unchanged_files)} unchanged (into {into})"
+        f"{len(report.unchanged_files)} unchanged, {len(report.removed_files)} removed "
+        f"(into {into})"
     )
 
 
@@ -459,18 +514,37 @@ def search(
     host: ChromaHostOption = None,
     port: ChromaPortOption = 8000,
 ) -> None:
-    """Show the best chunks for a query, with scores and sources."""
+    """Show the best chunks for a query, with scores and sources.
+
+    The score is LangChain's relevance, 1 for the closest; shown between 0 and 1.
+    """
+    import warnings
+
     try:
         from eslabon.indexing import open_store, parse_target
         from eslabon.indexing import search as find
 
-        hits = find(open_store(parse_target(target), embeddings, path, host, port), query, k)
+        store = open_store(parse_target(target), embeddings, path, host, port, create=False)
+        with warnings.catch_warnings():
+            # LangChain warns (with every chunk's text) when a relevance score is below 0:
+            # a chunk further from the query than unrelated text. Said once, below, instead.
+            warnings.filterwarnings(
+                "ignore", message="Relevance scores must be between 0 and 1", category=UserWarning
+            )
+            hits = find(store, query, k)
     except Exception as exc:
         _fail(exc)
     console = _console()
     for n, hit in enumerate(hits, 1):
-        _header(console, f"[{n}] {hit['source']} #{hit['chunk']}  score {hit['score']:.3f}")
+        score = min(max(float(hit["score"]), 0.0), 1.0)
+        _header(console, f"[{n}] {hit['source']} #{hit['chunk']}  score {score:.3f}")
         console.print(hit["content"].strip())
+    if any(float(h["score"]) < 0 for h in hits):
+        typer.echo(
+            "(score 0.000: the chunk shares next to nothing with the query; with the local "
+            "lexical embeddings, try the words the documents use)",
+            err=True,
+        )
     if not hits:
         typer.echo("no hits (is the collection indexed? eslabon index PATH --into ...)")
 
@@ -491,6 +565,9 @@ def _rate_option(text: str | None) -> float | None:
     if per is None or not math.isfinite(value) or value <= 0:
         raise UserError(f"--rate {text!r}: write requests per second, e.g. 5/s or 300/min")
     return value
+
+
+BATCH_ROWS_FAILED = 3  # the batch ran to the end, and some rows failed (0: none did)
 
 
 @app.command()
@@ -520,7 +597,8 @@ def batch(
     """Run a chain over every row of INPUTS, concurrently; each finished row is a line in OUT.
 
     Rows' fields are the chain's inputs; an 'id' field names a row (else its row number).
-    A failed row is recorded with its error and the batch goes on.
+    An empty CSV cell (or JSON null) is a missing value: the input's default applies.
+    A failed row is recorded with its error and the batch goes on; the exit code is then 3.
     """
     try:
         _grant(allow_endpoint, allow_key, allow_path)
@@ -557,6 +635,7 @@ def batch(
     typer.echo(report.summary())
     if report.failed:
         typer.echo(f"{report.failed} rows failed: their lines in {out} say why", err=True)
+        raise typer.Exit(BATCH_ROWS_FAILED)
 
 
 @contextmanager
@@ -614,8 +693,9 @@ def graph(
         typer.Option(
             "--format",
             "-f",
-            help="mermaid (text), markdown (a titled ```mermaid block each), svg or png "
-            "(drawn offline in headless Chromium; extra: ui).",
+            help="mermaid (text; several files: one flowchart, a subgraph each), markdown (a "
+            "titled ```mermaid block each), svg or png (drawn offline in headless Chromium; "
+            "extra: ui).",
         ),
     ] = "mermaid",
     out: Annotated[
@@ -628,12 +708,17 @@ def graph(
             raise UserError(f"--format {fmt!r}: use mermaid, markdown, svg or png")
         if fmt in ("svg", "png") and (out is None or len(files) != 1):
             raise UserError(f"--format {fmt} draws one chain file into -o PATH.{fmt}")
-        from eslabon.graph import mermaid
+        from eslabon.graph import mermaid, mermaid_many
         from eslabon.loader import load_spec
 
-        for file in files:
-            spec = load_spec(file)
+        specs = [load_spec(file) for file in files]
+        for spec in specs:
             spec.check()
+        if fmt == "mermaid" and len(files) > 1:  # one diagram: Mermaid draws one per block
+            titled = [(spec.name or f.stem, spec) for f, spec in zip(files, specs, strict=True)]
+            typer.echo(mermaid_many(titled), nl=False)
+            return
+        for file, spec in zip(files, specs, strict=True):
             text = mermaid(spec)
             if fmt in ("svg", "png"):
                 from eslabon.graph import render_image
@@ -672,6 +757,9 @@ def ui(
         load_env()
         if target is None:
             target = Path("chains") if Path("chains").is_dir() else Path(".")
+        from eslabon.ui import chain_files
+
+        chain_files(target)  # a mistake is said before any banner
         typer.echo(f"eslabon ui: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
         serve(target, port, allow_imports=allow_import)
     except Exception as exc:
@@ -697,7 +785,8 @@ def chat(
 ) -> None:
     """Talk to a chain: each line you type is a turn; answers stream back and are remembered.
 
-    Piped standard input works too: one turn per line, one answer per turn.
+    Piped standard input works too: one turn per line; the output is a transcript, each turn
+    as '> turn' and its answer, with a blank line between turns.
     """
     try:
         _grant(allow_endpoint, allow_key, allow_path)
@@ -716,6 +805,7 @@ def chat(
     interactive = sys.stdin.isatty()
     if interactive:
         console.print(f"{chain.name} · {chain.model_label} · session '{session}'. {_CHAT_HELP}")
+    turns = 0
     while True:
         try:
             line = input("> ") if interactive else sys.stdin.readline()
@@ -749,6 +839,9 @@ def chat(
             else:
                 console.print(_CHAT_HELP)
             continue
+        if not interactive:  # where one answer ends and the next begins, as a terminal shows it
+            console.print(("\n" if turns else "") + f"> {line}")
+        turns += 1
         try:
             for chunk in talk.stream({talk.main_input: line}):
                 text = chunk.get(chain.output_id)  # the answer step's tokens only

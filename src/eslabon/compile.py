@@ -103,6 +103,7 @@ class CompiledStep:
         "fields",
         "history",
         "id",
+        "label",
         "loop",
         "model",
         "origin",
@@ -129,6 +130,7 @@ class CompiledStep:
         self.prompt = prompt
         self.model = model
         self.origin = origin  # what the model was built from (None: a ready model was given)
+        self.label = step_label(model, origin)  # the model this step runs on, for people
         self.fields = tuple(prompt.input_variables)
         self.uses = _field_uses(prompt)
         self.tag = f"step:{step_id}"
@@ -269,7 +271,13 @@ def compile_chain(
     :mod:`eslabon.imports`); ``allow`` grants more (endpoints and keys, folders: see
     :mod:`eslabon.allow`); ``model_settings`` are set on every chat model (fallbacks too),
     e.g. ``{"rate_limiter": ..., "cache": ...}``."""
-    with allowing(allow):
+    from eslabon.imports import chain_folder
+    from eslabon.loader import problems_in
+
+    # problems found while building name the chain's file; allowed packages that are not
+    # installed may be beside the chain file (docs/security.md)
+    folder = spec.source.parent if spec.source is not None else None
+    with allowing(allow), problems_in(spec), chain_folder(folder):
         compiled = _compile(spec, model, allow_imports, model_settings)
     compiled.compiled_with["allow"] = allow
     return compiled
@@ -435,6 +443,17 @@ def _step_model(
     return wrap(model, retry.model_dump() if retry else None, backups), origin
 
 
+def step_label(model: Any, origin: ModelSpec | None) -> str:
+    """A step's model as shown (``run --json``): ``provider:name``, the alias first when one
+    names it (``rapido (openai:gpt-4o-mini)``; the built-in ``local`` alone)."""
+    if origin is None:  # a ready model (under a retry wrapper, perhaps): its class
+        inner = model if isinstance(model, BaseChatModel) else getattr(model, "bound", model)
+        return type(inner).__name__
+    if origin.alias and origin.alias != origin.provider:
+        return f"{origin.alias} ({origin.label})"
+    return origin.alias or origin.label
+
+
 def _label(ref: Any) -> str:
     return type(ref).__name__ if isinstance(ref, BaseChatModel) else ref_label(ref)
 
@@ -589,6 +608,33 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             cache = sqlite_cache(cache)
         return self.with_model_settings(cache=cache)
 
+    def output_text(self) -> Runnable[dict[str, Any], str]:
+        """This chain answering with its output as text (a structured output as JSON text):
+        ``invoke`` gives the text, ``stream`` its tokens as the output step generates them, and
+        it composes with string runnables (``chain.output_text() | StrOutputParser()``)."""
+        from langchain_core.runnables import RunnableGenerator
+
+        from eslabon.structured import as_json_text
+
+        step = self.output_id
+
+        def text(value: Any) -> str:
+            return value if isinstance(value, str) else as_json_text(value)
+
+        # the output step's own chunks: its tokens (or its whole value, for a structured step);
+        # the stream's closing {"output": ...} repeats them whole, and a whole result has both
+        def pick(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+            for chunk in chunks:
+                if step in chunk:
+                    yield text(chunk[step])
+
+        async def apick(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+            async for chunk in chunks:
+                if step in chunk:
+                    yield text(chunk[step])
+
+        return self | RunnableGenerator(pick, apick, name="output_text")
+
     # -- schema ---------------------------------------------------------------------------
     @property
     def InputType(self) -> type[dict[str, Any]]:
@@ -645,6 +691,14 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             raise InputError(
                 f"chain '{self.name}' is missing input {', '.join(lines)}; "
                 f"it takes: {', '.join(self._inputs)}"
+            )
+        takes = [*self._inputs, *(["history"] if any(s.history for s in self.steps) else [])]
+        if unknown := [str(k) for k in given if k not in takes]:  # a typo would go unnoticed
+            hint = did_you_mean(unknown[0], takes)
+            raise InputError(
+                f"chain '{self.name}' has no input {', '.join(repr(k) for k in unknown)}"
+                + (f" ({hint})" if hint else "")
+                + f"; it takes: {', '.join(self._inputs) or 'no inputs'}"
             )
         return values
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import suppress
 from dataclasses import dataclass
 
 __all__ = [
@@ -28,13 +29,16 @@ __all__ = [
     "ModelNotFoundError",
     "OutputValidationError",
     "Problem",
+    "ProviderConnectionError",
     "ProviderError",
     "ProviderUnavailableError",
     "RateLimitedError",
     "UserError",
     "add_secret",
+    "connection_error",
     "hide_secrets",
     "redact",
+    "request_url",
     "translate_model_error",
 ]
 
@@ -192,16 +196,18 @@ class OutputValidationError(ModelError):
     ``raw`` is the model's last text, ``errors`` what the validation said about it.
     """
 
-    def __init__(self, step: str, raw: str, errors: str, attempts: int) -> None:
+    def __init__(
+        self, step: str, raw: str, errors: str, attempts: int, fix: str | None = None
+    ) -> None:
         self.step = step
         self.raw = raw
         self.errors = errors
         self.attempts = attempts
         shown = raw if len(raw) <= 500 else raw[:500] + "…"
+        fix = fix or "raise retry.attempts, simplify the schema, or use a stronger model"
         super().__init__(
             f"step '{step}': the model's output does not match output_schema "
-            f"after {attempts} attempt(s): {errors}\n    output was: {shown}\n"
-            "    fix: raise retry.attempts, simplify the schema, or use a stronger model"
+            f"after {attempts} attempt(s): {errors}\n    output was: {shown}\n    fix: {fix}"
         )
 
 
@@ -232,6 +238,89 @@ class RateLimitedError(ProviderError):
 
 class ProviderUnavailableError(ProviderError):
     """Server error (5xx), timeout or connection failure."""
+
+
+class ProviderConnectionError(ProviderUnavailableError):
+    """The provider's server could not be reached (refused, unreachable, no answer to the
+    connection). ``url`` is where the request was going, when known. A chain's ``retry:``
+    retries it (its name says it is a connection error); the SDKs do not."""
+
+    def __init__(self, message: str, provider: str, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(message, provider)
+
+
+_CONNECT_FIX = {
+    "ollama": "is Ollama running? start it with `ollama serve` (or check base_url / OLLAMA_HOST)",
+}
+
+
+def connection_error(
+    provider: str, where: str, url: str | None, reason: str
+) -> ProviderConnectionError:
+    """The error for a request to ``url`` that could not connect (``where``: provider:model)."""
+    at = f" at {url}" if url else ""
+    fix = _CONNECT_FIX.get(provider, "check the network connection and the model's base_url")
+    return ProviderConnectionError(
+        redact(f"could not connect to {where}{at}: {reason}\n    fix: {fix}"), provider, url
+    )
+
+
+def request_url(request: object) -> str | None:
+    """An httpx request's URL as errors show it: scheme, host, port and path, no query."""
+    url = getattr(request, "url", None)
+    scheme, host = getattr(url, "scheme", None), getattr(url, "host", None)
+    if not scheme or not host:
+        return None
+    port = getattr(url, "port", None)
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}{f':{port}' if port else ''}{getattr(url, 'path', '')}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from, outermost first (a few levels)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 8 and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection failed, in the operating system's words (``[Errno 111] Connection
+    refused``) when an ``OSError`` with an errno lies under ``exc``; else ``exc``'s own."""
+    for cause in reversed(_causes(exc)):
+        if isinstance(cause, OSError) and isinstance(cause.errno, int):
+            return f"[Errno {cause.errno}] {os.strerror(cause.errno)}"
+    return str(exc).strip() or type(exc).__name__
+
+
+_BARE_CONNECTION_ERRORS = (ConnectionError, ConnectionRefusedError)
+
+
+def _failed_connection(exc: BaseException) -> tuple[str | None, str] | None:
+    """``(url, reason)`` when ``exc`` is a request that could not connect; else None.
+
+    httpx's (and httpx2's) ConnectError/ConnectTimeout, the OpenAI and Anthropic SDKs'
+    APIConnectionError (not their APITimeoutError: a slow answer is not a failed connection),
+    and the ``ConnectionError`` the Ollama client raises in its place."""
+    causes = _causes(exc)
+    found = False
+    url: str | None = None
+    reason = ""
+    for cause in causes:
+        name, module = type(cause).__name__, type(cause).__module__.split(".")[0]
+        if name in ("ConnectError", "ConnectTimeout") and module.startswith("httpx"):
+            found = True
+            reason = "connection timed out" if "Timeout" in name else connect_reason(cause)
+        elif name == "APIConnectionError" or type(cause) in _BARE_CONNECTION_ERRORS:
+            found = True
+            reason = reason or connect_reason(cause)
+        if url is None:
+            with suppress(RuntimeError):  # httpx: an exception with no request attached
+                url = request_url(getattr(cause, "request", None))
+    return (url, reason.strip() or "connection failed") if found else None
 
 
 _CONTEXT = re.compile(
@@ -295,6 +384,8 @@ def translate_model_error(
         )
     if isinstance(exc, lc.ModelRateLimitError) or status == 429:
         return RateLimitedError(f"{where} is rate limiting (HTTP 429): {detail}", provider, 429)
+    if (failed := _failed_connection(exc)) is not None:
+        return connection_error(provider, where, *failed)
     if isinstance(exc, json.JSONDecodeError):
         return ProviderUnavailableError(
             f"{where} sent a response that is not valid JSON: {detail}", provider, status

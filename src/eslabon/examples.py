@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,25 @@ def _read(path: Path) -> str:
         raise ExampleFileError(f"cannot read {path.name}: {exc.strerror}") from None
 
 
-def load_example_file(path: Path) -> list[dict[str, str]]:
-    """Read ``{input, output}`` rows from a .jsonl, .yaml/.yml or .csv file."""
+def load_example_file(
+    path: Path, problems: list[ExampleFileError] | None = None
+) -> list[dict[str, str]]:
+    """Read ``{input, output}`` rows from a .jsonl, .yaml/.yml or .csv file.
+
+    A bad row raises; given a ``problems`` list, each bad row's error is added to it instead
+    and the good rows are returned (``eslabon validate`` reports every bad row at once)."""
+
+    def each(pairs: Any) -> list[dict[str, str]]:
+        rows = []
+        for row in pairs:
+            try:
+                rows.append(row())
+            except ExampleFileError as exc:
+                if problems is None:
+                    raise
+                problems.append(exc)
+        return rows
+
     if path.suffix.lower() not in SUFFIXES:
         raise ExampleFileError(
             f"unsupported examples file type '{path.suffix}'", f"use one of {', '.join(SUFFIXES)}"
@@ -77,21 +95,14 @@ def load_example_file(path: Path) -> list[dict[str, str]]:
     text = _read(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(_pair(json.loads(line), f"{path.name} line {n}"))
-            except json.JSONDecodeError as exc:
-                raise ExampleFileError(f"{path.name} line {n}: invalid JSON: {exc.msg}") from None
-            except RecursionError:
-                raise ExampleFileError(f"{path.name} line {n}: values nest too deeply") from None
-        return rows
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        return each(partial(_json_line, line, f"{path.name} line {n}") for n, line in lines)
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         try:
-            return [_pair(dict(r), f"{path.name} row {n}") for n, r in enumerate(reader, 2)]
+            return each(
+                partial(_pair, dict(r), f"{path.name} row {n}") for n, r in enumerate(reader, 2)
+            )
         except csv.Error as exc:
             raise ExampleFileError(f"{path.name}: not valid CSV: {exc}") from None
     import yaml
@@ -109,7 +120,16 @@ def load_example_file(path: Path) -> list[dict[str, str]]:
         data = data["examples"]
     if not isinstance(data, list):
         raise ExampleFileError(f"{path.name}: expected a list of {{input, output}} mappings")
-    return [_pair(r, f"{path.name} item {n}") for n, r in enumerate(data, 1)]
+    return each(partial(_pair, r, f"{path.name} item {n}") for n, r in enumerate(data, 1))
+
+
+def _json_line(line: str, where: str) -> dict[str, str]:
+    try:
+        return _pair(json.loads(line), where)
+    except json.JSONDecodeError as exc:
+        raise ExampleFileError(f"{where}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ExampleFileError(f"{where}: values nest too deeply") from None
 
 
 def load_examples(refs: list[Any], base_dir: Path) -> list[dict[str, str]]:

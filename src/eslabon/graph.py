@@ -4,6 +4,8 @@ Inputs, the retriever, each step (its model, few-shot count, selector, tools, ou
 the data that flows between them, read from the templates: ``{problema}`` in a step's prompt is
 an edge from that input, ``{analisis}`` an edge from that step, ``{context}`` one from the
 retriever. Nothing is imported or built (no model, no store): it works on any valid file.
+Several chains make one flowchart with a subgraph each (:func:`mermaid_many`): Mermaid reads
+one diagram per block, so one text holding several ``flowchart`` headers would not draw.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from eslabon.modelspec import ref_label
 from eslabon.spec import Chain
 from eslabon.templates import template_fields
 
-__all__ = ["mermaid"]
+__all__ = ["mermaid", "mermaid_many"]
 
 
 def _label(text: str) -> str:
@@ -74,18 +76,35 @@ def _schema(ref: Any) -> str:
 
 def mermaid(spec: Chain) -> str:
     """The chain as a Mermaid flowchart (top to bottom)."""
+    return "\n".join(["flowchart TD", *_body(spec, "")]) + "\n"
+
+
+def mermaid_many(charts: list[tuple[str, Chain]]) -> str:
+    """Several chains as one Mermaid flowchart, a titled subgraph each (``(title, spec)``).
+    Node ids carry the chain's number, so that two chains' ``analisis`` stay two nodes."""
+    lines = ["flowchart TD"]
+    for n, (title, spec) in enumerate(charts, 1):
+        lines.append(f'    subgraph chain{n}["{_label(title)}"]')
+        lines.append("        direction TB")
+        lines += ["    " + line for line in _body(spec, f"c{n}_")]
+        lines.append("    end")
+    return "\n".join(lines) + "\n"
+
+
+def _body(spec: Chain, p: str) -> list[str]:
+    """The flowchart's node and edge lines; every node id starts with ``p``."""
     inputs = spec.input_names()
     steps = spec.normalized_steps()
     ids = [s.id for s in steps]
-    lines = ["flowchart TD"]
+    lines: list[str] = []
     for name in inputs:
-        lines.append(f'    in_{name}(["{_label(name)}"])')
+        lines.append(f'    {p}in_{name}(["{_label(name)}"])')
     if spec.retriever is not None:
-        lines.append(f'    retriever[("{_label(_retriever(spec.retriever))}")]')
+        lines.append(f'    {p}retriever[("{_label(_retriever(spec.retriever))}")]')
         query = spec.retriever.query or "{" + (inputs[0] if inputs else "") + "}"
         for field in template_fields(query):
             if field in inputs:
-                lines.append(f"    in_{field} -->|query| retriever")
+                lines.append(f"    {p}in_{field} -->|query| {p}retriever")
     for n, step in enumerate(steps):
         model = step.model if step.model is not None else spec.model
         details = [_model(model)]
@@ -98,16 +117,17 @@ def mermaid(spec: Chain) -> str:
             details.append(_schema(step.output_schema))
         title = step.id if spec.steps else (spec.name or "prompt")
         body = "<br/>".join(_label(d) for d in details)
-        lines.append(f'    step_{step.id}["<b>{_label(title)}</b><br/>{body}"]')
+        node = f"{p}step_{step.id}"
+        lines.append(f'    {node}["<b>{_label(title)}</b><br/>{body}"]')
         if step.retriever is not None:
-            node = f"retriever_{step.id}"
-            lines.append(f'    {node}[("{_label(_retriever(step.retriever))}")]')
+            own = f"{p}retriever_{step.id}"
+            lines.append(f'    {own}[("{_label(_retriever(step.retriever))}")]')
             query = step.retriever.query or "{" + (inputs[0] if inputs else "") + "}"
             for field in template_fields(query):
-                source = f"in_{field}" if field in inputs else f"step_{field}"
+                source = f"{p}in_{field}" if field in inputs else f"{p}step_{field}"
                 if field in inputs or field in ids[:n]:
-                    lines.append(f"    {source} -->|query| {node}")
-            lines.append(f"    {node} -.->|context| step_{step.id}")
+                    lines.append(f"    {source} -->|query| {own}")
+            lines.append(f"    {own} -.->|context| {node}")
         used: list[str] = []
         for template in (step.system, step.prompt):
             for field in template_fields(template or ""):
@@ -115,14 +135,14 @@ def mermaid(spec: Chain) -> str:
                     used.append(field)
         for field in used:
             if field in inputs:
-                lines.append(f"    in_{field} --> step_{step.id}")
+                lines.append(f"    {p}in_{field} --> {node}")
             elif field in ids[:n]:
-                lines.append(f"    step_{field} -->|{_label(field)}| step_{step.id}")
+                lines.append(f"    {p}step_{field} -->|{_label(field)}| {node}")
             elif field == "context" and spec.retriever is not None and step.retriever is None:
-                lines.append(f"    retriever -.->|context| step_{step.id}")
-    lines.append('    out((("output")))')
-    lines.append(f"    step_{spec.output_step()} --> out")
-    return "\n".join(lines) + "\n"
+                lines.append(f"    {p}retriever -.->|context| {node}")
+    lines.append(f'    {p}out((("output")))')
+    lines.append(f"    {p}step_{spec.output_step()} --> {p}out")
+    return lines
 
 
 def browser_path() -> str:

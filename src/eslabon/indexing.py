@@ -1,16 +1,25 @@
 """Indexing documents into a Chroma collection, and searching it.
 
 ``index_paths`` loads .md / .txt / .html files (and .pdf with the ``pdf`` extra), splits them
-with langchain-text-splitters and stores each chunk with its ``source``, ``chunk`` number and
-content ``hash``. It is idempotent:
-a file whose content is unchanged adds nothing; a changed file replaces its old chunks.
+with langchain-text-splitters and stores each chunk with its ``source`` (the file's path from
+the project root), ``chunk`` number, content ``hash`` and the ``settings`` that made it (chunk
+size and overlap, embeddings). It is idempotent and keeps the collection true to the files:
+
+* a file whose content and settings are unchanged adds nothing;
+* a changed file, or the same file indexed with other settings, replaces its old chunks;
+* a file that was indexed from a folder being indexed again, and is no longer there (deleted,
+  renamed), has its chunks removed;
+* a collection holds one embedding model's vectors: it records which (its metadata), and
+  indexing, searching or a chain with other embeddings is refused — ``rebuild`` starts over.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,6 +39,7 @@ class IndexReport:
     added: int = 0  # chunks added
     replaced_files: list[str] = field(default_factory=list)
     unchanged_files: list[str] = field(default_factory=list)
+    removed_files: list[str] = field(default_factory=list)  # gone from the folders indexed
 
 
 def parse_target(target: str) -> str:
@@ -46,13 +56,24 @@ def open_store(
     path: str | None = None,
     host: str | None = None,
     port: int = 8000,
+    create: bool = True,
+    rebuild: bool = False,
 ) -> Any:
-    """The Chroma collection a chain's ``retriever: {type: chroma, ...}`` would read."""
+    """The Chroma collection a chain's ``retriever: {type: chroma, ...}`` would read (``path``
+    relative to the project root). ``create=False`` (searching): it must exist and hold
+    documents. ``rebuild``: emptied first (to index it with other embeddings)."""
     from eslabon.project import load_project
     from eslabon.retrieval import build_embeddings, chroma_store
 
     return chroma_store(
-        collection, build_embeddings(embeddings), path, host, port, load_project().root
+        collection,
+        build_embeddings(embeddings),
+        path,
+        host,
+        port,
+        load_project().root,
+        create=create,
+        rebuild=rebuild,
     )
 
 
@@ -103,30 +124,63 @@ def _files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def _source(path: Path, root: Path) -> str:
+    """How a file is named in the collection: its path from the project root (the same
+    whatever folder eslabon runs from), or its absolute path outside the project."""
+    absolute = Path(os.path.abspath(path))
+    for candidate, base in ((absolute, root), (absolute.resolve(), root.resolve())):
+        if candidate.is_relative_to(base):
+            return candidate.relative_to(base).as_posix()
+    return absolute.as_posix()
+
+
+def _under(source: str, folder: str) -> bool:
+    if folder == ".":
+        return not source.startswith("/")
+    return source == folder or source.startswith(folder.rstrip("/") + "/")
+
+
 def index_paths(
     paths: Iterable[str | Path],
     store: Any,
     chunk_size: int = 800,
     chunk_overlap: int = 100,
     progress: Callable[[str], None] | None = None,
+    root: Path | None = None,
 ) -> IndexReport:
-    """Index files into ``store`` (a LangChain Chroma store), skipping unchanged ones."""
+    """Index files into ``store`` (a LangChain Chroma store): unchanged ones are skipped,
+    changed ones (content or settings) replaced, and files gone from a folder being indexed
+    removed. ``root``: what sources are relative to (default: the project root)."""
     from langchain_text_splitters import Language, RecursiveCharacterTextSplitter
+
+    from eslabon.retrieval import EMBEDDINGS_KEY, embeddings_id
 
     if chunk_overlap >= chunk_size:
         raise UserError("--chunk-overlap must be smaller than --chunk-size")
+    if root is None:
+        from eslabon.project import load_project
+
+        root = load_project().root
     plain = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     markdown = RecursiveCharacterTextSplitter.from_language(
         Language.MARKDOWN, chunk_size=chunk_size, chunk_overlap=chunk_overlap
     )
+    embeddings = embeddings_id(store.embeddings)
+    settings = f"chunk_size={chunk_size},chunk_overlap={chunk_overlap},embeddings={embeddings}"
+    paths = list(paths)
     report = IndexReport()
+    seen: set[str] = set()
     for path in _files(paths):
         report.files += 1
-        source = path.as_posix()
+        source = _source(path, root)
+        seen.add(source)
         text = _read(path)
         file_hash = hashlib.sha256(text.encode()).hexdigest()
         old = store.get(where={"source": source}, include=["metadatas"])
-        if old["ids"] and all(m.get("file_hash") == file_hash for m in old["metadatas"]):
+        if old["ids"] and all(
+            m.get("file_hash") == file_hash and m.get("settings") == settings
+            for m in old["metadatas"]
+        ):
             report.unchanged_files.append(source)
         else:
             if old["ids"]:
@@ -141,21 +195,77 @@ def index_paths(
                     "chunk": n,
                     "file_hash": file_hash,
                     "hash": hashlib.sha256(c.encode()).hexdigest(),
+                    "settings": settings,
+                    "embeddings": embeddings,
                 }
                 for n, c in enumerate(chunks)
             ]
-            ids = [f"{file_hash[:16]}-{n}" for n in range(len(chunks))]
+            # one file's chunks under these settings: two files with the same text stay apart
+            key = hashlib.sha256(f"{source}\0{file_hash}\0{settings}".encode()).hexdigest()
+            ids = [f"{key[:16]}-{n}" for n in range(len(chunks))]
             if chunks:
-                store.add_texts(chunks, metadatas=metadatas, ids=ids)
+                _add(store, chunks, metadatas, ids, embeddings)
             report.added += len(chunks)
         if progress:
             progress(source)
+    report.removed_files = _prune(store, [_source(Path(p), root) for p in paths], seen)
+    _record_embeddings(store, EMBEDDINGS_KEY, embeddings)
     return report
+
+
+def _add(
+    store: Any, chunks: list[str], metadatas: list[dict[str, Any]], ids: list[str], given: str
+) -> None:
+    try:
+        store.add_texts(chunks, metadatas=metadatas, ids=ids)
+    except Exception as exc:  # chromadb's InvalidArgumentError: a collection of other vectors
+        if "dimension" not in str(exc):
+            raise
+        from eslabon.retrieval import _mismatch
+
+        raise _mismatch(store._collection.name, None, given) from None
+
+
+def _prune(store: Any, indexed: list[str], seen: set[str]) -> list[str]:
+    """Remove the chunks of files that were under ``indexed`` (the folders and files given)
+    and are no longer there; the sources removed."""
+    folders = [p for p in indexed if p not in seen]  # a file given is in ``seen``
+    if not folders:
+        return []
+    everything = store.get(include=["metadatas"])
+    gone: dict[str, list[str]] = {}
+    for id_, meta in zip(everything["ids"], everything["metadatas"], strict=True):
+        source = str((meta or {}).get("source", ""))
+        if source and source not in seen and any(_under(source, f) for f in folders):
+            gone.setdefault(source, []).append(id_)
+    if gone:
+        store.delete(ids=[i for ids in gone.values() for i in ids])
+    return sorted(gone)
+
+
+def _record_embeddings(store: Any, key: str, embeddings: str) -> None:
+    """Say in the collection's metadata which embeddings its vectors come from (a collection
+    made before eslabon recorded it, or by other code)."""
+    collection = store._collection  # langchain-chroma exposes no public accessor
+    metadata = dict(collection.metadata or {})
+    if metadata.get(key) == embeddings:
+        return
+    # Chroma refuses hnsw settings in modify (they are fixed at creation, and kept)
+    kept = {k: v for k, v in metadata.items() if not k.startswith("hnsw:")}
+    with suppress(Exception):  # a server that refuses: the chunks record it too
+        collection.modify(metadata={**kept, key: embeddings})
 
 
 def search(store: Any, query: str, k: int = 5) -> list[dict[str, Any]]:
     """The ``k`` best chunks for ``query``: content, source, chunk and relevance score."""
-    hits = store.similarity_search_with_relevance_scores(query, k=k)
+    try:
+        hits = store.similarity_search_with_relevance_scores(query, k=k)
+    except Exception as exc:  # chromadb's InvalidArgumentError: vectors of other embeddings
+        if "dimension" not in str(exc):
+            raise
+        from eslabon.retrieval import _mismatch, embeddings_id
+
+        raise _mismatch(store._collection.name, None, embeddings_id(store.embeddings)) from None
     return [
         {
             "score": round(float(score), 4),

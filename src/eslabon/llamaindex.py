@@ -33,19 +33,44 @@ def _node_document(hit: Any) -> Document:
 
 
 class LlamaIndexRetriever(BaseRetriever):
-    """A llama-index retriever (anything with ``retrieve``/``aretrieve``) behind LangChain's API."""
+    """A llama-index retriever (anything with ``retrieve``/``aretrieve``) behind LangChain's API.
+
+    A call's own ``k`` (``invoke(query, k=2)``) sets the ``similarity_top_k`` of a copy of the
+    llama-index retriever, which then returns that many nodes; a retriever without that setting
+    returns at most ``k`` of its hits."""
 
     retriever: Any
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
-        return [_node_document(hit) for hit in self.retriever.retrieve(query)]
+        retriever, k = _sized(self.retriever, k)
+        return [_node_document(hit) for hit in retriever.retrieve(query)[:k]]
 
     async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
     ) -> list[Document]:
-        return [_node_document(hit) for hit in await self.retriever.aretrieve(query)]
+        retriever, k = _sized(self.retriever, k)
+        return [_node_document(hit) for hit in (await retriever.aretrieve(query))[:k]]
+
+
+def _sized(retriever: Any, k: int | None) -> tuple[Any, int | None]:
+    """The llama-index retriever to ask for ``k`` nodes (a copy: calls may run at once), and
+    how many of its hits to keep (None: all)."""
+    if k is None:
+        return retriever, None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+    if hasattr(retriever, "similarity_top_k"):
+        import copy
+
+        retriever = copy.copy(retriever)
+        retriever.similarity_top_k = k
+    return retriever, k
 
 
 def _import() -> Any:

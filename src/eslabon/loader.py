@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,13 @@ from eslabon.spec import (
 from eslabon.suggest import did_you_mean
 from eslabon.yamlsafe import MAX_FILE_BYTES, YamlLimitError, compose_bounded, construct
 
-__all__ = ["load_spec", "load_spec_text", "problems_from_validation", "validate_file"]
+__all__ = [
+    "load_spec",
+    "load_spec_text",
+    "problems_from_validation",
+    "problems_in",
+    "validate_file",
+]
 
 Pos = tuple[int, int]
 
@@ -161,7 +170,11 @@ def _real_path(loc: tuple[Any, ...], data: Any) -> PathT:
     """Drop pydantic's union tags and markers from ``loc``, keeping real keys and indexes."""
     out: list[str | int] = []
     cur = data
-    for part in loc:
+    for n, part in enumerate(loc):
+        if isinstance(cur, dict) and part not in cur and n < len(loc) - 1:
+            # pydantic names the member of a union it tried ('chroma' in retriever.chroma.k):
+            # a value it looked inside is in the data, so a key that is not is such a tag
+            continue
         if isinstance(cur, dict) and part in cur:
             out.append(part)
             cur = cur[part]
@@ -342,7 +355,7 @@ def _validate_data(
         spec = validate_quietly(data)
     except ValidationError as exc:
         problems += problems_from_validation(exc, data, file, positions)
-    problems += check_chain_data(data, base_dir, file, positions.locate)
+    problems += check_chain_data(data, base_dir, file, positions.locate, schema_ok=spec is not None)
     problems.sort(key=lambda p: (p.line or 0, p.col or 0))
     if any(not p.warning for p in problems):
         raise ChainConfigError(problems)
@@ -351,7 +364,23 @@ def _validate_data(
     if spec.name is None and source is not None:
         spec.name = source.stem
     spec._source = source
+    spec._file = file
     return spec
+
+
+@contextmanager
+def problems_in(spec: Chain) -> Iterator[None]:
+    """Problems raised inside the block without a file (a model's settings checked as it is
+    built, ...) name the chain's file, as validate's do: never ``<chain>``."""
+    try:
+        yield
+    except ChainConfigError as exc:
+        file = spec._file or (str(spec.source) if spec.source else None)
+        if file is None or all(p.file for p in exc.problems):
+            raise
+        raise ChainConfigError(
+            [p if p.file else replace(p, file=file) for p in exc.problems]
+        ) from None
 
 
 def load_spec(path: str | Path) -> Chain:

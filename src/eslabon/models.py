@@ -453,6 +453,16 @@ def withheld_key_hint(spec: ModelSpec) -> str | None:
 def _timeout(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
     if "timeout" in kwargs and spec.provider == "ollama":
         kwargs.setdefault("client_kwargs", {})["timeout"] = kwargs.pop("timeout")
+    # their SDKs have no connect timeout, and Gemini's retries a refused connection for ~35 s:
+    # a transport that fails fast, naming the URL (eslabon.transport)
+    key = {"ollama": "client_kwargs", "google_genai": "client_args"}.get(spec.provider)
+    given = kwargs.get(key or "") or {}
+    # Gemini's SDK picks httpx or httpx2 from what client_args hold: never mix in the user's
+    if key is not None and isinstance(given, dict) and (key == "client_kwargs" or not given):
+        from eslabon.transport import FastFailTransport
+
+        transport = FastFailTransport(spec.provider, f"{spec.provider}:{spec.name}")
+        kwargs[key] = {"transport": transport, **given}
 
 
 def _build_langchain(

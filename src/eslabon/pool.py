@@ -7,6 +7,11 @@ least busy server (round-robin among equals) and waits only when every server ha
 
 Written by hand: LangChain has fallbacks (one after another) but nothing that spreads calls over
 equivalent servers with a cap per server.
+
+Tools, structured output and tracing metadata are the endpoints' own: ``bind_tools`` and
+``with_structured_output`` are built by the first endpoint's integration (so an OpenAI server
+gets ``tool_choice: "required"`` and ``response_format: json_schema`` exactly as a single
+``ChatOpenAI`` would send them) and then routed through the pool.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import PrivateAttr
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel, PrivateAttr
 
 from eslabon.binding import BindsTools
 
@@ -30,8 +37,8 @@ __all__ = ["EndpointPool"]
 
 
 class EndpointPool(BindsTools, BaseChatModel):
-    """One chat model over several equivalent servers (see the module doc). Tools are bound in
-    OpenAI's format, which the OpenAI-compatible and Ollama clients both take."""
+    """One chat model over several equivalent servers (see the module doc). Tools and
+    structured output are bound as the endpoints' integration binds them."""
 
     endpoints: list[BaseChatModel]
     per_endpoint_concurrency: int | None = None
@@ -48,6 +55,54 @@ class EndpointPool(BindsTools, BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "eslabon-pool"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # the servers' provider and model (the same on every endpoint), for tracing
+        return self.endpoints[0]._get_ls_params(stop=stop, **kwargs)
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        routed = self._routed(self.endpoints[0].bind_tools(tools, **kwargs))
+        return routed if routed is not None else super().bind_tools(tools, **kwargs)
+
+    def with_structured_output(
+        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, Any]:
+        built = self.endpoints[0].with_structured_output(schema, include_raw=include_raw, **kwargs)
+        routed = self._routed(built)
+        if routed is None:  # built around something else than the endpoint: LangChain's default
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        return routed
+
+    def _routed(self, runnable: Runnable[Any, Any]) -> Runnable[Any, Any] | None:
+        """``runnable`` (built by the first endpoint's integration) with this pool in that
+        endpoint's place, or None when the endpoint is nowhere in it."""
+        endpoint = self.endpoints[0]
+
+        def swap(node: Any) -> Any:
+            if node is endpoint:
+                return self
+            if isinstance(node, list | tuple):
+                items = [swap(n) for n in node]
+                same = all(a is b for a, b in zip(items, node, strict=True))
+                return node if same else type(node)(items)
+            if isinstance(node, dict):
+                values = {k: swap(v) for k, v in node.items()}
+                return node if all(values[k] is v for k, v in node.items()) else values
+            if not (isinstance(node, Runnable) and isinstance(node, BaseModel)):
+                return node
+            updates = {}
+            for name in type(node).model_fields:
+                value = getattr(node, name)
+                if (new := swap(value)) is not value:
+                    updates[name] = new
+            return node.model_copy(update=updates) if updates else node
+
+        routed: Runnable[Any, Any] = swap(runnable)
+        return None if routed is runnable else routed
 
     @property
     def in_flight(self) -> list[int]:

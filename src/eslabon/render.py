@@ -5,6 +5,14 @@ Each step's messages are built as the chain would build them (earlier steps' out
 LangChain chat model with a placeholder key. Its SDK sends the request to a capture server on
 127.0.0.1 inside this process, which records the body and refuses the call — so what is printed
 is byte for byte what the SDK would send, with no network call to the provider and no key.
+
+Which model each step is rendered for: its own (the file's, or ``ESLABON_MODEL``), as ``run``
+would use it; with a provider (``-p anthropic``), the step's own model where it is that
+provider's and the provider's usual model elsewhere; with a model (``-p openai:gpt-4o``, an
+alias), that model for every step. The local models (``local``, ``llamacpp:PATH``) are run up
+to the moment llama.cpp would start on the prompt: what is shown is the prompt text with the
+GGUF's own chat template applied, the sampling settings and the grammar, exactly as llama.cpp
+receives them.
 """
 
 from __future__ import annotations
@@ -15,10 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from eslabon.compile import step_prompt
+from eslabon.compile import step_label, step_prompt
 from eslabon.errors import EslabonError, UserError, redact
-from eslabon.models import build_from_spec
-from eslabon.modelspec import PROVIDER_SYNONYMS, parse_model_ref
+from eslabon.models import build_from_spec, parse_or_raise, resolve_model_ref
+from eslabon.modelspec import PROVIDER_SYNONYMS, ModelRefError, ModelSpec, parse_model_ref
 from eslabon.spec import Chain
 from eslabon.suggest import did_you_mean
 
@@ -72,27 +80,95 @@ class _Capture:
         self.server.server_close()
 
 
-def _provider(name: str) -> str:
-    provider = PROVIDER_SYNONYMS.get(name, name)
-    if provider not in RENDER_PROVIDERS:
-        hint = did_you_mean(name, [*RENDER_PROVIDERS, *PROVIDER_SYNONYMS])
+_CONNECTION = (
+    "base_url",
+    "base_urls",
+    "per_endpoint_concurrency",
+    "api_key",
+    "api_key_env",
+    "timeout",
+    "max_retries",
+    "structured_method",
+)
+_LOCAL = ("local", "llamacpp")  # run in-process: rendered as the prompt llama.cpp receives
+_KNOWN = (*RENDER_PROVIDERS, "local", "llamacpp:PATH")
+
+
+def _target(text: str | None) -> tuple[str | None, ModelSpec | None]:
+    """``-p``: ``(provider, None)`` for a provider's name, ``(None, model)`` for a model (an
+    alias, ``provider:model``), ``(None, None)`` for each step's own model."""
+    if text is None:
+        return None, None
+    name = text.strip()
+    provider = PROVIDER_SYNONYMS.get(name.lower(), name.lower())
+    if provider in RENDER_PROVIDERS:
+        return provider, None
+    if provider == "llamacpp":
+        raise UserError("render -p llamacpp needs the model: -p llamacpp:PATH.gguf")
+    try:
+        model = parse_model_ref(name, Path.cwd(), trusted=True)  # the user's own words
+    except ModelRefError as exc:
+        hint = did_you_mean(name, [*RENDER_PROVIDERS, *PROVIDER_SYNONYMS, "local"])
+        if ":" in name or hint is None:
+            hint = exc.hint
         raise UserError(
-            f"render knows the providers {', '.join(RENDER_PROVIDERS)}; got '{name}'"
-            + (f" ({hint})" if hint else "")
+            f"render: '{name}' is not a provider or model it knows ({exc.message}); "
+            f"give one of {', '.join(_KNOWN)}, or provider:model"
+            + (f"\n    hint: {hint}" if hint else "")
+        ) from None
+    _renderable(model)
+    return None, model
+
+
+def _renderable(model: ModelSpec, step: str | None = None) -> None:
+    if model.provider not in (*RENDER_PROVIDERS, *_LOCAL):
+        what = f"step '{step}' runs on {model.label}" if step else f"-p {model.label}"
+        raise UserError(
+            f"{what}: render shows the requests of {', '.join(_KNOWN)} only"
+            + "\n    fix: give one of them with -p, e.g. -p openai or -p openai:gpt-4o"
         )
-    return provider
+
+
+def _step_target(
+    own: ModelSpec, provider: str | None, model: ModelSpec | None, step: str
+) -> ModelSpec:
+    """The model a step is rendered for (see the module doc)."""
+    if model is not None:
+        return model
+    if provider is None:
+        _renderable(own, step)
+        return own
+    if own.provider == provider:
+        return own  # the file's own model name, server and settings
+    return ModelSpec(provider, RENDER_PROVIDERS[provider], trusted=True)
 
 
 def render_requests(
     spec: Chain,
-    provider: str,
+    provider: str | None = None,
     inputs: dict[str, str] | None = None,
     step_id: str | None = None,
     allow_imports: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The request each step would send to ``provider``: ``[{step, path, body}, ...]``,
-    tools and output schema included (``allow_imports`` as for running the chain)."""
-    provider = _provider(provider)
+    """The request each step would send: ``[{step, model, path, body}, ...]``, tools and
+    output schema included (``allow_imports`` as for running the chain). ``provider``: a
+    provider's name, a model, or None for each step's own model (see the module doc)."""
+    from eslabon.imports import chain_folder
+    from eslabon.loader import problems_in
+
+    folder = spec.source.parent if spec.source is not None else None
+    with problems_in(spec), chain_folder(folder):
+        return _render(spec, provider, inputs, step_id, allow_imports)
+
+
+def _render(
+    spec: Chain,
+    provider: str | None,
+    inputs: dict[str, str] | None,
+    step_id: str | None,
+    allow_imports: list[str] | None,
+) -> list[dict[str, Any]]:
+    target, target_model = _target(provider)
     spec.check()
     steps = spec.normalized_steps()
     ids = [s.id for s in steps]
@@ -103,6 +179,14 @@ def render_requests(
             + (f" ({hint})" if hint else "")
             + f"; steps: {', '.join(ids)}"
         )
+    unknown = [n for n in inputs or {} if n not in spec.input_names()]
+    if unknown:
+        hint = did_you_mean(unknown[0], spec.input_names())
+        raise UserError(
+            f"the chain has no input {', '.join(repr(n) for n in unknown)}"
+            + (f" ({hint})" if hint else "")
+            + f"; it takes: {', '.join(spec.input_names()) or 'no inputs'}"
+        )
     given: dict[str, Any] = {
         n: d for n in spec.input_names() if (d := spec.input_default(n)) is not None
     }
@@ -112,20 +196,16 @@ def render_requests(
     values.update({sid: f"<output of {sid}>" for sid in ids})
     contexts = _Contexts(spec, given, allow_imports)
 
-    name = RENDER_PROVIDERS[provider]
-    compatible = False  # the chain targets an OpenAI-compatible server (base_url)
-    chain_model = spec.model
-    if chain_model is not None:
-        own = parse_model_ref(chain_model, spec.base_dir)
-        if own.provider == provider:
-            name = own.name
-            compatible = "base_url" in own.kwargs
+    chain_ref, overridden = resolve_model_ref(None, spec.model)  # as run: ESLABON_MODEL too
     chain_params = spec.params.set_values() if spec.params else {}
     out: list[dict[str, Any]] = []
     with _Capture() as capture:
         for step in steps:
             if step_id is not None and step.id != step_id:
                 continue
+            ref_ = chain_ref if overridden or step.model is None else step.model
+            own = parse_or_raise(ref_, spec.base_dir, "model", trusted=overridden)
+            model_spec = _step_target(own, target, target_model, step.id)
             prompt = step_prompt(step, spec.base_dir)
             fields = prompt.input_variables
             step_values = values
@@ -133,7 +213,24 @@ def render_requests(
                 step_values = {**values, "context": context}  # what its retriever fills
             messages = prompt.format_messages(**{f: step_values[f] for f in fields})
             params = {**chain_params, **(step.params.set_values() if step.params else {})}
-            ref: dict[str, Any] = {"provider": provider, "name": name}
+            label = step_label(None, model_spec)
+            method = model_spec.kwargs.get("structured_method")
+            if model_spec.provider in _LOCAL:
+                model = build_from_spec(model_spec, params, spec.base_dir)
+                bound = _bound(model, step, allow_imports, method)
+                body = _llama_request(bound, messages, step.id)
+                out.append({"step": step.id, "model": label, "path": "llama.cpp", "body": body})
+                continue
+            provider = model_spec.provider
+            name = model_spec.name
+            # the file's model targets an OpenAI-compatible server: bodies are shaped for it
+            compatible = bool({"base_url", "base_urls"} & set(model_spec.kwargs))
+            # the model's own settings that shape the body (extra_body, params in the
+            # mapping, ...); where it connects and with which key is render's own business
+            ref: dict[str, Any] = {
+                k: v for k, v in model_spec.kwargs.items() if k not in _CONNECTION
+            }
+            ref.update(provider=provider, name=name)
             if provider == "openai" and not compatible:
                 # ChatOpenAI's own field, not base_url: a base_url would make eslabon shape
                 # the body for an OpenAI-compatible server instead of OpenAI itself
@@ -144,7 +241,7 @@ def render_requests(
                 ref.update(api_key=_PLACEHOLDER_KEY, max_retries=0)
             # render's own reference to its capture server, not the file's: trusted
             spec_ref = parse_model_ref(ref, trusted=True)
-            model = _bound(build_from_spec(spec_ref, params), step, allow_imports)
+            model = _bound(build_from_spec(spec_ref, params), step, allow_imports, method)
             before = len(capture.requests)
             failure: Exception | None = None
             try:
@@ -156,8 +253,68 @@ def render_requests(
                     f"the {provider} client sent no request for step '{step.id}': {failure}"
                 )
             path, body = capture.requests[-1]
-            out.append({"step": step.id, "path": path, "body": body})
+            out.append({"step": step.id, "model": label, "path": path, "body": body})
     return out
+
+
+class _Captured(Exception):
+    """Raised where llama.cpp would start generating: the request is recorded."""
+
+
+_LLAMA_CAPTURE = threading.Lock()
+# what llama.cpp's completion is given besides the prompt, in the order shown
+_SAMPLING = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "seed",
+)
+
+
+def _llama_request(model: Any, messages: list[Any], step: str) -> dict[str, Any]:
+    """What llama.cpp receives for ``messages``: the chat call runs as in a real run (the GGUF's
+    chat template, tools prompt, grammar) and is stopped inside ``Llama.create_completion``,
+    where its prompt tokens, sampling settings and grammar are read. The interception applies
+    to this thread only; other threads' calls pass through."""
+    from llama_cpp import Llama
+
+    original = Llama.create_completion
+    me = threading.get_ident()
+    seen: list[tuple[Any, dict[str, Any]]] = []
+
+    def capture(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != me:
+            return original(self, *args, **kwargs)
+        seen.append((self, {**dict(zip(("prompt",), args, strict=False)), **kwargs}))
+        raise _Captured
+
+    failure: Exception | None = None
+    with _LLAMA_CAPTURE:
+        Llama.create_completion = capture  # type: ignore[method-assign]
+        try:
+            model.invoke(messages)
+        except Exception as exc:  # expected: _Captured, perhaps wrapped by a parser
+            failure = exc
+        finally:
+            Llama.create_completion = original  # type: ignore[method-assign]
+    if not seen:
+        raise UserError(f"the local model received nothing for step '{step}': {failure}")
+    llm, call = seen[-1]
+    prompt = call.get("prompt")
+    if isinstance(prompt, list):  # token ids: shown as text, special tokens included
+        prompt = llm.detokenize(prompt, special=True).decode("utf-8", errors="replace")
+    body: dict[str, Any] = {"model": Path(llm.model_path).name, "prompt": prompt}
+    body.update({k: call[k] for k in _SAMPLING if call.get(k) is not None})
+    grammar = call.get("grammar")
+    if grammar is not None:
+        body["grammar"] = str(getattr(grammar, "_grammar", grammar))
+    return body
 
 
 # retrievers whose search needs the chain's embeddings (static and bm25 need none)
@@ -293,8 +450,11 @@ def _has_collection(folder: Path, name: str) -> bool:
     return True
 
 
-def _bound(model: Any, step: Any, allow_imports: list[str] | None) -> Any:
-    """The model as the step runs it: with its tools, or asked for its output schema."""
+def _bound(
+    model: Any, step: Any, allow_imports: list[str] | None, method: str | None = None
+) -> Any:
+    """The model as the step runs it: with its tools, or asked for its output schema (in the
+    model mapping's ``structured_method``, as compile does)."""
     if step.output_schema is None and not step.tools:
         return model
     from eslabon.imports import allowed_imports
@@ -303,7 +463,8 @@ def _bound(model: Any, step: Any, allow_imports: list[str] | None) -> Any:
     if step.output_schema is not None:
         from eslabon.structured import resolve_output_schema, structured_model
 
-        return structured_model(model, resolve_output_schema(step.output_schema, step.id, allowed))
+        schema = resolve_output_schema(step.output_schema, step.id, allowed)
+        return structured_model(model, schema, method)
     from eslabon.toolcalls import load_tools
 
     return model.bind_tools(load_tools(step.tools, allowed, step.id))

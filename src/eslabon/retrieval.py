@@ -1,21 +1,27 @@
 """Retrievers from chain files: static, memory, bm25, chroma — each a LangChain ``BaseRetriever``.
 
 Every retriever returns ``Document``s whose metadata carries ``source`` and, where the backend
-gives one, a relevance ``score`` (higher is closer), so answers can cite what they used.
-Heavy packages (chromadb, langchain-community) are imported only when such a retriever is built.
+gives one, a relevance ``score`` (higher is closer), so answers can cite what they used. Each
+returns its configured ``k`` documents, or a call's own: ``retriever.invoke(query, k=1)``
+(LangChain's ``BaseRetriever`` passes a call's keyword arguments to the search).
+Heavy packages (chromadb, rank-bm25) are imported only when such a retriever is built.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
 from langchain_core.vectorstores import VectorStore
 from pydantic import PrivateAttr
 
@@ -24,27 +30,84 @@ from eslabon.spec import RETRIEVER_TYPES
 
 __all__ = [
     "ChromaRetriever",
+    "EmbeddingsMismatchError",
+    "IndexNotFoundError",
+    "KeywordRetriever",
     "ScoredVectorStoreRetriever",
     "StaticRetriever",
     "build_embeddings",
     "build_retriever",
+    "chroma_store",
+    "embeddings_id",
     "format_context",
 ]
 
 
-class StaticRetriever(BaseRetriever):
+class _Sized(BaseRetriever):
+    """A retriever whose search takes a call's own ``k``, on the async path too (LangChain's
+    default async path calls the sync search without the call's keyword arguments)."""
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+    ) -> list[Document]:
+        search: Any = self._get_relevant_documents
+        return await run_in_executor(None, search, query, run_manager=run_manager.get_sync(), k=k)
+
+
+class StaticRetriever(_Sized):
     """Always the same documents (the first ``k``): a stub for tests and lessons."""
 
     documents: list[Document]
     k: int = 4
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
-        return [d.model_copy(deep=True) for d in self.documents[: self.k]]
+        return [d.model_copy(deep=True) for d in self.documents[: _k(self.k, k)]]
 
 
-class ScoredVectorStoreRetriever(BaseRetriever):
+def _k(configured: int, given: int | None) -> int:
+    """How many documents a call returns: its own ``k``, else the retriever's."""
+    if given is None:
+        return configured
+    if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {given!r}")
+    return given
+
+
+class KeywordRetriever(_Sized):
+    """BM25 keyword search (rank-bm25's Okapi BM25) over ``documents``, on eslabon's words
+    (lower-cased, accents folded, punctuation dropped: LangChain's ``BM25Retriever`` splits
+    on spaces only, so "token." never matched "token")."""
+
+    documents: list[Document]
+    k: int = 4
+    _index: Any = PrivateAttr(None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        from rank_bm25 import BM25Okapi
+
+        from eslabon.embeddings import words
+
+        if self.documents:  # BM25Okapi divides by the corpus size
+            self._index = BM25Okapi([words(d.page_content) for d in self.documents])
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        if self._index is None:
+            return []
+        from eslabon.embeddings import words
+
+        hits = self._index.get_top_n(words(query), self.documents, n=_k(self.k, k))
+        return [d.model_copy(deep=True) for d in hits]
+
+
+class ScoredVectorStoreRetriever(_Sized):
     """Similarity search that keeps each hit's relevance score in ``metadata["score"]``.
 
     LangChain's ``VectorStoreRetriever`` drops the scores; citing answers wants them.
@@ -54,12 +117,13 @@ class ScoredVectorStoreRetriever(BaseRetriever):
     k: int = 4
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
+        k = _k(self.k, k)
         try:
-            hits = self.vectorstore.similarity_search_with_relevance_scores(query, k=self.k)
+            hits = self.vectorstore.similarity_search_with_relevance_scores(query, k=k)
         except NotImplementedError:  # InMemoryVectorStore: its score is cosine similarity
-            hits = self.vectorstore.similarity_search_with_score(query, k=self.k)
+            hits = self.vectorstore.similarity_search_with_score(query, k=k)
         # new Documents with new metadata dicts: a store may hand out its own metadata objects
         return [
             Document(doc.page_content, id=doc.id, metadata={**doc.metadata, "score": float(s)})
@@ -67,7 +131,7 @@ class ScoredVectorStoreRetriever(BaseRetriever):
         ]
 
 
-class ChromaRetriever(BaseRetriever):
+class ChromaRetriever(_Sized):
     """A Chroma collection searched directly: one query, one ``Document`` per hit.
 
     Written by hand because langchain-chroma's scored search re-reads the collection's
@@ -89,11 +153,11 @@ class ChromaRetriever(BaseRetriever):
         self._relevance = store._select_relevance_score_fn()
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
         hits: Any = self._collection.query(
             query_embeddings=[self._embed(query)],
-            n_results=self.k,
+            n_results=_k(self.k, k),
             include=["documents", "metadatas", "distances"],
         )
         score = self._relevance
@@ -215,20 +279,10 @@ def build_retriever(
         return ScoredVectorStoreRetriever(vectorstore=store, k=spec.k)
     if kind == "bm25":
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from langchain_community.retrievers import BM25Retriever
             import rank_bm25  # noqa: F401
         except ImportError:
-            raise MissingDependencyError(
-                "The 'bm25' retriever", "rag", "langchain-community, rank-bm25"
-            ) from None
-        from eslabon.embeddings import words
-
-        # LangChain's default splits on spaces only, so "token." never matches "token"
-        return BM25Retriever.from_documents(
-            _documents(spec.documents), k=spec.k, preprocess_func=words
-        )
+            raise MissingDependencyError("The 'bm25' retriever", "rag", "rank-bm25") from None
+        return KeywordRetriever(documents=_documents(spec.documents), k=spec.k)
     if kind == "chroma":
         path = spec.path
         if path is not None and not spec.host:
@@ -248,6 +302,7 @@ def build_retriever(
                 spec.port,
                 project_root,
                 credentials=credentials,
+                create=False,  # a chain reads an index; it never creates one (an empty one)
             ),
             k=spec.k,
         )
@@ -255,7 +310,20 @@ def build_retriever(
         from eslabon.llamaindex import load_persisted
 
         folder = confine(spec.path, chain_dir or project_root, "llamaindex path", project_root)
-        return load_persisted(str(folder), embeddings, spec.k)
+        if not (folder / "docstore.json").is_file():
+            raise IndexNotFoundError(
+                f"llamaindex retriever: no llama-index index at {folder}, so the chain would "
+                "search nothing\n    fix: persist one there (index.storage_context.persist(PATH))"
+                + _relative_note(spec.path, project_root)
+            )
+        built = load_persisted(str(folder), embeddings, spec.k)
+        struct = getattr(getattr(built.retriever, "_index", None), "index_struct", None)
+        if getattr(struct, "nodes_dict", None) == {}:
+            raise IndexNotFoundError(
+                f"llamaindex retriever: the index at {folder} holds no documents, so the chain "
+                "would search nothing\n    fix: build it from your documents and persist it again"
+            )
+        return built
     raise AssertionError(f"unhandled retriever type {kind!r}")
 
 
@@ -288,6 +356,110 @@ def _custom(spec: Any, allow_imports: list[str]) -> BaseRetriever:
 
 
 DEFAULT_STORE = ".eslabon/chroma"
+EMBEDDINGS_KEY = "eslabon:embeddings"  # the collection's metadata: whose vectors it holds
+
+
+class IndexNotFoundError(UserError):
+    """A retriever's (or ``eslabon search``'s) index is missing or empty: it would find nothing."""
+
+
+class EmbeddingsMismatchError(UserError):
+    """A collection holds vectors of other embeddings than the ones given."""
+
+
+_PROVIDER_OF = {
+    "OpenAIEmbeddings": "openai",
+    "AzureOpenAIEmbeddings": "azure_openai",
+    "OllamaEmbeddings": "ollama",
+    "GoogleGenerativeAIEmbeddings": "google_genai",
+}
+
+
+def embeddings_id(embeddings: Embeddings) -> str:
+    """Which embeddings these are, as a collection records them: ``local``, ``llamacpp:FILE``,
+    ``huggingface:FOLDER`` (the file or folder name: a path differs from machine to machine)
+    or ``provider:model``."""
+    from eslabon.embeddings import HashingEmbeddings
+
+    if isinstance(embeddings, HashingEmbeddings):
+        dims = embeddings.dimensions
+        return "local" if dims == 512 else f"local:{dims}"
+    kind = type(embeddings).__name__
+    if kind == "LlamaCppEmbeddings":
+        return "llamacpp:" + Path(str(getattr(embeddings, "model_path", ""))).name
+    if kind == "HuggingFaceEmbeddings":
+        return "huggingface:" + Path(str(getattr(embeddings, "model_name", ""))).name
+    model = getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
+    provider = _PROVIDER_OF.get(kind, kind)
+    return f"{provider}:{str(model).removeprefix('models/')}" if model else provider
+
+
+def _relative_note(path: str | None, project_root: Path) -> str:
+    if path is not None and Path(path).expanduser().is_absolute():
+        return ""
+    return (
+        f"\n    (index folders are relative to the project root, {project_root}: the folder of "
+        "eslabon.toml or .git, else the working directory)"
+    )
+
+
+def _nearby_store(project_root: Path) -> Path | None:
+    """A folder above an unmarked project root holding eslabon's default index (the user
+    indexed from there and runs from a subfolder)."""
+    if (project_root / "eslabon.toml").is_file() or (project_root / ".git").exists():
+        return None
+    for folder in list(project_root.parents)[:6]:
+        if (folder / DEFAULT_STORE / "chroma.sqlite3").is_file():
+            return folder
+    return None
+
+
+def _not_indexed(
+    collection: str,
+    problem: str,
+    path: str | None,
+    host: str | None,
+    port: int,
+    project_root: Path,
+) -> IndexNotFoundError:
+    where = f" --host {host} --port {port}" if host else (f" --path {path}" if path else "")
+    message = (
+        f"chroma collection '{collection}' has nothing to search: {problem}\n"
+        f"    fix: index your documents into it first: eslabon index DOCS --into "
+        f"chroma:{collection}{where}"
+    )
+    if not host:
+        message += _relative_note(path, project_root)
+        if path is None and (found := _nearby_store(project_root)) is not None:
+            message += (
+                f"\n    an index exists at {found / DEFAULT_STORE}: run eslabon from {found}, or "
+                f"make that folder the project root (create {found / 'eslabon.toml'})"
+            )
+    return IndexNotFoundError(message)
+
+
+def _mismatch(collection: str, stored: str | None, given: str) -> EmbeddingsMismatchError:
+    """``stored`` None: other embeddings than ``given``, which the collection did not record."""
+    held = f"the embeddings '{stored}'" if stored else "other embeddings"
+    same = f"the embeddings '{stored}'" if stored else "the embeddings it was indexed with"
+    return EmbeddingsMismatchError(
+        f"chroma collection '{collection}' holds vectors of {held}, not '{given}': one "
+        "collection holds one model's vectors (mixed, searches fail or find the wrong "
+        f"passages)\n    fix: use {same} (a chain's embeddings:, or --embeddings), index into "
+        f"another collection, or rebuild this one: eslabon index DOCS --into "
+        f"chroma:{collection} --embeddings {given} --rebuild"
+    )
+
+
+def stored_embeddings(collection: Any) -> str | None:
+    """The embeddings a Chroma collection's vectors come from, as recorded when it was
+    indexed (its metadata; else its chunks'); None for a collection eslabon did not record."""
+    stored = (collection.metadata or {}).get(EMBEDDINGS_KEY)
+    if stored is None:
+        peek = collection.get(limit=1, include=["metadatas"])
+        metadatas = peek.get("metadatas") or [None]
+        stored = (metadatas[0] or {}).get("embeddings")
+    return str(stored) if stored is not None else None
 
 
 def chroma_store(
@@ -298,10 +470,17 @@ def chroma_store(
     port: int,
     project_root: Path,
     credentials: bool = True,
+    create: bool = True,
+    rebuild: bool = False,
 ) -> VectorStore:
     """A Chroma collection, always with eslabon's embeddings (Chroma's default downloads a
     model at first use and fails offline). ``credentials=False``: Chroma's auth settings from
-    the environment are not used (a server the user has not approved)."""
+    the environment are not used (a server the user has not approved).
+
+    ``create=False`` (a chain, a search): the store and collection must exist and hold
+    documents, else :class:`IndexNotFoundError` naming the ``eslabon index`` command; nothing
+    is created. ``rebuild``: the collection is emptied first. A collection that holds vectors
+    of other embeddings raises :class:`EmbeddingsMismatchError`."""
     try:
         import chromadb
         from langchain_chroma import Chroma
@@ -321,17 +500,48 @@ def chroma_store(
     if host:
         client = chromadb.HttpClient(host=host, port=port, settings=settings)
     else:
-        folder = Path(path or DEFAULT_STORE)
+        folder = Path(path or DEFAULT_STORE).expanduser()
         if not folder.is_absolute():
             folder = project_root / folder
+        if not create and not (folder / "chroma.sqlite3").is_file():  # the client would make it
+            problem = f"no index at {folder} (nothing was indexed there)"
+            raise _not_indexed(collection, problem, path, host, port, project_root)
         client = chromadb.PersistentClient(path=str(folder), settings=settings)
+    import chromadb.errors
+
+    ours = embeddings_id(embeddings)
+    missing = getattr(chromadb.errors, "NotFoundError", ValueError)  # ValueError before 0.6
+    if rebuild:
+        with suppress(missing, ValueError):
+            client.delete_collection(collection)
+    if not create:
+        try:
+            found = client.get_collection(collection)
+        except (missing, ValueError):
+            from eslabon.suggest import did_you_mean
+
+            names = sorted(getattr(c, "name", str(c)) for c in client.list_collections())
+            where = f"{host}:{port}" if host else str(folder)
+            held = f" (collections there: {', '.join(names)})" if names else " (none there)"
+            guess = did_you_mean(collection, names)
+            problem = f"no such collection at {where}{held}" + (f"; {guess}" if guess else "")
+            raise _not_indexed(collection, problem, path, host, port, project_root) from None
+        if found.count() == 0:
+            problem = f"it is empty (at {f'{host}:{port}' if host else folder})"
+            raise _not_indexed(collection, problem, path, host, port, project_root)
     # cosine distance: eslabon's embeddings are normalized, and L2 would rank empty texts well
-    return Chroma(
+    store = Chroma(
         collection_name=collection,
         embedding_function=embeddings,
         client=client,
-        collection_metadata={"hnsw:space": "cosine"},
+        collection_metadata={"hnsw:space": "cosine", EMBEDDINGS_KEY: ours},
+        create_collection_if_not_exists=create,
     )
+    chroma: Any = store
+    stored = stored_embeddings(chroma._collection)
+    if stored is not None and stored != ours and chroma._collection.count() > 0:
+        raise _mismatch(collection, stored, ours)
+    return store
 
 
 def format_context(docs: list[Document]) -> str:

@@ -470,6 +470,7 @@ class Chain(_Prompted):
     )
 
     _source: Path | None = PrivateAttr(default=None)
+    _file: str | None = PrivateAttr(default=None)  # the file as the user named it, for messages
     _warnings: list[Any] = PrivateAttr(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
@@ -563,7 +564,8 @@ class Chain(_Prompted):
         """Every semantic problem (templates, ids, files, providers); empty when valid."""
         from eslabon.checks import check_chain_data
 
-        return check_chain_data(self.to_data(), self.base_dir, file=str(self._source or "<chain>"))
+        file = self._file or str(self._source or "<chain>")
+        return check_chain_data(self.to_data(), self.base_dir, file=file)
 
     def check(self) -> None:
         """Raise ``ChainConfigError`` with every problem :meth:`problems` finds, if any."""

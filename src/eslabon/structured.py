@@ -201,6 +201,22 @@ def _outcome(out: dict[str, Any], schema: OutputSchema) -> tuple[bool, Any, str,
         return False, None, raw, str(exc)
 
 
+# how providers say a reply stopped at max_tokens (OpenAI, llama.cpp, Ollama; Anthropic; Gemini)
+_CUT = ("length", "max_tokens", "MAX_TOKENS")
+
+
+def _cut_fix(out: dict[str, Any]) -> str | None:
+    """The fix to name when the answer was cut off by ``max_tokens``: a reply cut short is
+    not JSON, and asking again does not lengthen it."""
+    meta = getattr(out.get("raw"), "response_metadata", None) or {}
+    if meta.get("finish_reason") in _CUT or meta.get("stop_reason") in _CUT:
+        return (
+            "raise max_tokens (the answer was cut off before its end), or bound the schema's "
+            "strings and lists with maxLength / maxItems"
+        )
+    return None
+
+
 def _feedback(messages: list[BaseMessage], raw: str, error: str) -> list[BaseMessage]:
     return [
         *messages,
@@ -221,13 +237,15 @@ def run_structured(
     step_id: str,
 ) -> Any:
     """Ask, validate, and on failure ask again with the error; raise after ``attempts``."""
-    raw, error = "", ""
+    raw, error, fix = "", "", None
     for _ in range(attempts):
-        ok, value, raw, error = _outcome(model.invoke(messages, config), schema)
+        out = model.invoke(messages, config)
+        ok, value, raw, error = _outcome(out, schema)
         if ok:
             return value
+        fix = _cut_fix(out)
         messages = _feedback(messages, raw, error)
-    raise OutputValidationError(step_id, raw, error, attempts)
+    raise OutputValidationError(step_id, raw, error, attempts, fix)
 
 
 async def arun_structured(
@@ -238,10 +256,12 @@ async def arun_structured(
     config: RunnableConfig,
     step_id: str,
 ) -> Any:
-    raw, error = "", ""
+    raw, error, fix = "", "", None
     for _ in range(attempts):
-        ok, value, raw, error = _outcome(await model.ainvoke(messages, config), schema)
+        out = await model.ainvoke(messages, config)
+        ok, value, raw, error = _outcome(out, schema)
         if ok:
             return value
+        fix = _cut_fix(out)
         messages = _feedback(messages, raw, error)
-    raise OutputValidationError(step_id, raw, error, attempts)
+    raise OutputValidationError(step_id, raw, error, attempts, fix)

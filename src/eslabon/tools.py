@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -59,15 +60,35 @@ def _evaluate(node: ast.AST) -> int | float:
     raise ValueError(f"not allowed in an arithmetic expression: {ast.unparse(node)!r}")
 
 
+_SIGNS = {
+    "multiplicado por": "*",
+    "dividido entre": "/",
+    "dividido por": "/",
+    "elevado a": "**",
+    "por": "*",
+    "x": "*",
+    "más": "+",
+    "mas": "+",
+    "menos": "-",
+    "entre": "/",
+}
+# whole words between spaces or parentheses only: "0x10" stays a hexadecimal number
+_WORDS = re.compile(r"(?<=[\s)])(" + "|".join(_SIGNS) + r")(?=[\s(])", re.IGNORECASE)
+
+
 def calculadora(expresion: str) -> int | float:
     """Calcula una expresión aritmética, por ejemplo '17 * (3 + 4) / 2'.
 
     Args:
-        expresion: números con + - * / // % ** y paréntesis.
+        expresion: números con + - * / // % ** y paréntesis (o por, más, menos, entre,
+            elevado a).
     """
     text = expresion.strip().replace("×", "*").replace("÷", "/").replace("^", "**")
     if len(text) > _MAX_LENGTH:
         raise ValueError(f"expression longer than {_MAX_LENGTH} characters")
+    # "17 por 23": a small model copies the question's words far more reliably than it turns
+    # them into signs (chains/calculadora.yaml on the bundled model)
+    text = _WORDS.sub(lambda m: _SIGNS[m.group(1).lower()], text)
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:

@@ -273,7 +273,7 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         with gr.Accordion("Provider payload (eslabon render)", open=False):
             with gr.Row():
                 provider_box = gr.Dropdown(
-                    ["openai", "google_genai", "anthropic", "ollama"],
+                    ["openai", "google_genai", "anthropic", "ollama", "local"],
                     value="openai",
                     label="Provider",
                 )
