@@ -43,6 +43,7 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/structured_local.py
+	$(BIN)/python bench/local_speed.py
 	$(BIN)/python bench/batch_throughput.py
 
 schema: $(VENV)/.stamp-dev

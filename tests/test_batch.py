@@ -367,3 +367,17 @@ def test_the_exit_code_says_whether_rows_failed(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
     # was 0 for both: a script could not tell that rows failed
     assert codes == {"good": 0, "bad": 3}
+
+
+def test_each_record_names_each_steps_model(tmp_path: Path) -> None:
+    chain = load_chain(
+        write(
+            tmp_path,
+            "model: fake:echo\nsteps:\n  - {id: a, prompt: hola}\n"
+            "  - {id: b, model: {provider: fake, responses: [listo]}, prompt: '{a}'}\n",
+        )
+    )
+    run_batch(chain, [{"id": 1}], tmp_path / "out.jsonl")
+    (record,) = records(tmp_path / "out.jsonl")
+    assert record["models"] == {"a": "fake:echo", "b": "fake"}  # not the chain's model for both
+    assert record["model"] == "fake:echo, fake" and record["output"] == "listo"

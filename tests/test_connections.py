@@ -113,7 +113,7 @@ def test_a_refused_connection_fails_at_once_naming_the_url(
     error, elapsed = attempt(chain, how)
     # before: a raw httpx.ConnectError naming no URL; Gemini's SDK retried it for ~35 s
     assert isinstance(error, ProviderConnectionError)
-    assert elapsed < 1.0, elapsed
+    assert elapsed < 10, elapsed  # not Gemini's ~35 s of retries (a loose bound: busy machines)
     message = str(error)
     assert f"could not connect to {provider}:" in message
     assert f"at http://127.0.0.1:{closed_port}/" in message and "Connection refused" in message
@@ -147,13 +147,13 @@ def test_a_connection_that_never_completes_times_out(
         error, elapsed = attempt(chain, how, deadline=5)  # before: no connect timeout at all
         assert isinstance(error, ProviderConnectionError)
         assert "no connection within 0.3 s" in str(error)
-        assert elapsed < 2.0, elapsed
+        assert elapsed < 4, elapsed  # the 0.3 s bound, not minutes (loose: busy machines)
 
 
 def test_a_timeout_the_model_sets_is_kept(silent_port: int) -> None:
     chain = load_chain(CHAINS / "hola.yaml", model={**ref("ollama", silent_port), "timeout": 0.2})
     error, elapsed = attempt(chain, "invoke", deadline=5)
-    assert "no connection within 0.2 s" in str(error) and elapsed < 1.5
+    assert "no connection within 0.2 s" in str(error) and elapsed < 4
 
 
 def test_the_command_line_names_the_url(closed_port: int) -> None:
@@ -187,3 +187,34 @@ def test_the_ollama_clients_own_connection_error_is_mapped() -> None:
         mapped = translate_model_error(exc, "ollama", "llama3.2")
     assert isinstance(mapped, ProviderConnectionError)
     assert "could not connect to ollama:llama3.2" in str(mapped) and "ollama serve" in str(mapped)
+
+
+@pytest.mark.parametrize("provider", ["ollama", "google_genai"])
+def test_embeddings_connection_errors_name_the_url_too(
+    provider: str, closed_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from conftest import write
+
+    monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("GOOGLE_API_KEY", "k-x")
+    name = {"ollama": "nomic-embed-text", "google_genai": "gemini-embedding-001"}[provider]
+    from eslabon.retrieval import build_embeddings
+
+    chain = write(
+        tmp_path,
+        f"embeddings: {provider}:{name}\ninputs: {{nombre: x}}\n"
+        "retriever: {type: memory, documents: [hola]}\nprompt: '{context}'\n",
+    )
+    embeddings = build_embeddings(f"{provider}:{name}")
+    for call in (
+        lambda: load_chain(chain, model="fake:echo"),  # a memory retriever embeds its documents
+        lambda: embeddings.embed_query("hola"),
+        lambda: asyncio.run(embeddings.aembed_documents(["hola"])),
+    ):
+        # before: a bare ConnectError (ollama), or Gemini's own error around it, no URL
+        with pytest.raises(ProviderConnectionError) as caught:
+            call()
+        assert f"could not connect to {provider}:{name} at http://127.0.0.1:{closed_port}/" in (
+            str(caught.value)
+        )

@@ -127,6 +127,23 @@ def test_unsupported_patterns_are_reported_where_they_are() -> None:
     assert "write '$'" in problems["$defs", "fin", "anyOf", 0, "pattern"]
 
 
+def test_validate_judges_patterns_by_re2_alone(tmp_path: Path) -> None:
+    # jsonschema's meta-schema check compiled patterns with Python's re ("format": "regex"),
+    # which refuses RE2's Unicode classes: validate refused a pattern the answer check runs
+    path = write(
+        tmp_path,
+        "inputs: {t: x}\nprompt: '{t}'\noutput_schema:\n  type: object\n  properties:\n"
+        "    palabra: {type: string, pattern: '^\\p{L}+$'}\n",
+    )
+    from eslabon.loader import validate_file
+
+    assert validate_file(path) == []
+    schema = {"type": "object", "properties": {"palabra": {"pattern": r"^\p{L}+$"}}}
+    assert OutputSchema(schema).validate({"palabra": "Ñandú"}) == {"palabra": "Ñandú"}
+    with pytest.raises(_Invalid):
+        OutputSchema(schema).validate({"palabra": "a1"})
+
+
 def test_data_is_not_taken_for_patterns() -> None:
     schema = {
         "type": "object",

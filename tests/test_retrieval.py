@@ -61,6 +61,21 @@ def test_memory_retriever_ranks_by_similarity_with_scores(tmp_path: Path) -> Non
     assert "[1] (source: embeddings.md)" in prompt
 
 
+@pytest.mark.parametrize("pregunta", ["", "   ", "¿?!"])
+def test_a_question_without_words_still_searches(tmp_path: Path, pregunta: str) -> None:
+    # the offline embedding of a text without words was a zero vector: cosine search failed
+    # with numpy's "NaN values found"
+    path = chain(tmp_path, f"    type: memory\n    k: 2\n{DOCS}")
+    result, _ = run(path, pregunta)
+    assert len(result["documents"]) == 2 and all(
+        d["score"] is not None for d in result["documents"]
+    )
+    from eslabon.embeddings import HashingEmbeddings
+
+    vector = HashingEmbeddings().embed_query(pregunta)
+    assert abs(sum(v * v for v in vector) - 1) < 1e-9  # unit length, like every other text
+
+
 def test_bm25_retriever(tmp_path: Path) -> None:
     path = chain(tmp_path, f"    type: bm25\n    k: 1\n{DOCS}")
     result, _ = run(path, "atención contexto")
@@ -222,15 +237,16 @@ class TestBM25Conformance(RetrieverConformance):
 class TestChromaConformance(RetrieverConformance):
     query, expected_source = "vectores y embeddings", "embeddings.md"
 
-    def make_retriever(self, k: int) -> Any:
-        import tempfile
+    @pytest.fixture(autouse=True)
+    def _folder(self, tmp_path: Path) -> None:
+        self.folder = tmp_path  # pytest removes it (a mkdtemp folder stayed behind per test)
 
+    def make_retriever(self, k: int) -> Any:
         from eslabon.retrieval import ChromaRetriever
 
         if not hasattr(self, "_store"):
-            folder = tempfile.mkdtemp(prefix="eslabon-chroma-")
             self._store = chroma_store(
-                "conformance", build_embeddings("local"), folder, None, 8000, Path(folder)
+                "conformance", build_embeddings("local"), str(self.folder), None, 8000, self.folder
             )
             self._store.add_texts(
                 [d["content"] for d in CORPUS], metadatas=[{"source": d["source"]} for d in CORPUS]

@@ -254,7 +254,10 @@ async def _run_rows(
                     if extra in result:
                         record[extra] = result[extra]
                 report.done += 1
-            record["model"] = chain.model_label
+            # each step's own model (steps may differ), as `eslabon run --json` reports them
+            models = {s.id: s.label for s in chain.steps}
+            record["model"] = ", ".join(dict.fromkeys(models.values()))
+            record["models"] = models
             record["elapsed_s"] = round(time.perf_counter() - began, 4)
             sink.write(record)
             report.elapsed_s = time.perf_counter() - start

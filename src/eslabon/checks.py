@@ -612,6 +612,19 @@ def schema_size(schema: Any) -> int:
         return MAX_SCHEMA_SIZE + 1
 
 
+def _meta_formats() -> Any:
+    """The 2020-12 format checks for checking a schema itself, without ``regex``: its patterns
+    are checked with RE2, as eslabon runs them (:func:`eslabon.patterns.pattern_problems`);
+    jsonschema's check compiles them with Python's ``re``, which refuses RE2's ``\\p{L}``."""
+    import copy
+
+    from jsonschema import Draft202012Validator
+
+    checker = copy.copy(Draft202012Validator.FORMAT_CHECKER)
+    checker.checkers = {k: v for k, v in checker.checkers.items() if k != "regex"}
+    return checker
+
+
 def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> None:
     schema = data.get("output_schema")
     if data.get("tools") and schema is not None:
@@ -656,9 +669,7 @@ def _check_output_schema(out: _Collector, data: dict[str, Any], path: PathT) -> 
     from jsonschema import Draft202012Validator
 
     # every mistake, not only the first (check_schema raises the best match alone)
-    meta = Draft202012Validator(
-        Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+    meta = Draft202012Validator(Draft202012Validator.META_SCHEMA, format_checker=_meta_formats())
     errors = sorted(meta.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path])
     for exc in errors[:MAX_PROBLEMS_PER_FILE]:
         where = tuple(p if isinstance(p, int) else str(p) for p in exc.absolute_path)

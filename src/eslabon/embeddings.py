@@ -43,6 +43,10 @@ class HashingEmbeddings(Embeddings):
             feats.append(("w:" + word, 1.0))
             padded = f"<{word}>"
             feats.extend(("c:" + padded[i : i + 3], 0.5) for i in range(len(padded) - 2))
+        if not feats:
+            # No words ("", "!!!"): the whole text is the feature. A zero vector has no
+            # direction, and cosine search with one fails ("NaN values found").
+            feats.append(("t:" + _fold(text).strip(), 1.0))
         return feats
 
     def _embed(self, text: str) -> list[float]:

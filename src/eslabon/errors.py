@@ -345,6 +345,13 @@ def translate_model_error(
     """
     if isinstance(exc, EslabonError):
         return None
+    cause = exc.__cause__
+    for _ in range(8):  # ours, raised from within an integration that wrapped it in its own
+        if cause is None or isinstance(cause, EslabonError):
+            break
+        cause = cause.__cause__
+    if isinstance(cause, EslabonError):
+        return cause
     from langchain_core import exceptions as lc
 
     status = getattr(exc, "status_code", None)

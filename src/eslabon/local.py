@@ -5,24 +5,32 @@ importing it warns; this adapter is small, streams token by token, passes every 
 (temperature, max_tokens, top_p, top_k, stop, seed, penalties) straight to llama.cpp's chat
 completion, reuses one loaded model per file across chains, and serializes calls to it
 (a ``llama_cpp.Llama`` is not thread-safe).
+
+Threads: ``n_threads`` in the model mapping, else ``ESLABON_THREADS``, else the physical cores
+this process may use, one left free when there are no more physical than logical cores (see
+:func:`default_threads`). Sampling: every call sets its own seed — the given one, or fresh
+entropy — so no call's randomness depends on the calls before it (see :meth:`_call_params`).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import json
+import math
 import os
+import secrets
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -37,12 +45,19 @@ from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from eslabon.binding import BindsTools, JsonModeOutput
-from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError
+from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError, UserError
 
-__all__ = ["BUNDLED_MODEL_FILE", "ChatLlamaCppLocal", "LlamaCppEmbeddings", "bundled_model_path"]
+__all__ = [
+    "BUNDLED_MODEL_FILE",
+    "THREADS_ENV",
+    "ChatLlamaCppLocal",
+    "LlamaCppEmbeddings",
+    "bundled_model_path",
+    "default_threads",
+]
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -66,6 +81,82 @@ def _close_all() -> None:
         handle = getattr(utils, name, None)
         if handle is not None:
             handle.close()
+
+
+THREADS_ENV = "ESLABON_THREADS"
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp when the model mapping gives no ``n_threads``.
+
+    ``ESLABON_THREADS`` if set; else the physical cores this process may use (its CPU affinity
+    and cgroup quota), and never every logical core: with no more physical than logical cores,
+    one is left free. llama.cpp's threads wait for one another at every token, so one thread
+    descheduled by other work stalls them all: on a 2-core machine with another process busy,
+    2 threads gave 27 tokens/s and 1 thread 120 (idle: 138 and 126; bench/local_speed.py).
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return _auto_threads()
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise UserError(
+            f"{THREADS_ENV}={raw!r} is not a number of threads\n"
+            "    fix: set it to a whole number >= 1 (or unset it to let eslabon choose)"
+        )
+    return threads
+
+
+@functools.cache
+def _auto_threads() -> int:
+    cpus = _usable_cpus()
+    logical = len(cpus)
+    if (quota := _cgroup_cpus()) is not None:
+        logical = min(logical, quota)
+    physical = min(_physical_cores(cpus) or logical, logical)
+    return max(1, physical if physical < logical else logical - 1)
+
+
+def _usable_cpus() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity call
+        return set(range(os.cpu_count() or 1))
+
+
+def _physical_cores(cpus: set[int]) -> int | None:
+    """Distinct (package, core) pairs among ``cpus`` (Linux sysfs); None when unknown."""
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return None
+        cores.add((package, core))
+    return len(cores) or None
+
+
+def _cgroup_cpus() -> int | None:
+    """The CPU quota of this process's container, in whole CPUs (cgroup v2, then v1)."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            base = Path("/sys/fs/cgroup/cpu")
+            quota = (base / "cpu.cfs_quota_us").read_text().strip()
+            period = (base / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, per = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return max(1, math.ceil(q / per)) if q > 0 and per > 0 else None
 
 
 def bundled_model_path() -> Path:
@@ -98,6 +189,9 @@ def _load(
                     model_path=path,
                     n_ctx=n_ctx,
                     n_threads=n_threads,
+                    # prompts too: llama-cpp-python's default for them is every core, which
+                    # stalls on a busy machine as generation does (see default_threads)
+                    n_threads_batch=n_threads,
                     embedding=embedding,
                     verbose=False,
                 )
@@ -134,31 +228,72 @@ def _payload(message: BaseMessage) -> dict[str, str]:
             return {"role": "assistant", "content": json.dumps(calls[0], ensure_ascii=False)}
         return {"role": "assistant", "content": message.text}
     if isinstance(message, ToolMessage):
-        return {"role": "user", "content": f"Tool result ({message.name}): {message.text}"}
+        # worded so that the bundled 135M model answers with the result (measured against
+        # "Tool result (NAME): ...", which it answered by calling the tool with the result)
+        if message.status == "error":
+            return {"role": "user", "content": f"The tool {message.name} failed: {message.text}"}
+        return {
+            "role": "user",
+            "content": f"The tool {message.name} returned: {message.text}\n"
+            "Answer the question with this result.",
+        }
     return {"role": message.type, "content": message.text}
 
 
-_GRAMMARS: dict[str, Any] = {}
+_GRAMMARS: dict[tuple[str, int], Any] = {}
 # llama-cpp-python's JSON grammar lets any character but " and \ into strings; raw control
 # characters are not JSON, and a small model uses the newline to wander off inside a string
-_LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
-
+_JSON_CHAR = (
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F])"
+)
 
 # Counted repetitions nest one group per optional item in the grammar ("(c (c (c)?)?)?"), and
 # llama.cpp parses that nesting recursively: maxLength 2000 segfaulted, 1000 did not.
 _GRAMMAR_MAX_COUNT = 500
 _COUNTS = ("maxLength", "maxItems")
+# A string with no maxLength gets at most max_tokens / (number of such strings) characters, and
+# at least this many: a token is at least one character, so the strings of the longest answer
+# fit in max_tokens and the grammar closes the JSON before the budget runs out.
+_MIN_STRING_CAP = 16
 
 
-def _grammar_schema(schema: Any) -> Any:
+def _free_strings(schema: Any) -> list[dict[str, Any]]:
+    """The plain string schemas in ``schema`` with no ``maxLength`` (formats, enums and
+    constants have fixed shapes and are left alone)."""
+    from eslabon.patterns import walk_schemas
+
+    return [
+        sub
+        for _, sub in walk_schemas(schema)
+        if sub.get("type") == "string"
+        and "maxLength" not in sub
+        and not {"enum", "const", "format"} & set(sub)
+    ]
+
+
+def _string_cap(schema: Any, max_tokens: int | None) -> int:
+    """How long a string without ``maxLength`` may be in the grammar (see ``_MIN_STRING_CAP``);
+    free-form objects' keys and values get it too."""
+    if not max_tokens or max_tokens < 1:
+        return _GRAMMAR_MAX_COUNT
+    share = max_tokens // max(1, len(_free_strings(schema)))
+    return max(_MIN_STRING_CAP, min(_GRAMMAR_MAX_COUNT, share))
+
+
+def _grammar_schema(schema: Any, cap: int = _GRAMMAR_MAX_COUNT) -> Any:
     """``schema`` as the grammar may take it: no ``pattern`` (llama-cpp-python's regex-to-grammar
     translation segfaults on ``\\d``, and nested counts such as ``^(x{0,30}){0,30}$`` took 23 s
-    for 40 tokens) and no count above ``_GRAMMAR_MAX_COUNT``. eslabon still validates the answer
-    against the whole schema, and asks again when it does not match."""
+    for 40 tokens), strings without ``maxLength`` bounded by ``cap``, and no count above
+    ``_GRAMMAR_MAX_COUNT`` (left out). eslabon still validates the answer against the whole
+    schema, and asks again when it does not match."""
     from eslabon.patterns import walk_schemas, without_patterns
 
     bounded = without_patterns(schema)
+    for sub in _free_strings(bounded):
+        sub["maxLength"] = max(
+            cap, sub.get("minLength", 0) if isinstance(sub.get("minLength"), int) else 0
+        )
     for _, sub in walk_schemas(bounded):
         for key in _COUNTS:
             if isinstance(sub.get(key), int) and sub[key] > _GRAMMAR_MAX_COUNT:
@@ -166,51 +301,93 @@ def _grammar_schema(schema: Any) -> Any:
     return bounded
 
 
-def _grammar(schema: dict[str, Any]) -> Any:
-    """llama.cpp grammar for ``schema`` (cached: building one takes milliseconds)."""
-    key = json.dumps(schema)  # key order kept: the grammar writes properties in this order
-    if key not in _GRAMMARS:
-        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+def _repeat(rule: str, most: int) -> str:
+    """GBNF for 0..``most`` of ``rule``, nested as llama-cpp-python writes counted repetitions."""
+    return ("(" + rule + " ") * most + ")?" * most if most > 0 else '""'
 
-        text = json_schema_to_gbnf(json.dumps(_grammar_schema(schema)))
-        # a schema without free text (only numbers, enums, ...) has no char rule to tighten
-        assert "char ::=" not in text or _LOOSE_CHAR in text, (
-            "llama-cpp-python changed its JSON grammar"
-        )
-        _GRAMMARS[key] = LlamaGrammar.from_string(
-            text.replace(_LOOSE_CHAR, _JSON_CHAR), verbose=False
-        )
+
+def _grammar_text(schema: dict[str, Any], cap: int) -> str:
+    """GBNF for ``schema``, with JSON's own string characters and bounded free-form strings."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    lines = []
+    for line in json_schema_to_gbnf(json.dumps(_grammar_schema(schema, cap))).splitlines():
+        # Rules are rewritten by name, whatever llama-cpp-python's text for them: "char" and
+        # "string" are reserved names there (a property called "string" gets "string-"), and
+        # either may be absent — a schema without free text (numbers, enums, no arguments) has
+        # neither.
+        name = line.split(" ::= ", 1)[0]
+        if name == "char":
+            line = "char ::= " + _JSON_CHAR
+        elif name == "string":  # keys and values of free-form objects
+            line = 'string ::= "\\"" ' + _repeat("char", cap) + ' "\\"" space'
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _grammar(schema: dict[str, Any], max_tokens: int | None = None) -> Any:
+    """llama.cpp grammar for ``schema`` within ``max_tokens`` (cached: building one takes
+    milliseconds)."""
+    cap = _string_cap(schema, max_tokens)
+    key = (json.dumps(schema), cap)  # key order kept: the grammar writes properties in it
+    if key not in _GRAMMARS:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        _GRAMMARS[key] = LlamaGrammar.from_string(_grammar_text(schema, cap), verbose=False)
     return _GRAMMARS[key]
 
 
-def _tool_choice_schema(tools: list[dict[str, Any]], must_call: bool) -> dict[str, Any]:
-    """One JSON shape per tool, or (unless ``must_call``) a final answer: the grammar then
-    allows nothing else."""
-    options: list[dict[str, Any]] = [
-        {
-            "type": "object",
-            "properties": {
-                "tool": {"const": t["function"]["name"]},
-                "arguments": t["function"].get("parameters") or {"type": "object"},
-            },
-            "required": ["tool", "arguments"],
-        }
-        for t in tools
-    ]
-    if not must_call:
-        options.append(
-            {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-        )
+_ToolMode = Literal["call", "either", "answer"]
+_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+}
+
+
+def _tool_choice_schema(tools: list[dict[str, Any]], mode: _ToolMode) -> dict[str, Any]:
+    """One JSON shape per tool and/or a final answer: the grammar then allows nothing else."""
+    options: list[dict[str, Any]] = []
+    if mode != "answer":
+        options = [
+            {
+                "type": "object",
+                "properties": {
+                    "tool": {"const": t["function"]["name"]},
+                    "arguments": t["function"].get("parameters") or {"type": "object"},
+                },
+                "required": ["tool", "arguments"],
+            }
+            for t in tools
+        ]
+    if mode != "call":
+        options.append(_ANSWER)
     return {"anyOf": options} if len(options) > 1 else options[0]
 
 
-def _must_call(kwargs: dict[str, Any], messages: list[BaseMessage]) -> bool:
-    """``tool_choice`` "any"/"required" always; "auto" (the default) on the first turn only:
-    a small model left to choose nearly always answers without the tool it was given."""
+def _tool_mode(kwargs: dict[str, Any], messages: list[BaseMessage]) -> _ToolMode:
+    """``tool_choice`` "any"/"required" (or a tool's name) always calls. "auto", the default,
+    is what a small model needs: call on the first turn (left to choose, it nearly always
+    answered without the tool it was given), answer after a result (left to choose, it called
+    the tool again with the result, every time), and after a failed call either retry or
+    answer."""
     choice = kwargs.get("tool_choice") or "auto"
-    if choice in ("any", "required"):
-        return True
-    return choice == "auto" and not any(isinstance(m, ToolMessage) for m in messages)
+    if choice != "auto":
+        return "call"
+    results = [m for m in messages if isinstance(m, ToolMessage)]
+    if not results:
+        return "call"
+    return "either" if results[-1].status == "error" else "answer"
+
+
+def _named_tool(choice: Any) -> str | None:
+    """The tool ``tool_choice`` names, in any of LangChain's spellings."""
+    if isinstance(choice, dict):
+        name = choice.get("function", {}).get("name") or choice.get("name")
+        return str(name) if name else None
+    if isinstance(choice, str) and choice not in ("auto", "any", "required", "none"):
+        return choice
+    return None
 
 
 def _tools_prompt(tools: list[dict[str, Any]]) -> str:
@@ -229,18 +406,55 @@ def _tools_prompt(tools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_ANSWER_PROMPT = 'Reply {"answer": "..."} with your answer to the user.'
+_LLAMA_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's "seed from the clock": never passed as a seed
+
+
+class _Counter:
+    """Counts the tokens llama.cpp evaluates while streaming, for ``usage_metadata``
+    (llama-cpp-python reports usage only without streaming, and its streaming call takes no
+    stopping criteria). Passed as a logits processor that changes nothing: llama-cpp-python
+    calls it before each sampled token with the tokens evaluated so far — the prompt first, then
+    one more generated token each time."""
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.evaluated = 0  # the longest token array seen: the prompt and what followed it
+        self.cut = False  # the reply was ended here by a stop string
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        if not self.evaluated:
+            self.prompt = len(input_ids)
+        self.evaluated = max(self.evaluated, len(input_ids))
+        return logits
+
+    def usage(self, finish: str | None) -> UsageMetadata:
+        if not self.evaluated:  # nothing was sampled
+            return UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0)
+        # Every token sampled but the last was evaluated. The last counts too unless it was the
+        # end-of-text token (llama.cpp's "stop"), as in llama-cpp-python's own usage.
+        output = self.evaluated - self.prompt + (1 if finish == "length" or self.cut else 0)
+        return UsageMetadata(
+            input_tokens=self.prompt, output_tokens=output, total_tokens=self.prompt + output
+        )
+
+
 class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
     """A GGUF chat model run in-process by llama.cpp (the ``local`` and ``llamacpp:`` providers).
 
     Structured output (``with_structured_output``) and tool choice (``bind_tools``) are decoded
-    under a grammar built from the JSON Schema, so replies always parse."""
+    under a grammar built from the JSON Schema, so replies always parse. Unknown keywords are
+    refused (``api_key=``, ``timeout=``: nothing here connects to anything)."""
+
+    # a misspelled setting must fail, not be dropped in silence
+    model_config = ConfigDict(extra="forbid")
 
     can_stream: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True  # through grammar-constrained JSON tool selection
 
     model_path: str
     n_ctx: int = 4096
-    n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    n_threads: int = Field(default_factory=default_threads, ge=1)
     temperature: float = 0.2
     max_tokens: int | None = 512
     top_p: float = 0.95
@@ -250,6 +464,29 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
     frequency_penalty: float = 0.0
     stop: list[str] | None = None
     seed: int | None = None
+    streaming: bool = False  # LangChain's switch: invoke() streams too (callbacks see tokens)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keywords(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = set(cls.model_fields)
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            from eslabon.suggest import did_you_mean
+
+            settings = sorted(k for k in known if k not in _LANGCHAIN_FIELDS)
+            named = []
+            for key in unknown:
+                hint = did_you_mean(str(key), settings)
+                named.append(f"'{key}'" + (f" ({hint})" if hint else ""))
+            raise ValueError(
+                f"ChatLlamaCppLocal does not take {', '.join(named)}: it runs the GGUF "
+                "in-process (no server, no key, no timeout, no retries). "
+                f"Its settings: {', '.join(settings)}"
+            )
+        return data
 
     @property
     def _llm_type(self) -> str:
@@ -257,7 +494,23 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
+        # no per-call seed here: LangChain's cache keys on these
         return {"model_path": self.model_path, **self._params()}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """What LangSmith and tracing callbacks record about a call."""
+        model = kwargs.get("model")  # refused by _prepare unless it is this model's own file
+        params = LangSmithParams(
+            ls_provider="llamacpp",
+            ls_model_name=model if isinstance(model, str) else Path(self.model_path).name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stops := stop or kwargs.get("stop") or self.stop:
+            params["ls_stop"] = list(stops)
+        return params
 
     def _params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         # (tools, tool_choice and response_format are read by _prepare, not passed through)
@@ -273,7 +526,18 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
         }
         if self.seed is not None:
             params["seed"] = self.seed
-        params.update({k: v for k, v in kwargs.items() if k in params or k == "seed"})
+        params.update(
+            {k: v for k, v in kwargs.items() if (k in params or k == "seed") and v is not None}
+        )
+        return params
+
+    def _call_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`_params` with the seed this call samples with. Without one, llama-cpp-python
+        derives the next seed from the last one set, so a call with ``seed: 7`` fixed what
+        every later unseeded call sampled, in whatever chain: each call gets its own seed, the
+        given one or fresh entropy."""
+        params = self._params(stop, **kwargs)
+        params.setdefault("seed", secrets.randbelow(_LLAMA_RANDOM_SEED))
         return params
 
     def bind_tools(
@@ -281,8 +545,8 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Tools chosen through a grammar (``tool_choice``: "auto", "any"/"required", "none").
-        With "auto" the first turn must call a tool; see :func:`_must_call`."""
+        """Tools chosen through a grammar (``tool_choice``: "auto", "any"/"required", a tool's
+        name, "none"). With "auto" the first turn must call a tool; see :func:`_tool_mode`."""
         if kwargs.get("tool_choice") == "none":
             return cast("Runnable[LanguageModelInput, AIMessage]", self.bind())
         return super().bind_tools(tools, **kwargs)
@@ -298,18 +562,44 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
 
     def _prepare(
         self, messages: list[BaseMessage], kwargs: dict[str, Any]
-    ) -> tuple[Any, threading.Lock, list[Any], dict[str, Any]]:
+    ) -> tuple[Any, threading.Lock, list[Any], dict[str, Any], bool]:
+        """The loaded model, its lock, the chat messages, the grammar (if any), and whether the
+        reply is a constrained tool-or-answer JSON to be read by :func:`_tool_reply`."""
+        if (model := kwargs.get("model")) is not None and model not in (
+            self.model_path,
+            Path(self.model_path).name,
+        ):
+            raise UserError(
+                f"ChatLlamaCppLocal runs {Path(self.model_path).name}: a call's model={model!r} "
+                "cannot switch it\n    fix: make another model for that GGUF file "
+                "(ChatLlamaCppLocal(model_path=...), or model: llamacpp:PATH in a chain file)"
+            )
         llm, lock = _load(self.model_path, self.n_ctx, self.n_threads)
         payload = [_payload(m) for m in messages]
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
         extra: dict[str, Any] = {}
+        system = ""
         if tools := kwargs.get("tools"):
-            payload.insert(0, {"role": "system", "content": _tools_prompt(tools)})
-            if len(payload) > 1 and payload[1]["role"] == "system":  # one system message
-                payload[0]["content"] = payload.pop(1)["content"] + "\n\n" + payload[0]["content"]
-            extra["grammar"] = _grammar(_tool_choice_schema(tools, _must_call(kwargs, messages)))
+            if name := _named_tool(kwargs.get("tool_choice")):
+                tools = [t for t in tools if t["function"]["name"] == name] or tools
+            mode = _tool_mode(kwargs, messages)
+            system = _tools_prompt(tools)
+            extra["grammar"] = _grammar(_tool_choice_schema(tools, mode), max_tokens)
         elif schema := kwargs.get("response_format"):
-            extra["grammar"] = _grammar(schema)
-        return llm, lock, payload, extra
+            extra["grammar"] = _grammar(schema, max_tokens)
+        elif any(isinstance(m, ToolMessage) for m in messages):
+            # The answer after tool calls, asked without tools (the loop's last turn): the
+            # model has replied in JSON all along, and free text imitates a tool call; now
+            # only an answer is allowed.
+            system = _ANSWER_PROMPT
+            extra["grammar"] = _grammar(_ANSWER, max_tokens)
+        if system:
+            # one system message: eslabon's instructions first, the chain's own after them,
+            # nearer the question (a small model follows what it read last)
+            payload.insert(0, {"role": "system", "content": system})
+            if len(payload) > 1 and payload[1]["role"] == "system":
+                payload[0]["content"] += "\n\n" + payload.pop(1)["content"]
+        return llm, lock, payload, extra, bool(system)
 
     def _generate(
         self,
@@ -318,18 +608,20 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        llm, lock, payload, extra = self._prepare(messages, kwargs)
+        llm, lock, payload, extra, tool_json = self._prepare(messages, kwargs)
         try:
             with lock:
+                _fresh(llm, payload)
                 response = llm.create_chat_completion(
-                    messages=payload, stream=False, **self._params(stop, **kwargs), **extra
+                    messages=payload, stream=False, **self._call_params(stop, **kwargs), **extra
                 )
         except ValueError as exc:  # e.g. the prompt does not fit the context window
             raise _value_error(exc, self) from None
         choice = response["choices"][0]
         usage = response.get("usage") or {}
         text = choice["message"].get("content") or ""
-        content, tool_calls = (text, []) if not kwargs.get("tools") else _tool_reply(text)
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        content, tool_calls = _tool_reply(text, max_tokens) if tool_json else (text, [])
         message = AIMessage(
             content=content,
             tool_calls=tool_calls,
@@ -352,7 +644,8 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        if kwargs.get("tools") or kwargs.get("response_format"):
+        llm, lock, payload, extra, _ = self._prepare(messages, kwargs)
+        if extra:
             # a constrained reply means something only whole (a tool call, one JSON value)
             whole = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
             assert isinstance(whole, AIMessage)
@@ -365,41 +658,113 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
                         )
                         for n, c in enumerate(whole.tool_calls)
                     ],
+                    usage_metadata=whole.usage_metadata,
                     response_metadata=whole.response_metadata,
                 )
             )
             return
-        llm, lock, payload, _ = self._prepare(messages, kwargs)
+        params = self._call_params(stop, **kwargs)
+        # Stop strings are found here rather than by llama.cpp: then llama.cpp's "stop" always
+        # means the end-of-text token, and the usage count below is exact.
+        stops = [s for s in params.pop("stop") if s]
+        counter, held, finish = _Counter(), "", None
         with lock:
             try:
+                from llama_cpp import LogitsProcessorList
+
+                _fresh(llm, payload)
                 pieces = llm.create_chat_completion(
-                    messages=payload, stream=True, **self._params(stop, **kwargs)
+                    messages=payload,
+                    stream=True,
+                    stop=[],
+                    logits_processor=LogitsProcessorList([counter]),
+                    **params,
                 )
                 for piece in pieces:
                     choice = piece["choices"][0]
-                    text = choice.get("delta", {}).get("content") or ""
+                    held += choice.get("delta", {}).get("content") or ""
                     finish = choice.get("finish_reason")
-                    if not text and not finish:
-                        continue
-                    chunk = ChatGenerationChunk(
-                        message=AIMessageChunk(
-                            content=text,
-                            response_metadata={"finish_reason": finish} if finish else {},
-                        )
-                    )
-                    if run_manager and text:
-                        run_manager.on_llm_new_token(text, chunk=chunk)
-                    yield chunk
+                    if (cut := _first_stop(held, stops)) is not None:
+                        held, finish, counter.cut = held[:cut], "stop", True
+                    ready = held if finish else held[: len(held) - _partial_stop(held, stops)]
+                    held = held[len(ready) :]
+                    if ready:
+                        chunk = ChatGenerationChunk(message=AIMessageChunk(content=ready))
+                        if run_manager:
+                            run_manager.on_llm_new_token(ready, chunk=chunk)
+                        yield chunk
+                    if finish:
+                        break
+                pieces.close()  # a stop string ends the reply before llama.cpp would
             except ValueError as exc:
                 raise _value_error(exc, self) from None
+            usage = counter.usage(finish)
+        # the last chunk carries the whole call's usage, as OpenAI's does
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=usage,
+                response_metadata={
+                    "finish_reason": finish,
+                    "model_name": Path(self.model_path).name,
+                },
+            )
+        )
 
 
-def _tool_reply(text: str) -> tuple[str, list[ToolCall]]:
+# per loaded model (by id), the messages of its last call: see _fresh
+_LAST_PROMPT: dict[int, list[dict[str, str]]] = {}
+
+
+def _fresh(llm: Any, payload: list[dict[str, str]]) -> None:
+    """Make the reply to ``payload`` independent of the calls before it (call with the
+    model's lock held). llama-cpp-python reuses the cache for the part of a prompt it has
+    already evaluated, and replies come out as from a fresh model — except when the whole
+    prompt is already in the cache (the same messages again, or the first turns of the last
+    conversation): then it re-evaluates the last prompt token alone and gets other logits
+    (0.4 apart here), so the same prompt, greedy, gave one reply right after loading and
+    another when asked twice (abetlen/llama-cpp-python#1606). In that case the cache is
+    dropped and the prompt evaluated from the start."""
+    last = _LAST_PROMPT.get(id(llm))
+    if last is not None and payload == last[: len(payload)]:
+        llm.reset()
+    _LAST_PROMPT[id(llm)] = payload
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the first stop string in ``text`` begins (None: there is none)."""
+    found = [i for s in stops if (i := text.find(s)) >= 0]
+    return min(found) if found else None
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` may begin a stop string: held back until the
+    next token says whether they do."""
+    return max(
+        (
+            n
+            for s in stops
+            for n in range(min(len(s) - 1, len(text)), 0, -1)
+            if s.startswith(text[-n:])
+        ),
+        default=0,
+    )
+
+
+# BaseChatModel's own fields: LangChain plumbing, not settings to suggest for a misspelling
+_LANGCHAIN_FIELDS = frozenset(BaseChatModel.model_fields)
+
+
+def _tool_reply(text: str, max_tokens: int | None) -> tuple[str, list[ToolCall]]:
     """The constrained JSON reply as an answer, or as one tool call."""
     try:
         data = json.loads(text, strict=False)
-    except ValueError:  # cut short by max_tokens: keep the text as the answer
-        return text, []
+    except ValueError:  # the grammar's JSON always parses, unless max_tokens cut it short
+        raise ModelError(
+            f"the local model's reply was cut off at max_tokens={max_tokens} before its tool "
+            f"call or answer ended: {text[:200]}\n"
+            "    fix: raise max_tokens in the step's params"
+        ) from None
     if isinstance(data, dict) and "tool" in data:
         found = data.get("arguments")
         args: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -414,17 +779,19 @@ def _tool_reply(text: str) -> tuple[str, list[ToolCall]]:
 class LlamaCppEmbeddings(Embeddings):
     """Embeddings from a GGUF model run by llama.cpp (``embeddings: llamacpp:PATH``).
 
-    Mean-pooled and L2-normalized, so cosine and inner product agree.
+    Mean-pooled and L2-normalized, so cosine and inner product agree. ``n_threads`` as for
+    :class:`ChatLlamaCppLocal` (default: :func:`default_threads`).
     """
 
-    def __init__(self, model_path: str, n_ctx: int = 2048) -> None:
+    def __init__(self, model_path: str, n_ctx: int = 2048, n_threads: int | None = None) -> None:
         if not Path(model_path).is_file():
             raise ModelError(f"GGUF file not found: {model_path}")
         self.model_path = model_path
         self.n_ctx = n_ctx
+        self.n_threads = n_threads if n_threads is not None else default_threads()
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        llm, lock = _load(self.model_path, self.n_ctx, os.cpu_count() or 1, embedding=True)
+        llm, lock = _load(self.model_path, self.n_ctx, self.n_threads, embedding=True)
         out = []
         with lock:
             for text in texts:

@@ -10,7 +10,8 @@ Heavy packages (chromadb, rank-bm25) are imported only when such a retriever is 
 from __future__ import annotations
 
 import os
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "EmbeddingsMismatchError",
     "IndexNotFoundError",
     "KeywordRetriever",
+    "ProviderEmbeddings",
     "ScoredVectorStoreRetriever",
     "StaticRetriever",
     "build_embeddings",
@@ -231,12 +233,58 @@ def build_embeddings(
     # langchain-openai counts tokens with tiktoken, which downloads its encodings at first use
     # (and fails offline); the API checks lengths itself, so eslabon skips the local count.
     extra: dict[str, Any] = {"check_embedding_ctx_length": False} if provider == "openai" else {}
+    # connections that fail fast and name the URL, as for their chat models (eslabon.transport)
+    if (
+        key := {"ollama": "client_kwargs", "google_genai": "client_args"}.get(provider)
+    ) is not None:
+        from eslabon.transport import FastFailTransport
+
+        extra[key] = {"transport": FastFailTransport(provider, ref)}
     try:
-        return init_embeddings(ref, **extra)
+        return ProviderEmbeddings(init_embeddings(ref, **extra), provider, name)
     except ImportError as exc:
         raise MissingDependencyError(f"Embeddings '{ref}'", None, exc.name) from None
     except ValueError as exc:
         raise UserError(f"embeddings '{ref}': {exc}") from None
+
+
+class ProviderEmbeddings(Embeddings):
+    """A provider's embeddings (LangChain's ``init_embeddings``) whose failures come out as
+    eslabon's errors (no connection, a refused key, ...), as its chat models' do. ``inner`` is
+    the LangChain object."""
+
+    def __init__(self, inner: Embeddings, provider: str, name: str) -> None:
+        self.inner = inner
+        self.provider = provider
+        self.name = name
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            from eslabon.errors import translate_model_error
+
+            mapped = translate_model_error(exc, self.provider, self.name)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        with self._translated():
+            return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        with self._translated():
+            return self.inner.embed_query(text)
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        with self._translated():
+            return await self.inner.aembed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        with self._translated():
+            return await self.inner.aembed_query(text)
 
 
 def _sentence_transformers(path: Path) -> Embeddings:
@@ -381,6 +429,8 @@ def embeddings_id(embeddings: Embeddings) -> str:
     or ``provider:model``."""
     from eslabon.embeddings import HashingEmbeddings
 
+    if isinstance(embeddings, ProviderEmbeddings):
+        embeddings = embeddings.inner
     if isinstance(embeddings, HashingEmbeddings):
         dims = embeddings.dimensions
         return "local" if dims == 512 else f"local:{dims}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel, WithJsonSchema, create_model
 
 from eslabon.errors import OutputValidationError, UserError
@@ -22,7 +22,6 @@ from eslabon.errors import OutputValidationError, UserError
 __all__ = [
     "STRUCTURED_METHODS",
     "OutputSchema",
-    "json_mode",
     "resolve_output_schema",
     "structured_model",
 ]
@@ -156,23 +155,6 @@ def resolve_output_schema(ref: Any, step_id: str, allowed: list[str]) -> OutputS
     # providers name the schema (OpenAI: ^[a-zA-Z0-9_-]+$); the step id always qualifies
     schema.setdefault("title", step_id)
     return OutputSchema(schema)
-
-
-def json_mode(bound: Runnable[Any, BaseMessage], include_raw: bool) -> Runnable[Any, Any]:
-    """``with_structured_output`` for a model that answers in JSON text: the parsed JSON, or
-    with ``include_raw`` LangChain's ``{"raw", "parsed", "parsing_error"}``."""
-
-    def parse(message: BaseMessage) -> Any:
-        try:
-            # strict=False: llama.cpp's JSON grammar lets raw newlines into strings
-            parsed = json.loads(message.text, strict=False)
-        except ValueError as exc:
-            if not include_raw:
-                raise
-            return {"raw": message, "parsed": None, "parsing_error": exc}
-        return {"raw": message, "parsed": parsed, "parsing_error": None} if include_raw else parsed
-
-    return bound | RunnableLambda(parse, name="parse_json")
 
 
 def structured_model(

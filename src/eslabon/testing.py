@@ -12,7 +12,9 @@ class TestMyRetriever(RetrieverConformance):
 ```
 
 The checks: it is a LangChain ``BaseRetriever``; hits are ``Document``s with a ``source``; the
-best hit for ``query`` is ``expected_source``; ``k`` is honored; async agrees with sync;
+best hit for ``query`` is ``expected_source``; ``k`` is honored, and so is a per-call ``k``
+(``invoke(query, k=1)``, as LangChain's standard retriever tests ask; set
+``supports_k_per_call = False`` if yours cannot); async agrees with sync;
 callbacks see a retriever run; and a chain file using it (registered under a name) puts its
 passages in ``{context}`` and its documents in the result.
 """
@@ -40,6 +42,7 @@ class _Seen(BaseCallbackHandler):
 class RetrieverConformance:
     query: ClassVar[str]
     expected_source: ClassVar[str | None] = None
+    supports_k_per_call: ClassVar[bool] = True
 
     def make_retriever(self, k: int) -> BaseRetriever:
         raise NotImplementedError
@@ -56,6 +59,15 @@ class RetrieverConformance:
 
     def test_k_is_honored(self) -> None:
         assert len(self.make_retriever(1).invoke(self.query)) == 1
+
+    def test_k_per_call_is_honored(self) -> None:
+        if not self.supports_k_per_call:
+            import pytest
+
+            pytest.skip("supports_k_per_call = False")
+        retriever = self.make_retriever(2)
+        assert len(retriever.invoke(self.query)) == 2
+        assert len(retriever.invoke(self.query, k=1)) == 1
 
     async def test_async_agrees_with_sync(self) -> None:
         retriever = self.make_retriever(2)

@@ -4,10 +4,16 @@ The loop is written here rather than taken from ``langchain.agents.create_agent`
 brings LangGraph and its own state graph, while a step needs only ask → call → feed back, with
 a cap on calls and tool failures returned to the model instead of raised. Each model call and
 each tool call is still a LangChain run, so callbacks and tracing see them.
+
+The loop ends with an answer or with :class:`NoAnswerError`, never with a tool call passed off
+as the answer. A call repeated with the same arguments learns nothing new (small models repeat
+their first call again and again): its earlier result is sent back and the model is asked for
+its answer, without tools, as when ``max_tool_calls`` is reached.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,11 +21,12 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 
-from eslabon.errors import UserError
+from eslabon.errors import ModelError, UserError
 
 __all__ = [
     "DEFAULT_MAX_TOOL_CALLS",
     "TRUSTED_TOOLS",
+    "NoAnswerError",
     "ToolLoop",
     "call_summary",
     "load_tools",
@@ -88,8 +95,6 @@ async def _arun_tool(
 def _text(result: Any) -> str:
     if isinstance(result, str):
         return result
-    import json
-
     try:
         return json.dumps(result, ensure_ascii=False)
     except TypeError:
@@ -104,6 +109,49 @@ def call_summary(call: dict[str, Any]) -> tuple[str, str]:
 
 
 _LIMIT = "Tool call limit reached ({n}). Answer now with what you have, without calling tools."
+_REPEATED = "You already have that result. Answer now with it, without calling tools."
+
+
+class NoAnswerError(ModelError):
+    """The tool-calling loop ended without an answer: the model's last reply was a tool call
+    (or its JSON as text), or nothing."""
+
+
+def _looks_like_a_call(text: str) -> bool:
+    """A tool call written out as text (``{"tool"|"name": ..., "arguments": ...}``), which is
+    not an answer: models that were shown calls as JSON imitate them."""
+    try:
+        data = json.loads(text.strip(), strict=False)
+    except ValueError:
+        return False
+    calls = data if isinstance(data, list) else [data]
+    return bool(calls) and all(
+        isinstance(c, dict)
+        and bool({"tool", "name", "function"} & set(c))
+        and bool({"arguments", "args", "parameters"} & set(c))
+        for c in calls
+    )
+
+
+def _checked(answer: AIMessage, calls: int, config: RunnableConfig) -> AIMessage:
+    """``answer``, if it is one."""
+    text = answer.text.strip()
+    if text and not answer.tool_calls and not _looks_like_a_call(text):
+        return answer
+    step = (config.get("metadata") or {}).get("eslabon_step")
+    where = f"step '{step}': " if step else ""
+    last = (
+        f"a call to {answer.tool_calls[0]['name']}"
+        if answer.tool_calls
+        else f"a tool call written as text: {text[:200]}"
+        if text
+        else "empty"
+    )
+    raise NoAnswerError(
+        f"{where}the model gave no answer after {calls} tool call(s); its last reply was {last}"
+        "\n    fix: raise max_tool_calls or max_tokens, say in the system prompt when to answer, "
+        "or use a stronger model"
+    )
 
 
 class ToolLoop:
@@ -129,6 +177,36 @@ class ToolLoop:
             "error": reply.status == "error",
         }
 
+    def _turn(
+        self, answer: AIMessage, messages: list[BaseMessage], records: list[dict[str, Any]]
+    ) -> tuple[list[tuple[dict[str, Any], ToolMessage | None]], str | None]:
+        """The tool calls of ``answer`` paired with a ready reply (None: run the tool), and the
+        message asking for the last answer when the loop must end after this turn."""
+        messages.append(answer)
+        turn: list[tuple[dict[str, Any], ToolMessage | None]] = []
+        repeated = False
+        for call in answer.tool_calls:
+            earlier = next(
+                (r for r in records if r["name"] == call["name"] and r["args"] == call["args"]),
+                None,
+            )
+            if earlier is not None:  # the result is in the conversation already
+                repeated = True
+                reply: ToolMessage | None = ToolMessage(
+                    earlier["output"],
+                    tool_call_id=call["id"] or "",
+                    name=call["name"],
+                    status="error" if earlier["error"] else "success",
+                )
+            elif len(records) + sum(r is None for _, r in turn) >= self.max_calls:
+                reply = self._refused(call)
+            else:
+                reply = None
+            turn.append((dict(call), reply))
+        over = len(records) + sum(r is None for _, r in turn) >= self.max_calls
+        last = _LIMIT.format(n=self.max_calls) if over else _REPEATED if repeated else None
+        return turn, last
+
     def run(
         self, messages: list[BaseMessage], config: RunnableConfig
     ) -> tuple[AIMessage, list[dict[str, Any]]]:
@@ -137,18 +215,17 @@ class ToolLoop:
         while True:
             answer: AIMessage = self.with_tools.invoke(messages, config)
             if not answer.tool_calls:
-                return answer, records
-            messages.append(answer)
-            for call in answer.tool_calls:
-                if len(records) >= self.max_calls:
-                    reply = self._refused(call)
-                else:
-                    reply = _run_tool(self.tools.get(call["name"]), dict(call), config)
-                    records.append(self._record(dict(call), reply))
+                return _checked(answer, len(records), config), records
+            turn, last = self._turn(answer, messages, records)
+            for call, reply in turn:
+                if reply is None:
+                    reply = _run_tool(self.tools.get(call["name"]), call, config)
+                    records.append(self._record(call, reply))
                 messages.append(reply)
-            if len(records) >= self.max_calls:
-                messages.append(HumanMessage(_LIMIT.format(n=self.max_calls)))
-                return self.without_tools.invoke(messages, config), records
+            if last is not None:
+                messages.append(HumanMessage(last))
+                final = self.without_tools.invoke(messages, config)
+                return _checked(final, len(records), config), records
 
     async def arun(
         self, messages: list[BaseMessage], config: RunnableConfig
@@ -157,18 +234,17 @@ class ToolLoop:
         while True:
             answer: AIMessage = await self.with_tools.ainvoke(messages, config)
             if not answer.tool_calls:
-                return answer, records
-            messages.append(answer)
-            for call in answer.tool_calls:
-                if len(records) >= self.max_calls:
-                    reply = self._refused(call)
-                else:
-                    reply = await _arun_tool(self.tools.get(call["name"]), dict(call), config)
-                    records.append(self._record(dict(call), reply))
+                return _checked(answer, len(records), config), records
+            turn, last = self._turn(answer, messages, records)
+            for call, reply in turn:
+                if reply is None:
+                    reply = await _arun_tool(self.tools.get(call["name"]), call, config)
+                    records.append(self._record(call, reply))
                 messages.append(reply)
-            if len(records) >= self.max_calls:
-                messages.append(HumanMessage(_LIMIT.format(n=self.max_calls)))
-                return await self.without_tools.ainvoke(messages, config), records
+            if last is not None:
+                messages.append(HumanMessage(last))
+                final = await self.without_tools.ainvoke(messages, config)
+                return _checked(final, len(records), config), records
 
     def _refused(self, call: Any) -> ToolMessage:
         # every tool call needs an answer, or providers reject the next request
