@@ -31,7 +31,7 @@ from langchain_core.runnables.config import (
     patch_config,
     set_config_context,
 )
-from langchain_core.runnables.utils import AddableDict, coro_with_context
+from langchain_core.runnables.utils import coro_with_context
 from pydantic import BaseModel, Field, create_model
 
 from eslabon.allow import Allow, allowing
@@ -44,15 +44,15 @@ from eslabon.errors import (
 from eslabon.examples import load_examples
 from eslabon.models import build_from_spec, is_chat_model, parse_or_raise, resolve_model_ref
 from eslabon.modelspec import ModelSpec, ref_label
+from eslabon.runcore import Call, Emit, Flow, Stream, adrive, arun, drive, run
 from eslabon.spec import Chain, Retry, Step
 from eslabon.structured import (
     STRUCTURED_METHODS,
     OutputSchema,
-    arun_structured,
     as_json_text,
     resolve_output_schema,
     result_model,
-    run_structured,
+    structured_flow,
     structured_model,
 )
 from eslabon.suggest import did_you_mean
@@ -84,12 +84,9 @@ class Retrieval:
         values["context"] = format_context(docs)
         return [document_record(d, self.step) for d in docs]
 
-    def run(self, values: dict[str, Any], config: RunnableConfig) -> list[dict[str, Any]]:
+    def flow(self, values: dict[str, Any], config: RunnableConfig) -> Flow[list[dict[str, Any]]]:
         """Search, put ``{context}`` into ``values``, and return the documents' records."""
-        return self._apply(self.retriever.invoke(self.search_text(values), config), values)
-
-    async def arun(self, values: dict[str, Any], config: RunnableConfig) -> list[dict[str, Any]]:
-        found = await self.retriever.ainvoke(self.search_text(values), config)
+        found = yield Call(self.retriever, self.search_text(values), config)
         return self._apply(found, values)
 
 
@@ -147,36 +144,25 @@ class CompiledStep:
         """Plain text steps stream token by token; structured and tool steps answer whole."""
         return self.structured is None and self.loop is None
 
-    def run(
-        self, values: dict[str, Any], config: RunnableConfig
-    ) -> tuple[Any, list[dict[str, Any]]]:
-        """This step's result (text, or the validated structured value) and its tool calls."""
+    def flow(
+        self, values: dict[str, Any], config: RunnableConfig, stream: bool = False
+    ) -> Flow[tuple[Any, list[dict[str, Any]]]]:
+        """This step's result (text, or the validated structured value) and its tool calls;
+        with ``stream``, a plain text step streams its tokens to the caller."""
         messages, config = self.messages(values), self.config(config)
         with self.provider_errors():
             if self.structured is not None:
                 assert self.schema is not None
-                return run_structured(
+                value = yield from structured_flow(
                     self.structured, messages, self.schema, self.attempts, config, self.id
-                ), []
+                )
+                return value, []
             if self.loop is not None:
-                answer, calls = self.loop.run(messages, config)
+                answer, calls = yield from self.loop.flow(messages, config)
                 return answer.text, [{"step": self.id, **c} for c in calls]
-            return self.model.invoke(messages, config).text, []
-
-    async def arun(
-        self, values: dict[str, Any], config: RunnableConfig
-    ) -> tuple[Any, list[dict[str, Any]]]:
-        messages, config = self.messages(values), self.config(config)
-        with self.provider_errors():
-            if self.structured is not None:
-                assert self.schema is not None
-                return await arun_structured(
-                    self.structured, messages, self.schema, self.attempts, config, self.id
-                ), []
-            if self.loop is not None:
-                answer, calls = await self.loop.arun(messages, config)
-                return answer.text, [{"step": self.id, **c} for c in calls]
-            return (await self.model.ainvoke(messages, config)).text, []
+            if stream:
+                return (yield Stream(self.model, messages, config, self.id)), []
+            return (yield Call(self.model, messages, config)).text, []
 
     @contextmanager
     def provider_errors(self) -> Iterator[None]:
@@ -719,10 +705,43 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         else:
             values[step.id] = value
 
-    # -- invoke ---------------------------------------------------------------------------
-    # Written out rather than via Runnable._call_with_config: that helper inspects the
-    # function's signature on every call, a measurable share of a chain's overhead. The
-    # callback/tracing protocol is the same: one chain run, model calls as its children.
+    # -- the run ------------------------------------------------------------------------
+    def _flow(self, given: Any, config: RunnableConfig, stream: bool) -> Flow[dict[str, Any]]:
+        """The whole run, for every way of running (see :mod:`eslabon.runcore`): the result,
+        and with ``stream`` the chunks ``stream`` yields — documents first, each step's tokens
+        (or whole value) as it comes, then the output."""
+        values = self._values(given)
+        extra = _Extras()
+        if self.retrieval:
+            found = yield from self.retrieval.flow(values, config)
+            extra.documents += found
+            yield Emit({"documents": found})
+        elif self.retrieves:
+            yield Emit({"documents": []})
+        for step in self.steps:
+            step_values = values
+            if step.retrieval:
+                step_values = {**values}  # this step's own {context}
+                found = yield from step.retrieval.flow(step_values, step.config(config))
+                extra.documents += found
+                yield Emit({"documents": found})
+            tokens = stream and step.streams_tokens
+            value, calls = yield from step.flow(step_values, config, tokens)
+            extra.tool_calls += calls
+            if calls:
+                yield Emit({"tool_calls": calls})
+            self._keep(step, value, values, extra)
+            if not tokens or not value:  # streamed tokens were given already
+                yield Emit({step.id: extra.typed.get(step.id, value)})
+        if self.output_id != "output":
+            yield Emit({"output": extra.typed.get(self.output_id, values[self.output_id])})
+        return self._result(values, extra)
+
+    # -- the four doors ---------------------------------------------------------------------
+    # invoke/ainvoke are written out rather than via Runnable._call_with_config: that helper
+    # inspects the function's signature on every call, a measurable share of a chain's
+    # overhead. The callback/tracing protocol is the same: one chain run, model calls as its
+    # children.
     def invoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
@@ -736,27 +755,12 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         try:
             child = patch_config(config, callbacks=run_manager.get_child())
             with set_config_context(child) as context:
-                output = context.run(self._invoke, input, child)
+                output: dict[str, Any] = context.run(run, self._flow(input, child, False))
         except BaseException as exc:
             run_manager.on_chain_error(exc)
             raise
         run_manager.on_chain_end(output)
         return output
-
-    def _invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
-        values = self._values(input)
-        extra = _Extras()
-        if self.retrieval:
-            extra.documents += self.retrieval.run(values, config)
-        for step in self.steps:
-            step_values = values
-            if step.retrieval:
-                step_values = {**values}  # this step's own {context}
-                extra.documents += step.retrieval.run(step_values, step.config(config))
-            value, calls = step.run(step_values, config)
-            extra.tool_calls += calls
-            self._keep(step, value, values, extra)
-        return self._result(values, extra)
 
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -771,29 +775,14 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         try:
             child = patch_config(config, callbacks=run_manager.get_child())
             with set_config_context(child) as context:
-                output = await coro_with_context(self._ainvoke(input, child), context)
+                flow = self._flow(input, child, False)
+                output: dict[str, Any] = await coro_with_context(arun(flow), context)
         except BaseException as exc:
             await run_manager.on_chain_error(exc)
             raise
         await run_manager.on_chain_end(output)
         return output
 
-    async def _ainvoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
-        values = self._values(input)
-        extra = _Extras()
-        if self.retrieval:
-            extra.documents += await self.retrieval.arun(values, config)
-        for step in self.steps:
-            step_values = values
-            if step.retrieval:
-                step_values = {**values}  # this step's own {context}
-                extra.documents += await step.retrieval.arun(step_values, step.config(config))
-            value, calls = await step.arun(step_values, config)
-            extra.tool_calls += calls
-            self._keep(step, value, values, extra)
-        return self._result(values, extra)
-
-    # -- streaming ------------------------------------------------------------------------
     @staticmethod
     def _merge(chunks: list[Any]) -> Any:
         if chunks and all(isinstance(c, dict) for c in chunks):
@@ -803,89 +792,27 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             return merged
         return chunks[-1] if chunks else {}
 
-    def _transform(
+    def _chunks(
         self,
         inputs: Iterator[Any],
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> Iterator[dict[str, Any]]:
-        values = self._values(self._merge(list(inputs)))
-        extra = _Extras()
-        if self.retrieval:
-            yield AddableDict({"documents": self.retrieval.run(values, config)})
-        elif self.retrieves:
-            yield AddableDict({"documents": []})
-        for step in self.steps:
-            step_values = values
-            if step.retrieval:
-                step_values = {**values}  # this step's own {context}
-                yield AddableDict(
-                    {"documents": step.retrieval.run(step_values, step.config(config))}
-                )
-            if not step.streams_tokens:
-                value, calls = step.run(step_values, config)
-                if calls:
-                    yield AddableDict({"tool_calls": calls})
-                self._keep(step, value, values, extra)
-                yield AddableDict({step.id: extra.typed.get(step.id, value)})
-                continue
-            parts: list[str] = []
-            with step.provider_errors():
-                messages = step.messages(step_values)
-                for chunk in step.model.stream(messages, step.config(config)):
-                    if text := chunk.text:
-                        parts.append(text)
-                        yield AddableDict({step.id: text})
-            values[step.id] = "".join(parts)
-            if not parts:
-                yield AddableDict({step.id: ""})
-        if self.output_id != "output":
-            yield AddableDict({"output": extra.typed.get(self.output_id, values[self.output_id])})
+        yield from drive(self._flow(self._merge(list(inputs)), config, True))
 
-    async def _atransform(
+    async def _achunks(
         self,
         inputs: AsyncIterator[Any],
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> AsyncIterator[dict[str, Any]]:
-        values = self._values(self._merge([c async for c in inputs]))
-        extra = _Extras()
-        if self.retrieval:
-            yield AddableDict({"documents": await self.retrieval.arun(values, config)})
-        elif self.retrieves:
-            yield AddableDict({"documents": []})
-        for step in self.steps:
-            step_values = values
-            if step.retrieval:
-                step_values = {**values}  # this step's own {context}
-                found = await step.retrieval.arun(step_values, step.config(config))
-                yield AddableDict({"documents": found})
-            if not step.streams_tokens:
-                value, calls = await step.arun(step_values, config)
-                if calls:
-                    yield AddableDict({"tool_calls": calls})
-                self._keep(step, value, values, extra)
-                yield AddableDict({step.id: extra.typed.get(step.id, value)})
-                continue
-            parts: list[str] = []
-            with step.provider_errors():
-                messages = step.messages(step_values)
-                async for chunk in step.model.astream(messages, step.config(config)):
-                    if text := chunk.text:
-                        parts.append(text)
-                        yield AddableDict({step.id: text})
-            values[step.id] = "".join(parts)
-            if not parts:
-                yield AddableDict({step.id: ""})
-        if self.output_id != "output":
-            yield AddableDict({"output": extra.typed.get(self.output_id, values[self.output_id])})
+        async for chunk in adrive(self._flow(self._merge([c async for c in inputs]), config, True)):
+            yield chunk
 
     def transform(
         self, input: Iterator[dict[str, Any]], config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[dict[str, Any]]:
-        yield from self._transform_stream_with_config(
-            input, self._transform, config, run_type="chain"
-        )
+        yield from self._transform_stream_with_config(input, self._chunks, config, run_type="chain")
 
     def stream(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -899,7 +826,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         **kwargs: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         async for chunk in self._atransform_stream_with_config(
-            input, self._atransform, config, run_type="chain"
+            input, self._achunks, config, run_type="chain"
         ):
             yield chunk
 

@@ -408,6 +408,7 @@ class _Contexts:
         from eslabon.imports import allowed_imports
         from eslabon.project import load_project
         from eslabon.retrieval import build_embeddings, build_retriever
+        from eslabon.runcore import run
 
         spec = self.spec
         embeddings = build_embeddings(
@@ -418,7 +419,7 @@ class _Contexts:
         allowed = allowed_imports(self.allow_imports)
         built = build_retriever(retriever, embeddings, load_project().root, allowed, spec.base_dir)
         values = dict(self.given)
-        Retrieval(built, query, step).run(values, {})  # fills values["context"] as a run does
+        run(Retrieval(built, query, step).flow(values, {}))  # fills values["context"] as a run does
         return str(values["context"])
 
 

@@ -18,11 +18,13 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel, WithJsonSchema, create_model
 
 from eslabon.errors import OutputValidationError, UserError
+from eslabon.runcore import Call, Flow
 
 __all__ = [
     "STRUCTURED_METHODS",
     "OutputSchema",
     "resolve_output_schema",
+    "structured_flow",
     "structured_model",
 ]
 
@@ -210,37 +212,18 @@ def _feedback(messages: list[BaseMessage], raw: str, error: str) -> list[BaseMes
     ]
 
 
-def run_structured(
+def structured_flow(
     model: Runnable[Any, dict[str, Any]],
     messages: list[BaseMessage],
     schema: OutputSchema,
     attempts: int,
     config: RunnableConfig,
     step_id: str,
-) -> Any:
+) -> Flow[Any]:
     """Ask, validate, and on failure ask again with the error; raise after ``attempts``."""
     raw, error, fix = "", "", None
     for _ in range(attempts):
-        out = model.invoke(messages, config)
-        ok, value, raw, error = _outcome(out, schema)
-        if ok:
-            return value
-        fix = _cut_fix(out)
-        messages = _feedback(messages, raw, error)
-    raise OutputValidationError(step_id, raw, error, attempts, fix)
-
-
-async def arun_structured(
-    model: Runnable[Any, dict[str, Any]],
-    messages: list[BaseMessage],
-    schema: OutputSchema,
-    attempts: int,
-    config: RunnableConfig,
-    step_id: str,
-) -> Any:
-    raw, error, fix = "", "", None
-    for _ in range(attempts):
-        out = await model.ainvoke(messages, config)
+        out = yield Call(model, messages, config)
         ok, value, raw, error = _outcome(out, schema)
         if ok:
             return value

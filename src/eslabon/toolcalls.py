@@ -22,6 +22,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 
 from eslabon.errors import ModelError, UserError
+from eslabon.runcore import Call, Flow
 
 __all__ = [
     "DEFAULT_MAX_TOOL_CALLS",
@@ -72,24 +73,18 @@ def _reply(call: dict[str, Any], result: Any) -> ToolMessage:
     return ToolMessage(_text(result), tool_call_id=call["id"] or "", name=call["name"])
 
 
-def _run_tool(tool: BaseTool | None, call: dict[str, Any], config: RunnableConfig) -> ToolMessage:
+def _tool_flow(
+    tool: BaseTool | None, call: dict[str, Any], config: RunnableConfig
+) -> Flow[ToolMessage]:
+    """Run one tool call: its reply, or the error as a reply (a tool's failure is the model's
+    to handle, not a crash)."""
     if tool is None:
         return _error(call, f"Error: there is no tool named '{call['name']}'")
     try:
-        return _reply(call, tool.invoke(call["args"], config))
-    except Exception as exc:  # a tool's failure is the model's to handle, not a crash
-        return _error(call, f"Error: {type(exc).__name__}: {exc}")
-
-
-async def _arun_tool(
-    tool: BaseTool | None, call: dict[str, Any], config: RunnableConfig
-) -> ToolMessage:
-    if tool is None:
-        return _run_tool(None, call, config)
-    try:
-        return _reply(call, await tool.ainvoke(call["args"], config))
+        result = yield Call(tool, call["args"], config)
     except Exception as exc:
         return _error(call, f"Error: {type(exc).__name__}: {exc}")
+    return _reply(call, result)
 
 
 def _text(result: Any) -> str:
@@ -207,43 +202,24 @@ class ToolLoop:
         last = _LIMIT.format(n=self.max_calls) if over else _REPEATED if repeated else None
         return turn, last
 
-    def run(
+    def flow(
         self, messages: list[BaseMessage], config: RunnableConfig
-    ) -> tuple[AIMessage, list[dict[str, Any]]]:
+    ) -> Flow[tuple[AIMessage, list[dict[str, Any]]]]:
         """The final answer and a record of every tool call made on the way."""
         messages, records = list(messages), list[dict[str, Any]]()
         while True:
-            answer: AIMessage = self.with_tools.invoke(messages, config)
+            answer: AIMessage = yield Call(self.with_tools, messages, config)
             if not answer.tool_calls:
                 return _checked(answer, len(records), config), records
             turn, last = self._turn(answer, messages, records)
             for call, reply in turn:
                 if reply is None:
-                    reply = _run_tool(self.tools.get(call["name"]), call, config)
+                    reply = yield from _tool_flow(self.tools.get(call["name"]), call, config)
                     records.append(self._record(call, reply))
                 messages.append(reply)
             if last is not None:
                 messages.append(HumanMessage(last))
-                final = self.without_tools.invoke(messages, config)
-                return _checked(final, len(records), config), records
-
-    async def arun(
-        self, messages: list[BaseMessage], config: RunnableConfig
-    ) -> tuple[AIMessage, list[dict[str, Any]]]:
-        messages, records = list(messages), list[dict[str, Any]]()
-        while True:
-            answer: AIMessage = await self.with_tools.ainvoke(messages, config)
-            if not answer.tool_calls:
-                return _checked(answer, len(records), config), records
-            turn, last = self._turn(answer, messages, records)
-            for call, reply in turn:
-                if reply is None:
-                    reply = await _arun_tool(self.tools.get(call["name"]), call, config)
-                    records.append(self._record(call, reply))
-                messages.append(reply)
-            if last is not None:
-                messages.append(HumanMessage(last))
-                final = await self.without_tools.ainvoke(messages, config)
+                final = yield Call(self.without_tools, messages, config)
                 return _checked(final, len(records), config), records
 
     def _refused(self, call: Any) -> ToolMessage:
