@@ -38,7 +38,7 @@ with WireServer(delay={latency}) as server:
 
 def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")
-    from eslabon import Chain
+    from eslabon import compile_chain, spec_from_yaml
     from eslabon.batch import _background_loop, run_batch
 
     code = SERVER.format(tests=str(ROOT / "tests"), latency=LATENCY)
@@ -49,8 +49,8 @@ def main() -> None:
     url = server.stdout.readline().strip()
     try:
         ref = {"provider": "openai", "name": "gpt-4o-mini", "openai_api_base": url + "/v1"}
-        spec = Chain.from_yaml("inputs: {q: x}\nprompt: '{q}'\n")
-        chain = spec.compile(model=ref)
+        spec = spec_from_yaml("inputs: {q: x}\nprompt: '{q}'\n")
+        chain = compile_chain(spec, model=ref)
         rows = [{"id": n, "q": f"pregunta {n}"} for n in range(ROWS)]
         run_batch(chain, rows[:CONCURRENCY], Path(tempfile.mkdtemp()) / "warm.jsonl",
                   concurrency=CONCURRENCY)  # fmt: skip

@@ -22,7 +22,7 @@ from langchain_openai import ChatOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback protocol server lives with the tests
-from eslabon import Chain  # noqa: E402
+from eslabon import Chain, compile_chain  # noqa: E402
 from wire_server import WireServer  # noqa: E402
 
 QUICK = bool(os.environ.get("BENCH_QUICK"))
@@ -49,14 +49,15 @@ def main() -> None:
         url = server.url + "/v1"
         bare = ChatOpenAI(model="gpt-4o-mini", base_url=url, api_key="sk-bench", max_retries=0)
         messages = [SystemMessage("Eres breve."), HumanMessage("Cuenta hasta veinte.")]
-        chain = Chain(system="Eres breve.", inputs={"pedido": "x"}, prompt="{pedido}").compile(
+        chain = compile_chain(
+            Chain(system="Eres breve.", inputs={"pedido": "x"}, prompt="{pedido}"),
             model={
                 "provider": "openai",
                 "name": "gpt-4o-mini",
                 "base_url": url,
                 "api_key": "sk-bench",
                 "max_retries": 0,
-            }
+            },
         )
         ways: dict[str, tuple[Callable[[], Iterator[Any]], Callable[[Any], bool]]] = {
             "bare ChatOpenAI.stream": (lambda: bare.stream(messages), lambda c: bool(c.text)),

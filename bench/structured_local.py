@@ -55,7 +55,7 @@ def main() -> None:
     for text in PEOPLE:
         messages = step.messages({"texto": text})
         start = time.perf_counter()
-        out = step.structured.invoke(messages)
+        out = step.structured.model.invoke(messages)
         elapsed = time.perf_counter() - start
         raw = out["raw"]
         totals["constrained"][0] += out["parsing_error"] is None and valid(raw.text)

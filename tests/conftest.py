@@ -1,4 +1,5 @@
-"""Test guards: no network but loopback, no real keys, no inherited model override."""
+"""Test guards (no network but loopback, no real keys, no inherited model override) and the
+shared fixtures: the loopback provider server and a Chroma server. Helpers: tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CHAINS = ROOT / "chains"
+from wire_server import WireServer
+
 _LOOPBACK = ("127.", "::1", "localhost")
 _real_connect = socket.socket.connect
 
@@ -48,10 +49,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def write(tmp_path: Path, text: str, name: str = "chain.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
+@pytest.fixture
+def server() -> Iterator[WireServer]:
+    """A loopback server speaking OpenAI's, Gemini's, Anthropic's and Ollama's protocols
+    (tests/wire_server.py), new for each test."""
+    with WireServer() as wire:
+        yield wire
 
 
 @pytest.fixture(scope="session")

@@ -10,16 +10,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import write
 from eslabon import load_chain
 from eslabon.batch import read_rows, run_batch
 from eslabon.outfile import finished_ids
+from helpers import write
 from wire_server import WireServer
 
 SECRET = "sk-batch-SECRET-0123456789abcdef"
@@ -28,10 +27,9 @@ EXE = str(Path(sys.executable).parent / "eslabon")
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[WireServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    with WireServer() as wire:
-        yield wire
+def server(server: WireServer, monkeypatch: pytest.MonkeyPatch) -> WireServer:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # the shared server (conftest), with a key
+    return server
 
 
 def ref(server: WireServer, **extra: Any) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from conftest import write
 from eslabon import load_chain
 from eslabon.batch import arun_batch, read_rows, run_batch
 from eslabon.errors import UserError
+from helpers import write
 from wire_server import ToolCall, WireServer
 
 SECRET = "sk-safety-SECRET-0123456789abcdef"
@@ -55,10 +55,9 @@ class HeldServer(WireServer):
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[WireServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    with WireServer() as wire:
-        yield wire
+def server(server: WireServer, monkeypatch: pytest.MonkeyPatch) -> WireServer:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # the shared server (conftest), with a key
+    return server
 
 
 @pytest.fixture
@@ -222,7 +221,7 @@ def test_a_write_that_loses_a_race_is_ignored(tmp_path: Path) -> None:
     from langchain_core.outputs import Generation
     from sqlalchemy import event
 
-    from eslabon.compile import sqlite_cache
+    from eslabon.runtime import sqlite_cache
 
     path = tmp_path / "cache.sqlite"
     cache = sqlite_cache(path)
@@ -305,7 +304,7 @@ def test_a_cache_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
 def test_a_cache_in_a_read_only_folder_is_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("langchain_community")
-    from eslabon.compile import sqlite_cache
+    from eslabon.runtime import sqlite_cache
 
     folder = tmp_path / "ro"
     folder.mkdir()

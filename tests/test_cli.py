@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from conftest import CHAINS, ROOT, write
 from eslabon.spec import json_schema_text
+from helpers import CHAINS, ROOT, write
 
 EXE = str(Path(sys.executable).parent / "eslabon")
 SECRET = "sk-test-NEVER-SHOW-THIS-123456789"
@@ -207,7 +207,7 @@ def test_a_refused_key_exits_2_naming_the_variable_not_the_key(tmp_path: Path) -
 
 
 def test_redact_hides_keys_handed_to_clients() -> None:
-    from eslabon.errors import add_secret, redact
+    from eslabon.redaction import add_secret, redact
 
     add_secret("a-custom-credential-value")
     assert redact("oops: a-custom-credential-value leaked") == "oops: *** leaked"

@@ -11,9 +11,10 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from conftest import CHAINS, write
 from eslabon import Chain, CompiledChain, FakeChatModel, InputError, Step, load_chain
 from eslabon.compile import compile_chain
+from eslabon.loader import spec_from_yaml
+from helpers import CHAINS, write
 
 CANONICAL = CHAINS / "analizar_planificar_resolver.yaml"
 
@@ -54,7 +55,7 @@ def test_values_are_inserted_as_data_never_retemplated() -> None:
 
 
 def test_literal_braces_in_templates() -> None:
-    chain = Chain(inputs={"x": "X"}, prompt='JSON: {{"a": {x}}}').compile(model="fake:echo")
+    chain = compile_chain(Chain(inputs={"x": "X"}, prompt='JSON: {{"a": {x}}}'), model="fake:echo")
     assert chain.invoke({"x": "1"})["output"] == 'JSON: {"a": 1}'
 
 
@@ -169,7 +170,7 @@ def test_model_runs_are_tagged_with_their_step() -> None:
 
 
 def test_pipe_composition_both_ways() -> None:
-    chain = Chain(inputs={"texto": "t"}, prompt="Repite: {texto}").compile(model="fake:echo")
+    chain = compile_chain(Chain(inputs={"texto": "t"}, prompt="Repite: {texto}"), model="fake:echo")
     pipeline = RunnableLambda(lambda s: {"texto": s.upper()}) | chain | (lambda r: r["output"])
     assert pipeline.invoke("hola") == "Repite: HOLA"
     streamed = "".join(
@@ -299,7 +300,7 @@ def test_chain_built_in_code_matches_the_file() -> None:
         ],
         output="solucion",
     )
-    assert spec.to_data() == Chain.from_yaml(CANONICAL).to_data()
+    assert spec.to_data() == spec_from_yaml(CANONICAL).to_data()
     a = compile_chain(spec, model="fake:echo").invoke({"problema": "x"})
     b = load_chain(CANONICAL, model="fake:echo").invoke({"problema": "x"})
     assert a == b

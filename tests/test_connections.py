@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from conftest import CHAINS
 from eslabon import load_chain
-from eslabon.errors import ProviderConnectionError, ProviderUnavailableError, translate_model_error
+from eslabon.errors import ProviderConnectionError, ProviderUnavailableError
+from eslabon.provider_errors import translate_model_error
+from helpers import CHAINS
 
 EXE = str(Path(sys.executable).parent / "eslabon")
 KEYS = {"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-x", "GOOGLE_API_KEY": "k-x"}
@@ -173,7 +174,7 @@ def test_the_command_line_names_the_url(closed_port: int) -> None:
 
 
 def test_a_chains_retry_retries_a_connection_error() -> None:
-    from eslabon.errors import connection_error
+    from eslabon.provider_errors import connection_error
     from eslabon.resilience import is_retryable
 
     assert is_retryable(connection_error("ollama", "ollama:x", "http://127.0.0.1:9/", "refused"))
@@ -193,7 +194,7 @@ def test_the_ollama_clients_own_connection_error_is_mapped() -> None:
 def test_embeddings_connection_errors_name_the_url_too(
     provider: str, closed_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from conftest import write
+    from helpers import write
 
     monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"http://127.0.0.1:{closed_port}")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

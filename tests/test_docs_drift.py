@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from eslabon.spec import Step
+from helpers import ROOT
 
 PAGES = [ROOT / "docs" / "chains.md", ROOT / "docs" / "es" / "08-errores.md"]
 
@@ -37,3 +37,13 @@ def test_the_rag_page_shows_sources_as_indexing_names_them(
     sources = {m["source"] for m in store.get(include=["metadatas"])["metadatas"]}
     shown = re.findall(r"\[1\] \(source: ([^)]+)\)", page)
     assert shown and set(shown) <= sources, (shown, sources)
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ")] if "\n## " in layout else layout
+    modules = {p.name for p in (ROOT / "src" / "eslabon").glob("*.py") if p.name != "__init__.py"}
+    named = set(re.findall(r"[a-z_]+\.py", layout))
+    assert modules - named == set(), "README's Layout leaves out these modules"
+    assert named - modules == set(), "README's Layout names modules that do not exist"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import write
 from eslabon import (
     ChainConfigError,
     FakeChatModel,
@@ -19,6 +17,7 @@ from eslabon import (
 )
 from eslabon.allow import Allow
 from eslabon.retrieval import build_embeddings
+from helpers import write
 from wire_server import WireServer
 
 DOCS = (
@@ -26,12 +25,6 @@ DOCS = (
     "    - {content: 'zzz zumbido zorro', source: z.md}\n"
     "    - {content: 'aaa abeja ama', source: a.md}\n"
 )
-
-
-@pytest.fixture
-def server() -> Iterator[WireServer]:
-    with WireServer() as wire:
-        yield wire
 
 
 def test_openai_embeddings_at_the_wire(

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CHAINS, ROOT, write
+from eslabon import spec_from_yaml
 from eslabon.graph import mermaid
-from eslabon.spec import Chain
+from helpers import CHAINS, ROOT, write
 
 EXE = str(Path(sys.executable).parent / "eslabon")
 
@@ -24,7 +24,7 @@ def edges(text: str) -> set[tuple[str, str, str]]:
 
 
 def test_the_canonical_chain_draws_its_data_flow() -> None:
-    text = mermaid(Chain.from_yaml(CHAINS / "analizar_planificar_resolver.yaml"))
+    text = mermaid(spec_from_yaml(CHAINS / "analizar_planificar_resolver.yaml"))
     assert text.startswith("flowchart TD\n")
     assert edges(text) == {
         ("in_problema", "", "step_analisis"),
@@ -37,15 +37,15 @@ def test_the_canonical_chain_draws_its_data_flow() -> None:
 
 
 def test_retrievers_examples_tools_and_schemas_are_shown(tmp_path: Path) -> None:
-    rag = mermaid(Chain.from_yaml(CHAINS / "rag_curso.yaml"))
+    rag = mermaid(spec_from_yaml(CHAINS / "rag_curso.yaml"))
     assert 'retriever[("chroma · collection: curso · k=4")]' in rag
     assert ("in_pregunta", "query", "retriever") in edges(rag)
     assert ("retriever", "context", "step_output") in edges(rag)
     assert "6 few-shot examples, semantic selector k=3" in mermaid(
-        Chain.from_yaml(CHAINS / "traductor.yaml")
+        spec_from_yaml(CHAINS / "traductor.yaml")
     )
-    assert "tools: calculadora" in mermaid(Chain.from_yaml(CHAINS / "calculadora.yaml"))
-    persona = mermaid(Chain.from_yaml(CHAINS / "extraer_persona.yaml"))
+    assert "tools: calculadora" in mermaid(spec_from_yaml(CHAINS / "calculadora.yaml"))
+    persona = mermaid(spec_from_yaml(CHAINS / "extraer_persona.yaml"))
     assert "output: JSON {nombre, edad, ciudad, profesion, …}" in persona
 
     path = write(
@@ -56,7 +56,7 @@ def test_retrievers_examples_tools_and_schemas_are_shown(tmp_path: Path) -> None
         "    retriever: {type: static, query: '{ideas}', documents: [a]}\n"
         "    output_schema: {pydantic: 'esquemas:Fuentes'}\n",
     )
-    text = mermaid(Chain.from_yaml(path))
+    text = mermaid(spec_from_yaml(path))
     assert 'step_ideas["<b>ideas</b><br/>openai:gpt-4o-mini"]' in text
     assert {
         ("step_ideas", "query", "retriever_fuentes"),
@@ -68,7 +68,7 @@ def test_retrievers_examples_tools_and_schemas_are_shown(tmp_path: Path) -> None
 
 def test_labels_cannot_break_the_diagram(tmp_path: Path) -> None:
     path = write(tmp_path, 'name: a "b" <c>\ninputs: {x: y}\nprompt: "{x}"\n')
-    text = mermaid(Chain.from_yaml(path))
+    text = mermaid(spec_from_yaml(path))
     assert "<b>a #quot;b#quot; &lt;c&gt;</b>" in text
 
 
@@ -76,7 +76,7 @@ def test_cli_graph_and_the_committed_pictures() -> None:
     done = subprocess.run(
         [EXE, "graph", "chains/hola.yaml"], capture_output=True, text=True, cwd=ROOT
     )
-    assert done.returncode == 0 and done.stdout == mermaid(Chain.from_yaml(CHAINS / "hola.yaml"))
+    assert done.returncode == 0 and done.stdout == mermaid(spec_from_yaml(CHAINS / "hola.yaml"))
     files = sorted(str(p.relative_to(ROOT)) for p in CHAINS.glob("*.yaml"))
     markdown = subprocess.run(
         [EXE, "graph", *files, "--format", "markdown"], capture_output=True, text=True, cwd=ROOT
@@ -154,9 +154,9 @@ def test_the_combined_flowchart_draws(tmp_path: Path) -> None:
         pytest.skip("needs Chromium")
     code = (
         "import sys\n"
-        "from eslabon import Chain\n"
+        "from eslabon import spec_from_yaml\n"
         "from eslabon.graph import mermaid_many, render_image\n"
-        "specs = [Chain.from_yaml(f'chains/{n}') for n in ('hola.yaml', 'rag_curso.yaml')]\n"
+        "specs = [spec_from_yaml(f'chains/{n}') for n in ('hola.yaml', 'rag_curso.yaml')]\n"
         "text = mermaid_many([(s.name or '', s) for s in specs])\n"
         "sys.stdout.write(render_image(text, 'svg').decode())\n"
     )  # in a process of its own, as the CLI draws: Gradio leaves an event loop behind

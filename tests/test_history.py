@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from conftest import write
 from eslabon import FakeChatModel, UserError, load_chain
 from eslabon.loader import validate_file
+from helpers import write
 from wire_server import WireServer
 
 CHAT = (
@@ -21,11 +20,10 @@ CHAT = (
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[WireServer]:
+def server(server: WireServer, monkeypatch: pytest.MonkeyPatch) -> WireServer:
     for var in ("OPENAI_API_KEY", "GOOGLE_API_KEY", "ANTHROPIC_API_KEY"):
         monkeypatch.setenv(var, "sk-history-test-0123456789")
-    with WireServer() as wire:
-        yield wire
+    return server  # the shared server (conftest), with keys
 
 
 def openai(server: WireServer) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from conftest import write
 from eslabon import FakeChatModel, UserError, load_chain
 from eslabon.imports import ImportNotAllowedError, is_allowed, resolve_import
 from eslabon.loader import validate_file
 from eslabon.registry import register_retriever
+from helpers import write
 
 PLUGIN = """
 from langchain_core.documents import Document

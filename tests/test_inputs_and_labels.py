@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHAINS, write
 from eslabon import FakeChatModel, InputError, load_chain
+from helpers import CHAINS, write
 
 
 def test_an_input_the_chain_does_not_take_is_refused_with_a_suggestion() -> None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from conftest import write
 from eslabon import FakeChatModel, UserError, load_chain
 from eslabon.retrieval import build_embeddings
 from eslabon.testing import RetrieverConformance
+from helpers import write
 
 pytest.importorskip("llama_index.core")
 from llama_index.core import Document, VectorStoreIndex

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write
-from eslabon import Chain, ChainConfigError, Step, UserError
+from eslabon import Chain, ChainConfigError, Step, UserError, compile_chain
+from eslabon.checks import spec_problems
 from eslabon.errors import EslabonError, Problem
 from eslabon.loader import load_spec, load_spec_text
+from helpers import write
 
 GOOD = """\
 schema_version: 1
@@ -232,10 +233,10 @@ def test_spec_built_in_code_raises_the_same_error() -> None:
     with pytest.raises(ChainConfigError, match="missing required key 'prompt'"):
         Step(id="a")
     chain = Chain(inputs={"x": "X"}, steps=[Step(id="a", prompt="{y}")])
-    [problem] = chain.problems()
+    [problem] = spec_problems(chain)
     assert problem.path == "steps[0].prompt" and "unknown name '{y}'" in problem.message
     with pytest.raises(ChainConfigError, match="unknown name"):
-        chain.compile(model="fake:echo")
+        compile_chain(chain, model="fake:echo")
 
 
 def test_yaml_text_can_be_loaded_directly() -> None:

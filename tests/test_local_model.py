@@ -9,9 +9,9 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 
-from conftest import CHAINS, write
 from eslabon import ModelError, load_chain
 from eslabon.allow import Allow
+from helpers import CHAINS, write
 
 pytestmark = pytest.mark.model
 

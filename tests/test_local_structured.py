@@ -8,8 +8,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from langchain_core.callbacks import BaseCallbackHandler
 
-from conftest import CHAINS
 from eslabon import load_chain
+from helpers import CHAINS
 
 pytestmark = pytest.mark.model
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from conftest import CHAINS, write
 from eslabon import load_chain
+from helpers import CHAINS, write
 
 pytestmark = pytest.mark.model
 

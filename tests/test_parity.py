@@ -15,10 +15,10 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
-from conftest import CHAINS, write
 from eslabon import FakeChatModel, load_chain
 from eslabon.errors import OutputValidationError
 from eslabon.toolcalls import NoAnswerError
+from helpers import CHAINS, write
 
 PATHS = ("invoke", "ainvoke", "stream", "astream")
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from conftest import write
 from eslabon import FakeChatModel, UserError, load_chain
 from eslabon.patterns import PatternError, pattern_problems, search, validator_for
 from eslabon.structured import OutputSchema, _Invalid
+from helpers import write
 
 # Each variant reaches Python's backtracking re by another road in jsonschema: `pattern`,
 # `patternProperties` with `additionalProperties` or `unevaluatedProperties` (jsonschema's

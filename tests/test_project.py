@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write
 from eslabon import ChainConfigError, load_chain
 from eslabon.loader import validate_file
 from eslabon.modelspec import ModelRefError, parse_model_ref
 from eslabon.project import load_project
+from helpers import write
 
 
 @pytest.fixture

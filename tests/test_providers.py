@@ -8,13 +8,11 @@ model at the loopback server and how to read its request body back into plain
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from conftest import CHAINS, write
 from eslabon import (
     ChainConfigError,
     ContextLengthError,
@@ -24,16 +22,11 @@ from eslabon import (
     load_chain,
 )
 from eslabon.errors import ProviderUnavailableError, RateLimitedError
+from helpers import CHAINS, write
 from wire_server import Recorded, ToolCall, WireServer
 
 SECRET = "sk-wire-test-SECRET-0123456789"
 Turn = tuple[str, str]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[WireServer]:
-    with WireServer() as wire:
-        yield wire
 
 
 class ProviderConformance:

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from conftest import CHAINS, ROOT, write
-from eslabon import Chain, UserError
+from eslabon import UserError, spec_from_yaml
 from eslabon.render import render_requests
+from helpers import CHAINS, ROOT, write
 
-CANONICAL = Chain.from_yaml(CHAINS / "analizar_planificar_resolver.yaml")
+CANONICAL = spec_from_yaml(CHAINS / "analizar_planificar_resolver.yaml")
 
 
 def test_openai_roles_and_placeholders() -> None:
@@ -33,7 +33,7 @@ def test_openai_roles_and_placeholders() -> None:
 
 
 def test_gemini_system_instruction_and_model_role() -> None:
-    spec = Chain.from_yaml(CHAINS / "traductor.yaml")
+    spec = spec_from_yaml(CHAINS / "traductor.yaml")
     [request] = render_requests(spec, "gemini", {"frase": "gato"})
     body = request["body"]
     assert request["path"].endswith("/models/gemini-2.5-flash:generateContent")
@@ -60,7 +60,7 @@ def test_ollama_options() -> None:
 
 
 def test_the_chains_own_model_name_is_kept(tmp_path: Path) -> None:
-    spec = Chain.from_yaml(write(tmp_path, "model: openai:gpt-4.1-nano\nprompt: hola\n"))
+    spec = spec_from_yaml(write(tmp_path, "model: openai:gpt-4.1-nano\nprompt: hola\n"))
     assert render_requests(spec, "openai")[0]["body"]["model"] == "gpt-4.1-nano"
     assert render_requests(spec, "anthropic")[0]["body"]["model"] == "claude-sonnet-4-6"
 
@@ -98,13 +98,13 @@ def test_cli_render_needs_no_key_and_no_network() -> None:
 
 
 def test_tools_and_output_schema_are_rendered_as_sent() -> None:
-    [calc] = render_requests(Chain.from_yaml(CHAINS / "calculadora.yaml"), "openai")
+    [calc] = render_requests(spec_from_yaml(CHAINS / "calculadora.yaml"), "openai")
     assert calc["body"]["tools"][0]["function"]["name"] == "calculadora"
-    [gemini] = render_requests(Chain.from_yaml(CHAINS / "extraer_persona.yaml"), "google_genai")
+    [gemini] = render_requests(spec_from_yaml(CHAINS / "extraer_persona.yaml"), "google_genai")
     config = gemini["body"]["generationConfig"]
     assert config["responseMimeType"] == "application/json"
     assert config["responseJsonSchema"]["required"][0] == "nombre"
-    [claude] = render_requests(Chain.from_yaml(CHAINS / "extraer_persona.yaml"), "anthropic")
+    [claude] = render_requests(spec_from_yaml(CHAINS / "extraer_persona.yaml"), "anthropic")
     assert claude["body"]["tool_choice"] == {"type": "tool", "name": "output"}
 
 
@@ -155,7 +155,7 @@ def test_cli_render_shows_the_passages_the_index_returns(project: Path) -> None:
 
 
 def test_without_an_index_the_context_is_a_marked_placeholder(project: Path) -> None:
-    spec = Chain.from_yaml(project / "rag_curso.yaml")
+    spec = spec_from_yaml(project / "rag_curso.yaml")
     [request] = render_requests(spec, "openai", {"pregunta": "¿Qué es un token?"})
     store = project / ".eslabon" / "chroma"
     assert _user_text(request) == (
@@ -172,7 +172,7 @@ def test_an_index_without_the_collection_is_left_as_it_is(project: Path) -> None
     from eslabon.indexing import index_paths, open_store
 
     index_paths(["docs"], open_store("otra"))
-    spec = Chain.from_yaml(project / "rag_curso.yaml")
+    spec = spec_from_yaml(project / "rag_curso.yaml")
     [request] = render_requests(spec, "openai", {"pregunta": "x"})
     assert "no collection 'curso' in the index at" in _user_text(request)
     import chromadb
@@ -213,7 +213,7 @@ steps:
 
 
 def test_a_step_retriever_fills_only_its_own_step(tmp_path: Path) -> None:
-    spec = Chain.from_yaml(write(tmp_path, STEP_RETRIEVERS))
+    spec = spec_from_yaml(write(tmp_path, STEP_RETRIEVERS))
     general, propio, encadenado, despues = render_requests(
         spec, "openai", {"pregunta": "¿qué hacen los perros?"}
     )
@@ -246,7 +246,7 @@ def _models(requests: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def test_a_provider_keeps_each_steps_own_model_of_that_provider(tmp_path: Path) -> None:
-    spec = Chain.from_yaml(write(tmp_path, MIXED))
+    spec = spec_from_yaml(write(tmp_path, MIXED))
     # the file's anthropic step keeps its model; the others get anthropic's usual one
     assert _models(render_requests(spec, "anthropic")) == [
         ("anthropic:claude-sonnet-4-6", "claude-sonnet-4-6"),
@@ -259,7 +259,7 @@ def test_a_provider_keeps_each_steps_own_model_of_that_provider(tmp_path: Path) 
 
 
 def test_without_a_provider_each_step_is_rendered_for_its_own_model(tmp_path: Path) -> None:
-    spec = Chain.from_yaml(write(tmp_path, MIXED))
+    spec = spec_from_yaml(write(tmp_path, MIXED))
     requests = render_requests(spec, None, {"tema": "gatos"})
     assert [r["model"] for r in requests] == [
         "openai:gpt-4.1-nano",
@@ -270,7 +270,7 @@ def test_without_a_provider_each_step_is_rendered_for_its_own_model(tmp_path: Pa
 
 
 def test_a_model_given_is_used_for_every_step(tmp_path: Path) -> None:
-    spec = Chain.from_yaml(write(tmp_path, MIXED))
+    spec = spec_from_yaml(write(tmp_path, MIXED))
     assert set(_models(render_requests(spec, "openai:gpt-4o"))) == {("openai:gpt-4o", "gpt-4o")}
     [request] = render_requests(CANONICAL, "gemini:gemini-2.5-pro", step_id="plan")
     assert request["path"].endswith("/models/gemini-2.5-pro:generateContent")
@@ -279,7 +279,7 @@ def test_a_model_given_is_used_for_every_step(tmp_path: Path) -> None:
 def test_what_render_cannot_show_is_said(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="-p fake:echo: render shows the requests of openai"):
         render_requests(CANONICAL, "fake:echo")
-    spec = Chain.from_yaml(write(tmp_path, "model: fake:echo\nprompt: hola\n"))
+    spec = spec_from_yaml(write(tmp_path, "model: fake:echo\nprompt: hola\n"))
     with pytest.raises(UserError, match="step 'output' runs on fake:echo"):
         render_requests(spec)
     with pytest.raises(UserError, match="did you mean 'openai'"):
@@ -313,10 +313,10 @@ def test_local_shows_the_prompt_the_gguf_receives() -> None:
 
 @needs_local
 def test_local_tools_and_schemas_show_the_grammar() -> None:
-    [calc] = render_requests(Chain.from_yaml(CHAINS / "calculadora.yaml"), "local")
+    [calc] = render_requests(spec_from_yaml(CHAINS / "calculadora.yaml"), "local")
     assert "calculadora(expresion)" in calc["body"]["prompt"]  # the tools prompt
     assert '"\\"calculadora\\""' in calc["body"]["grammar"]
-    [persona] = render_requests(Chain.from_yaml(CHAINS / "extraer_persona.yaml"), "local")
+    [persona] = render_requests(spec_from_yaml(CHAINS / "extraer_persona.yaml"), "local")
     assert "nombre" in persona["body"]["grammar"]
 
 

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from conftest import write
 from eslabon import KeyRejectedError, ProviderUnavailableError, load_chain
 from eslabon.loader import validate_file
 from eslabon.resilience import RETRY_AFTER_MAX, _RetryAfterWait, is_retryable, retry_after_seconds
+from helpers import write
 from wire_server import WireServer
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[WireServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-resilience-test")
-    with WireServer() as wire:
-        yield wire
+def server(server: WireServer, monkeypatch: pytest.MonkeyPatch) -> WireServer:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-resilience-test")  # the shared server, with a key
+    return server
 
 
 def chain_file(tmp_path: Path, server: WireServer, extra: str) -> Path:

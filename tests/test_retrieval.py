@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from conftest import write
 from eslabon import FakeChatModel, load_chain
 from eslabon.loader import validate_file
 from eslabon.retrieval import build_embeddings, chroma_store
+from helpers import write
 
 DOCS = """\
     documents:

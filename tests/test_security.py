@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, write
+from helpers import ROOT, write
 from wire_server import WireServer
 
 EXE = str(Path(sys.executable).parent / "eslabon")
@@ -94,12 +94,6 @@ def auth_headers(server: WireServer) -> list[str]:
 
 
 # -- 1. keys go only where the user approved --------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Any:
-    with WireServer() as wire:
-        yield wire
 
 
 def test_a_chain_file_base_url_gets_a_placeholder_not_the_provider_key(
@@ -576,7 +570,7 @@ def test_a_literal_key_warns_and_is_never_shown_whatever_its_length(
 
 
 def test_short_keys_are_redacted_as_whole_words() -> None:
-    from eslabon.errors import add_secret, redact
+    from eslabon.redaction import add_secret, redact
 
     add_secret("zq7")
     assert redact("key zq7 refused; zq77 and azq7 are other words") == (

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from langchain_core.messages import HumanMessage
 
-from conftest import CHAINS, write
 from eslabon import FakeChatModel, load_chain
 from eslabon.embeddings import HashingEmbeddings
+from helpers import CHAINS, write
 
 EXAMPLES = """\
 examples:

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 
 import eslabon
-from conftest import CHAINS, ROOT, write
-from eslabon import Chain, ChainConfigError
+from eslabon import Chain, ChainConfigError, spec_from_yaml
 from eslabon.loader import load_spec
 from eslabon.spec import json_schema, json_schema_text
+from helpers import CHAINS, ROOT, write
 
 
 @pytest.mark.parametrize("path", sorted(CHAINS.glob("*.yaml")), ids=lambda p: p.name)
 def test_yaml_round_trip(path: Path, tmp_path: Path) -> None:
-    spec = Chain.from_yaml(path)
+    spec = spec_from_yaml(path)
     text = spec.to_yaml()
     assert text.startswith("# yaml-language-server: $schema=")
-    again = Chain.from_yaml(text) if "file:" not in text else None
+    again = spec_from_yaml(text) if "file:" not in text else None
     if again is None:  # example files are relative to the chain file: write it beside them
         copy = path.parent / f"_roundtrip_{path.name}"
         try:
@@ -65,11 +65,14 @@ def test_public_api_is_pinned() -> None:
             "Chain", "ChainConfigError", "CompiledChain", "ContextLengthError", "EchoChatModel",
             "EslabonError", "EslabonRuntimeError", "FakeChatModel", "InputError",
             "KeyRejectedError", "MissingCredentialsError", "MissingDependencyError", "ModelError",
-            "ModelNotFoundError", "OutputValidationError", "ProviderError",
+            "ModelNotFoundError", "OutputValidationError", "Problem", "ProviderError",
             "ProviderUnavailableError", "RateLimitedError", "Step", "UserError", "build_model",
-            "compile_chain", "load_chain",
+            "check_spec", "compile_chain", "load_chain", "spec_from_yaml",
         ]
     )  # fmt: skip
+    from importlib.metadata import version
+
+    assert eslabon.__version__ == version("eslabon")  # one version: the package's metadata
     for name in eslabon.__all__:
         assert getattr(eslabon, name) is not None
     with pytest.raises(AttributeError):

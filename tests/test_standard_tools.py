@@ -15,9 +15,9 @@ from langchain_core.tools import BaseTool
 from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 
-from conftest import CHAINS
 from eslabon import load_chain
 from eslabon.toolcalls import load_tools
+from helpers import CHAINS
 
 # langchain-core marks Runnable.as_tool() as beta and warns on every call; the suite runs it on
 # purpose (a chain as a tool is what is under test), so only that warning is let through

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from conftest import write
 from eslabon import ChainConfigError, FakeChatModel, OutputValidationError, UserError, load_chain
 from eslabon.imports import ImportNotAllowedError
 from eslabon.loader import validate_file
 from eslabon.tools import calculadora
+from helpers import write
 
 PERSONA = """\
 inputs: {texto: Texto con una persona}

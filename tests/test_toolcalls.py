@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
-from conftest import write
 from eslabon import FakeChatModel, ModelError, load_chain
 from eslabon.toolcalls import NoAnswerError
+from helpers import write
 
 CALCULA = """\
 inputs: {pregunta: x}

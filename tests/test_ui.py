@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CHAINS
+from helpers import CHAINS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eslabon.errors import InputError, UserError, redact
+from eslabon.errors import InputError, UserError
 from eslabon.outfile import LineSink, finished_ids, output_lock, prepare_output
+from eslabon.redaction import redact
 
 __all__ = ["BatchReport", "Rows", "arun_batch", "read_rows", "run_batch"]
 
@@ -220,8 +221,6 @@ async def _run_rows(
     report: BatchReport,
     on_row: Callable[[dict[str, Any], BatchReport], None] | None,
 ) -> None:
-    from eslabon.structured import as_data
-
     inputs_of = chain.spec.input_names()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for row in todo:
@@ -234,31 +233,7 @@ async def _run_rows(
                 row = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            inputs = {k: v for k, v in row.items() if k in inputs_of}
-            began = time.perf_counter()
-            record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
-            try:
-                _check_empty(chain, row, inputs_of)
-                result = await chain.ainvoke(inputs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                record.update(output=None, steps=None, error=_error_record(exc))
-                report.failed += 1
-                kind = record["error"]["type"]
-                report.errors[kind] = report.errors.get(kind, 0) + 1
-            else:
-                steps = {s.id: as_data(result[s.id]) for s in chain.steps}
-                record.update(output=as_data(result["output"]), steps=steps, error=None)
-                for extra in ("documents", "tool_calls"):
-                    if extra in result:
-                        record[extra] = result[extra]
-                report.done += 1
-            # each step's own model (steps may differ), as `eslabon run --json` reports them
-            models = {s.id: s.label for s in chain.steps}
-            record["model"] = ", ".join(dict.fromkeys(models.values()))
-            record["models"] = models
-            record["elapsed_s"] = round(time.perf_counter() - began, 4)
+            record = await _run_row(chain, row, inputs_of, report)
             sink.write(record)
             report.elapsed_s = time.perf_counter() - start
             if on_row is not None:
@@ -274,6 +249,38 @@ async def _run_rows(
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         report.elapsed_s = time.perf_counter() - start
+
+
+async def _run_row(
+    chain: Any, row: dict[str, Any], inputs_of: list[str], report: BatchReport
+) -> dict[str, Any]:
+    """One row run: its OUT record (counted in ``report``)."""
+    from eslabon.structured import as_data
+
+    inputs = {k: v for k, v in row.items() if k in inputs_of}
+    began = time.perf_counter()
+    record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
+    try:
+        _check_empty(chain, row, inputs_of)
+        result = await chain.ainvoke(inputs)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        record.update(output=None, steps=None, error=_error_record(exc))
+        report.failed += 1
+        kind = record["error"]["type"]
+        report.errors[kind] = report.errors.get(kind, 0) + 1
+    else:
+        steps = {s.id: as_data(result[s.id]) for s in chain.steps}
+        record.update(output=as_data(result["output"]), steps=steps, error=None)
+        record.update({k: result[k] for k in ("documents", "tool_calls") if k in result})
+        report.done += 1
+    # each step's own model (steps may differ), as `eslabon run --json` reports them
+    models = {s.id: s.label for s in chain.steps}
+    record["model"] = ", ".join(dict.fromkeys(models.values()))
+    record["models"] = models
+    record["elapsed_s"] = round(time.perf_counter() - began, 4)
+    return record
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None

@@ -35,7 +35,8 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from eslabon.errors import UserError, redact
+from eslabon.errors import UserError
+from eslabon.redaction import redact
 
 __all__ = ["SafeSQLiteCache"]
 

@@ -1,57 +1,51 @@
 """Checks beyond the pydantic schema: templates, step ids, outputs, example files, models.
 
 They run on the raw mapping, defensively, so that they still report what they can when the
-schema check has found other problems: ``eslabon validate`` shows every problem at once.
+schema check has found other problems: ``eslabon validate`` shows every problem at once. Each
+check of the whole chain is a small named rule in :data:`RULES`, run in order over the mapping
+read once (:class:`ChainData`); the keys they look at are read from the models in
+:mod:`eslabon.spec`. This module sits above the format (``spec``) and below compiling.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
-from eslabon.errors import Problem
+from eslabon.errors import ChainConfigError, Problem
 from eslabon.examples import MAX_EXAMPLES_BYTES, ExampleFileError, load_example_file
 from eslabon.modelspec import PROVIDER_SYNONYMS, check_model_ref
 from eslabon.paths import PathNotAllowedError, confine
+from eslabon.schema_errors import Locate, PathT, format_path
 from eslabon.spec import (
     MODEL_SETTINGS,
     NAME_PATTERN,
     RETRIEVER_TYPES,
+    SHORTHAND_KEYS,
+    TEMPLATE_KEYS,
+    Chain,
     provider_settings,
 )
 from eslabon.suggest import did_you_mean
 from eslabon.templates import check_template, literal_names, used_names
 
-__all__ = ["RESERVED_IDS", "check_chain_data", "external_refs", "format_path"]
+__all__ = [
+    "RESERVED_IDS",
+    "RULES",
+    "check_chain_data",
+    "check_spec",
+    "external_refs",
+    "format_path",
+    "spec_problems",
+]
 
-PathT = tuple[str | int, ...]
-Locate = Callable[[PathT, bool], tuple[int, int] | None]
 RESERVED_IDS = {"output"}  # the result dict's own key
 RETRIEVAL_NAMES = ("context", "documents")  # {context} in prompts, "documents" in results
-SHORTHAND_KEYS = (
-    "prompt",
-    "system",
-    "examples",
-    "selector",
-    "output_schema",
-    "tools",
-    "max_tool_calls",
-    "history",
-)
 _NAME = re.compile(NAME_PATTERN)
-
-
-def format_path(path: PathT) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
 
 
 class _Collector:
@@ -90,6 +84,219 @@ class _Collector:
         self.add(path, message, hint, at_key, warning=True)
 
 
+@dataclass(frozen=True)
+class ChainData:
+    """A raw chain mapping, read defensively once for every rule: what the rules share."""
+
+    data: dict[str, Any]
+    base_dir: Path
+    input_names: list[str]
+    steps: list[Any] | None  # None: the single-step shorthand (or steps that are not a list)
+    ids: list[str]  # each step's id, "" where it has none
+    shape: Literal["single", "steps", "broken"]  # no steps; a list of them; empty or no list
+    chain_retrieves: bool  # the chain has a retriever: {context} in every prompt
+    retrieves: bool  # the chain or a step has a retriever
+
+    @classmethod
+    def read(cls, data: dict[str, Any], base_dir: Path) -> ChainData:
+        inputs = data.get("inputs") or {}
+        steps = data.get("steps")
+        listed = steps if isinstance(steps, list) else None
+        chain_retrieves = isinstance(data.get("retriever"), dict)
+        return cls(
+            data=data,
+            base_dir=base_dir,
+            input_names=[k for k in inputs if isinstance(k, str)]
+            if isinstance(inputs, dict)
+            else [],
+            steps=listed,
+            ids=[_step_id(s) for s in listed or []],
+            shape="single" if steps is None else "steps" if listed else "broken",
+            chain_retrieves=chain_retrieves,
+            retrieves=chain_retrieves or any(_has(s, "retriever", dict) for s in listed or []),
+        )
+
+    @property
+    def context(self) -> list[str]:
+        """``{context}``, where the chain's retriever makes it available to every prompt."""
+        return ["context"] if self.chain_retrieves else []
+
+    def dict_steps(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(i, s) for i, s in enumerate(self.steps or []) if isinstance(s, dict)]
+
+
+def _step_id(step: Any) -> str:
+    return str(step["id"]) if _has(step, "id", str) else ""
+
+
+def _has(item: Any, key: str, kind: type) -> bool:
+    return isinstance(item, dict) and isinstance(item.get(key), kind)
+
+
+Rule = Callable[[ChainData, _Collector], None]
+
+
+# -- the rules, in the order they report ------------------------------------------------------
+
+
+def _rule_chain_model(chain: ChainData, out: _Collector) -> None:
+    """The chain's model and fallbacks: known providers, settings their provider takes."""
+    _check_model(out, chain.data, ("model",), chain.base_dir)
+    _check_params_in_mapping(out, chain.data, ("model",))
+    _check_fallbacks(out, chain.data, (), chain.base_dir)
+
+
+def _rule_embeddings(chain: ChainData, out: _Collector) -> None:
+    """``embeddings``: 'local' or 'provider:model', and a local model's file exists."""
+    _check_embeddings(out, chain.data, chain.base_dir)
+
+
+def _rule_chain_retriever(chain: ChainData, out: _Collector) -> None:
+    """The chain's retriever: its type, folder and query template."""
+    if chain.chain_retrieves:
+        _check_retriever(out, chain.data["retriever"], ("retriever",), chain.input_names)
+
+
+def _rule_reserved_inputs(chain: ChainData, out: _Collector) -> None:
+    """Input names the chain's results or features take: context, documents, history."""
+    for name in chain.input_names if chain.retrieves else []:
+        if name in RETRIEVAL_NAMES:
+            out.add(
+                ("inputs", name),
+                f"'{name}' is reserved in a chain with a retriever",
+                "rename the input",
+                at_key=True,
+            )
+    steps = chain.steps or []
+    remembers = chain.data.get("history") or any(
+        isinstance(s, dict) and s.get("history") for s in steps
+    )
+    if remembers and "history" in chain.input_names:
+        out.add(
+            ("inputs", "history"),
+            "'history' is reserved in a chain that keeps a conversation",
+            "rename the input",
+            at_key=True,
+        )
+
+
+def _rule_prompt_or_steps(chain: ChainData, out: _Collector) -> None:
+    """A prompt (the shorthand) or steps, not both, and steps not empty."""
+    data = chain.data
+    if chain.shape == "single":
+        if data.get("prompt") is None:
+            out.add(
+                (),
+                "a chain needs 'prompt' (single step) or 'steps'",
+                'add  prompt: "...{input}..."  or a list of steps',
+            )
+        return
+    for key in [k for k in SHORTHAND_KEYS if data.get(k) is not None]:
+        out.add(
+            (key,),
+            f"'{key}' at top level is the single-step shorthand and cannot be "
+            "combined with 'steps'",
+            f"move '{key}' into a step",
+            at_key=True,
+        )
+    if data.get("steps") == []:
+        out.add(("steps",), "'steps' is empty", "add at least one step with an id and a prompt")
+
+
+def _rule_single_step(chain: ChainData, out: _Collector) -> None:
+    """The shorthand's templates, examples, selector, output schema and tools."""
+    if chain.shape == "single" and chain.data.get("prompt") is not None:
+        names = chain.input_names + chain.context
+        _check_prompted(out, chain.data, (), names, [], chain.base_dir)
+
+
+def _rule_step_ids(chain: ChainData, out: _Collector) -> None:
+    """Step ids: unique, not reserved, not an input's name."""
+    seen: dict[str, int] = {}
+    for i, sid in enumerate(chain.ids):
+        if not sid or not _NAME.match(sid):
+            continue  # the schema check reports a missing or malformed id
+        if sid in seen:
+            out.add(
+                ("steps", i, "id"),
+                f"duplicate step id '{sid}' (also steps[{seen[sid]}])",
+                "give every step a unique id",
+            )
+        else:
+            seen[sid] = i
+        if sid in RESERVED_IDS or (chain.retrieves and sid in RETRIEVAL_NAMES):
+            out.add(
+                ("steps", i, "id"),
+                f"'{sid}' is reserved for the chain's result",
+                "choose another id",
+            )
+        if sid in chain.input_names:
+            out.add(
+                ("steps", i, "id"),
+                f"step id '{sid}' is also an input name",
+                "inputs and step ids share one namespace; rename one of them",
+            )
+
+
+def _rule_steps(chain: ChainData, out: _Collector) -> None:
+    """Each step: its model, retriever, and templates that use only what comes before them."""
+    for i, step in chain.dict_steps():
+        earlier = [s for s in chain.ids[:i] if s]
+        later = [s for s in chain.ids[i + 1 :] if s]
+        _check_model(out, step, ("steps", i, "model"), chain.base_dir)
+        _check_params_in_mapping(out, step, ("steps", i, "model"))
+        _check_fallbacks(out, step, ("steps", i), chain.base_dir)
+        own: list[str] = []
+        if isinstance(step.get("retriever"), dict):
+            where = ("steps", i, "retriever")
+            _check_retriever(out, step["retriever"], where, chain.input_names + earlier)
+            own = ["context"]
+        names = chain.input_names + earlier + (chain.context or own)
+        _check_prompted(out, step, ("steps", i), names, later, chain.base_dir)
+
+
+def _rule_inputs_used(chain: ChainData, out: _Collector) -> None:
+    """Every declared input is used (a warning, said of files without errors only)."""
+    if chain.shape != "broken":
+        _check_inputs_used(out, chain.data, chain.input_names)
+
+
+def _rule_output(chain: ChainData, out: _Collector) -> None:
+    """``output`` names a step, and only a chain with steps has one to name."""
+    output = chain.data.get("output")
+    if not isinstance(output, str):
+        return
+    if chain.shape == "single" and output != "output":
+        out.add(
+            ("output",),
+            f"'output: {output}' needs 'steps'; a single-step chain has one output",
+            "remove 'output'",
+        )
+    valid_ids = list(dict.fromkeys(s for s in chain.ids if s))
+    if chain.shape == "steps" and _NAME.match(output) and output not in valid_ids:
+        hint = did_you_mean(output, valid_ids)
+        out.add(
+            ("output",),
+            f"'output' names no step: '{output}'",
+            (hint + " " if hint else "") + f"step ids: {', '.join(valid_ids)}",
+        )
+
+
+RULES: tuple[tuple[str, Rule], ...] = (
+    ("chain model", _rule_chain_model),
+    ("embeddings", _rule_embeddings),
+    ("chain retriever", _rule_chain_retriever),
+    ("reserved inputs", _rule_reserved_inputs),
+    ("prompt or steps", _rule_prompt_or_steps),
+    ("single step", _rule_single_step),
+    ("step ids", _rule_step_ids),
+    ("steps", _rule_steps),
+    ("inputs used", _rule_inputs_used),
+    ("output", _rule_output),
+)
+"""Every semantic check, by name, in the order their problems are listed."""
+
+
 def check_chain_data(
     data: dict[str, Any],
     base_dir: Path,
@@ -101,133 +308,25 @@ def check_chain_data(
     check passed (else warnings that other errors would explain are left out)."""
     out = _Collector(file, locate, base_dir)
     out.whole = schema_ok
-    inputs = data.get("inputs") or {}
-    input_names = [k for k in inputs if isinstance(k, str)] if isinstance(inputs, dict) else []
-    steps = data.get("steps")
-
-    _check_model(out, data, ("model",), base_dir)
-    _check_params_in_mapping(out, data, ("model",))
-    _check_fallbacks(out, data, (), base_dir)
-
-    chain_retrieves = isinstance(data.get("retriever"), dict)
-    _check_embeddings(out, data, base_dir)
-    if chain_retrieves:
-        _check_retriever(out, data["retriever"], ("retriever",), input_names)
-    retrieves = chain_retrieves or (
-        isinstance(steps, list)
-        and any(isinstance(s, dict) and isinstance(s.get("retriever"), dict) for s in steps)
-    )
-    if retrieves:
-        for name in input_names:
-            if name in RETRIEVAL_NAMES:
-                out.add(
-                    ("inputs", name),
-                    f"'{name}' is reserved in a chain with a retriever",
-                    "rename the input",
-                    at_key=True,
-                )
-    context = ["context"] if chain_retrieves else []
-    remembers = data.get("history") or (
-        isinstance(steps, list) and any(isinstance(s, dict) and s.get("history") for s in steps)
-    )
-    if remembers and "history" in input_names:
-        out.add(
-            ("inputs", "history"),
-            "'history' is reserved in a chain that keeps a conversation",
-            "rename the input",
-            at_key=True,
-        )
-
-    if steps is None:
-        if data.get("prompt") is None:
-            out.add(
-                (),
-                "a chain needs 'prompt' (single step) or 'steps'",
-                'add  prompt: "...{input}..."  or a list of steps',
-            )
-        else:
-            _check_prompted(out, data, (), input_names + context, [], base_dir)
-        _check_inputs_used(out, data, input_names)
-        output = data.get("output")
-        if isinstance(output, str) and output != "output":
-            out.add(
-                ("output",),
-                f"'output: {output}' needs 'steps'; a single-step chain has one output",
-                "remove 'output'",
-            )
-        return out.problems
-
-    mixed = [k for k in SHORTHAND_KEYS if data.get(k) is not None]
-    for key in mixed:
-        out.add(
-            (key,),
-            f"'{key}' at top level is the single-step shorthand and cannot be "
-            "combined with 'steps'",
-            f"move '{key}' into a step",
-            at_key=True,
-        )
-    if not isinstance(steps, list):
-        return out.problems
-    if not steps:
-        out.add(("steps",), "'steps' is empty", "add at least one step with an id and a prompt")
-        return out.problems
-
-    ids: list[str] = [
-        str(s["id"]) if isinstance(s, dict) and isinstance(s.get("id"), str) else "" for s in steps
-    ]
-    seen: dict[str, int] = {}
-    for i, sid in enumerate(ids):
-        if not sid or not _NAME.match(sid):
-            continue  # the schema check reports a missing or malformed id
-        if sid in seen:
-            out.add(
-                ("steps", i, "id"),
-                f"duplicate step id '{sid}' (also steps[{seen[sid]}])",
-                "give every step a unique id",
-            )
-        else:
-            seen[sid] = i
-        if sid in RESERVED_IDS or (retrieves and sid in RETRIEVAL_NAMES):
-            out.add(
-                ("steps", i, "id"),
-                f"'{sid}' is reserved for the chain's result",
-                "choose another id",
-            )
-        if sid in input_names:
-            out.add(
-                ("steps", i, "id"),
-                f"step id '{sid}' is also an input name",
-                "inputs and step ids share one namespace; rename one of them",
-            )
-
-    for i, step in enumerate(steps):
-        if not isinstance(step, dict):
-            continue
-        earlier = [s for s in ids[:i] if s]
-        later = [s for s in ids[i + 1 :] if s]
-        _check_model(out, step, ("steps", i, "model"), base_dir)
-        _check_params_in_mapping(out, step, ("steps", i, "model"))
-        _check_fallbacks(out, step, ("steps", i), base_dir)
-        own: list[str] = []
-        if isinstance(step.get("retriever"), dict):
-            _check_retriever(
-                out, step["retriever"], ("steps", i, "retriever"), input_names + earlier
-            )
-            own = ["context"]
-        names = input_names + earlier + (context or own)
-        _check_prompted(out, step, ("steps", i), names, later, base_dir)
-    _check_inputs_used(out, data, input_names)
-
-    output = data.get("output")
-    valid_ids = list(dict.fromkeys(s for s in ids if s))
-    if isinstance(output, str) and _NAME.match(output) and output not in valid_ids:
-        hint = did_you_mean(output, valid_ids)
-        out.add(
-            ("output",),
-            f"'output' names no step: '{output}'",
-            (hint + " " if hint else "") + f"step ids: {', '.join(valid_ids)}",
-        )
+    chain = ChainData.read(data, base_dir)
+    for _name, rule in RULES:
+        rule(chain, out)
     return out.problems
+
+
+def spec_problems(spec: Chain) -> list[Problem]:
+    """Every semantic problem of a chain built in code or loaded (templates, ids, files,
+    providers); empty when valid."""
+    file = spec._file or str(spec.source or "<chain>")
+    return check_chain_data(spec.to_data(), spec.base_dir, file=file)
+
+
+def check_spec(spec: Chain) -> None:
+    """Raise ``ChainConfigError`` with every problem :func:`spec_problems` finds, if any
+    (warnings alone do not raise). ``compile_chain`` calls it."""
+    problems = spec_problems(spec)
+    if any(not p.warning for p in problems):
+        raise ChainConfigError(problems)
 
 
 def _check_retriever(
@@ -408,7 +507,7 @@ def _check_prompted(
     later: list[str],
     base_dir: Path,
 ) -> None:
-    for key in ("system", "prompt"):
+    for key in TEMPLATE_KEYS:
         template = data.get(key)
         if not isinstance(template, str):
             continue
@@ -416,33 +515,9 @@ def _check_prompted(
             out.add((*path, key), issue.message, issue.hint, warning=issue.warning)
 
     examples = data.get("examples")
-    if isinstance(examples, list):
-        for j, ex in enumerate(examples):
-            if isinstance(ex, dict) and isinstance(ex.get("file"), str):
-                where = (*path, "examples", j, "file")
-                row_problems: list[ExampleFileError] = []
-                try:
-                    found = confine(ex["file"], base_dir, "examples file")
-                    rows = load_example_file(found, row_problems)
-                except (ExampleFileError, PathNotAllowedError) as exc:
-                    out.add(where, exc.message, exc.hint)
-                    continue
-                for problem in row_problems[:MAX_PROBLEMS_PER_FILE]:
-                    out.add(where, problem.message, problem.hint)
-                if len(row_problems) > MAX_PROBLEMS_PER_FILE:
-                    more = len(row_problems) - MAX_PROBLEMS_PER_FILE
-                    out.add(where, f"… and {more} more problems in {ex['file']}")
-                before = out.example_bytes
-                out.example_bytes += found.stat().st_size
-                if out.example_bytes > MAX_EXAMPLES_BYTES >= before:  # said once
-                    out.add(
-                        (*path, "examples", j, "file"),
-                        f"the chain's example files add up to more than {MAX_EXAMPLES_BYTES:,} "
-                        "bytes (a file counts each time it is named)",
-                        "keep a few good examples; a selector picks among them",
-                    )
-                if not rows:
-                    out.add((*path, "examples", j, "file"), f"examples file is empty: {ex['file']}")
+    for j, ex in enumerate(examples) if isinstance(examples, list) else ():
+        if isinstance(ex, dict) and isinstance(ex.get("file"), str):
+            _check_example_file(out, ex["file"], (*path, "examples", j, "file"), base_dir)
     selector = data.get("selector")
     if isinstance(selector, dict) and selector.get("type", "all") != "all" and not examples:
         out.add(
@@ -452,6 +527,33 @@ def _check_prompted(
         )
     _check_output_schema(out, data, path)
     _check_tools(out, data, path)
+
+
+def _check_example_file(out: _Collector, file: str, where: PathT, base_dir: Path) -> None:
+    """An examples file: in reach, readable, with good rows, and not too much in all."""
+    row_problems: list[ExampleFileError] = []
+    try:
+        found = confine(file, base_dir, "examples file")
+        rows = load_example_file(found, row_problems)
+    except (ExampleFileError, PathNotAllowedError) as exc:
+        out.add(where, exc.message, exc.hint)
+        return
+    for problem in row_problems[:MAX_PROBLEMS_PER_FILE]:
+        out.add(where, problem.message, problem.hint)
+    if len(row_problems) > MAX_PROBLEMS_PER_FILE:
+        more = len(row_problems) - MAX_PROBLEMS_PER_FILE
+        out.add(where, f"… and {more} more problems in {file}")
+    before = out.example_bytes
+    out.example_bytes += found.stat().st_size
+    if out.example_bytes > MAX_EXAMPLES_BYTES >= before:  # said once
+        out.add(
+            where,
+            f"the chain's example files add up to more than {MAX_EXAMPLES_BYTES:,} "
+            "bytes (a file counts each time it is named)",
+            "keep a few good examples; a selector picks among them",
+        )
+    if not rows:
+        out.add(where, f"examples file is empty: {file}")
 
 
 MAX_PROBLEMS_PER_FILE = 20  # an examples file of 10,000 bad rows: the first ones say enough
@@ -508,13 +610,28 @@ def _check_inputs_used(out: _Collector, data: dict[str, Any], input_names: list[
     a misspelled ``promtp`` would leave its input unused too, and its error says it already."""
     if not input_names or not out.whole or any(not p.warning for p in out.problems):
         return
+    used, literal = _names_in_use(data, input_names[0])
+    for name in input_names:
+        if name not in used and name not in literal:
+            out.warn(
+                ("inputs", name),
+                f"input '{name}' is used by no template or retriever query",
+                f"insert it with {{{name}}} in a prompt or system, or remove it (run asks for "
+                "every input that has no default)",
+                at_key=True,
+            )
+
+
+def _names_in_use(data: dict[str, Any], first_input: str) -> tuple[set[str], set[str]]:
+    """The names the chain's templates and retriever queries insert, and those its templates
+    write as ``{{name}}`` (literal text: warned about in their template)."""
     used: set[str] = set()
-    literal: set[str] = set()  # written {{name}}: warned about in its template
+    literal: set[str] = set()
     queries = [data.get("retriever")]
     steps = data.get("steps")
     prompted = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else [data]
     for step in prompted:
-        for key in ("system", "prompt"):
+        for key in TEMPLATE_KEYS:
             if isinstance(step.get(key), str):
                 used.update(used_names(step[key]))
                 literal.update(literal_names(step[key]))
@@ -525,16 +642,8 @@ def _check_inputs_used(out: _Collector, data: dict[str, Any], input_names: list[
             if isinstance(query, str):
                 used.update(used_names(query))
             elif query is None:
-                used.add(input_names[0])  # a retriever searches for the first input by default
-    for name in input_names:
-        if name not in used and name not in literal:
-            out.warn(
-                ("inputs", name),
-                f"input '{name}' is used by no template or retriever query",
-                f"insert it with {{{name}}} in a prompt or system, or remove it (run asks for "
-                "every input that has no default)",
-                at_key=True,
-            )
+                used.add(first_input)  # a retriever searches for the first input by default
+    return used, literal
 
 
 _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
@@ -567,30 +676,41 @@ def schema_size(schema: Any) -> int:
     """How many values ``schema`` stands for once its local ``$ref``s are followed (each
     reference measured once; a recursive one counts 1: its cost is bounded by the data).
     Validation time grows with it: 30 levels of ``allOf: [{$ref}, {$ref}]`` are 2**30."""
-    memo: dict[str, int] = {}
-    visiting: set[str] = set()
+    try:
+        return _SchemaSize(schema).size(schema)
+    except RecursionError:
+        return MAX_SCHEMA_SIZE + 1
 
-    def target(ref: str) -> Any:
-        node = schema
+
+class _SchemaSize:
+    """:func:`schema_size`'s walk: each local reference measured once, then remembered."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+        self.memo: dict[str, int] = {}
+        self.visiting: set[str] = set()
+
+    def target(self, ref: str) -> Any:
+        node = self.schema
         for part in ref[2:].split("/") if ref.startswith("#/") else []:
             part = unquote(part).replace("~1", "/").replace("~0", "~")
             node = node[int(part)] if isinstance(node, list) else node[part]
         return node
 
-    def via(ref: str) -> int:
-        if ref in visiting:
+    def via(self, ref: str) -> int:
+        if ref in self.visiting:
             return 1
-        if ref not in memo:
-            visiting.add(ref)
+        if ref not in self.memo:
+            self.visiting.add(ref)
             try:
-                memo[ref] = size(target(ref))
+                self.memo[ref] = self.size(self.target(ref))
             except (KeyError, IndexError, ValueError, TypeError):
-                memo[ref] = 1  # a dangling reference: the schema check reports it
+                self.memo[ref] = 1  # a dangling reference: the schema check reports it
             finally:
-                visiting.discard(ref)
-        return memo[ref]
+                self.visiting.discard(ref)
+        return self.memo[ref]
 
-    def size(node: Any) -> int:
+    def size(self, node: Any) -> int:
         total = 1
         items = (
             node.items()
@@ -601,15 +721,10 @@ def schema_size(schema: Any) -> int:
         )
         for key, value in items:
             is_ref = key in _REF_KEYS and isinstance(value, str) and value.startswith("#")
-            total += via(value) if is_ref else size(value)
+            total += self.via(value) if is_ref else self.size(value)
             if total > MAX_SCHEMA_SIZE:
                 break
         return total
-
-    try:
-        return size(schema)
-    except RecursionError:
-        return MAX_SCHEMA_SIZE + 1
 
 
 def _meta_formats() -> Any:

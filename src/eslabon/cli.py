@@ -7,17 +7,19 @@ User mistakes print one clear message and exit with code 2, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn, ParamSpec
 
 import typer
 
-from eslabon.errors import EslabonError, UserError, redact
+from eslabon.errors import EslabonError, UserError
+from eslabon.redaction import redact
 
 app = typer.Typer(
     name="eslabon",
@@ -77,7 +79,7 @@ def _report(exc: BaseException) -> int:
     """Print one clear message (secrets scrubbed) and return the exit code."""
     if isinstance(exc, EslabonError):
         typer.echo(redact(f"error: {exc}"), err=True)
-        return 2 if isinstance(exc, UserError) else 1
+        return exc.exit_code
     if isinstance(exc, OSError) and exc.filename is not None:
         # a file the user named cannot be read or written (permissions, a full disk, a folder
         # where a file should be): theirs to fix, not a crash
@@ -92,6 +94,55 @@ def _fail(exc: BaseException) -> NoReturn:
     if os.environ.get("ESLABON_DEBUG"):
         raise exc
     raise typer.Exit(_report(exc))
+
+
+class _Interrupted(NamedTuple):
+    """What a command does on Ctrl-C: say ``message`` (if any) and exit with ``code``."""
+
+    message: str | None
+    code: int = 130
+
+
+_P = ParamSpec("_P")
+# typer's own ways out (an exit code, usage errors, Abort) are not failures to report
+_TYPER_EXITS = (typer.Exit, typer.Abort, typer.TyperException)
+
+
+def _reported(
+    command: Callable[_P, None], interrupted: _Interrupted | None = None
+) -> Callable[_P, None]:
+    """``command`` behind the command line's one error boundary: an error is one clear message
+    and an exit code (:func:`_report`), never a traceback (unless ESLABON_DEBUG is set).
+    Ctrl-C does what ``interrupted`` says; without it, typer's own "Aborted!"."""
+
+    @functools.wraps(command)
+    def boundary(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except _TYPER_EXITS:
+            raise
+        except Exception as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            if interrupted is None:
+                raise
+            if interrupted.message is not None:
+                typer.echo(interrupted.message, err=True)
+            raise typer.Exit(interrupted.code) from None
+
+    return boundary
+
+
+def _command(
+    interrupted: _Interrupted | None = None,
+) -> Callable[[Callable[_P, None]], Callable[_P, None]]:
+    """Register a command of ``eslabon``: every command is behind the one error boundary
+    (:func:`_reported`)."""
+
+    def register(command: Callable[_P, None]) -> Callable[_P, None]:
+        return app.command()(_reported(command, interrupted))
+
+    return register
 
 
 def _chain_files(paths: list[Path]) -> list[Path]:
@@ -121,7 +172,7 @@ def _is_examples_file(path: Path) -> bool:
     return isinstance(data, list) or (isinstance(data, dict) and set(data) == {"examples"})
 
 
-@app.command()
+@_command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Chain files or folders of them.")],
     allow_path: AllowPathOption = None,
@@ -132,11 +183,7 @@ def validate(
     """
     from eslabon.loader import validate_file
 
-    try:
-        _grant(paths=allow_path)
-    except UserError as exc:
-        _fail(exc)
-
+    _grant(paths=allow_path)
     files = _chain_files(paths)
     if not files:
         typer.echo(
@@ -195,7 +242,7 @@ def _summary(total: int, bad: int, files: int, config: int, unchecked: int) -> s
     return "; ".join(parts) + "."
 
 
-@app.command()
+@_command()
 def schema(
     file: Annotated[
         Path | None, typer.Argument(help="A chain file: print the JSON Schema of its result.")
@@ -208,17 +255,15 @@ def schema(
 
         typer.echo(json_schema_text(), nl=False)
         return
-    try:
-        from eslabon.imports import allowed_imports, chain_folder
-        from eslabon.loader import load_spec, problems_in
-        from eslabon.structured import spec_result_schema
+    from eslabon.checks import check_spec
+    from eslabon.imports import allowed_imports, chain_folder
+    from eslabon.loader import load_spec, problems_in
+    from eslabon.structured import spec_result_schema
 
-        spec = load_spec(file)
-        with problems_in(spec), chain_folder(file.resolve().parent):
-            spec.check()
-            result = spec_result_schema(spec, allowed_imports(allow_import))
-    except Exception as exc:
-        _fail(exc)
+    spec = load_spec(file)
+    with problems_in(spec), chain_folder(file.resolve().parent):
+        check_spec(spec)
+        result = spec_result_schema(spec, allowed_imports(allow_import))
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
 
 
@@ -238,7 +283,29 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-@app.command()
+def _prepare(endpoints: list[str] | None, keys: list[str] | None, paths: list[str] | None) -> None:
+    """Before a chain runs: the command line's allowances, then the working directory's .env."""
+    _grant(endpoints, keys, paths)
+    from eslabon.models import load_env
+
+    load_env()
+
+
+def _open_chain(file: Path, model: str | None, allow_import: list[str] | None) -> Any:
+    """The chain file ``file``, loaded and compiled (on ``--model``, when given)."""
+    from eslabon.loader import load_spec
+
+    return _compile(load_spec(file), model, allow_import)
+
+
+def _compile(spec: Any, model: str | None, allow_import: list[str] | None) -> Any:
+    """``spec`` compiled on ``--model`` (``provider:model``, an alias or a mapping), if given."""
+    from eslabon.compile import compile_chain
+
+    return compile_chain(spec, model=_model_option(model), allow_imports=allow_import)
+
+
+@_command(interrupted=_Interrupted("\ninterrupted"))
 def run(
     file: Annotated[Path, typer.Argument(help="The chain file to run.")],
     inputs: InputsOption = None,
@@ -259,29 +326,15 @@ def run(
 
     Piped standard input fills the chain's one required input when -i does not give it.
     """
-    try:
-        _grant(allow_endpoint, allow_key, allow_path)
-        from eslabon.models import load_env
-
-        load_env()
-        values = _parse_inputs(inputs or [])
-        from eslabon.compile import compile_chain
-        from eslabon.loader import load_spec
-
-        chain = compile_chain(
-            load_spec(file), model=_model_option(model), allow_imports=allow_import
-        )
-        _check_input_names(chain.spec, values)
-        _read_stdin_input(chain.spec, values)
-        if stream and not as_json:
-            _run_streaming(chain, values)
-            return
-        result = chain.invoke(values)
-    except Exception as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        typer.echo("\ninterrupted", err=True)
-        raise typer.Exit(130) from None
+    _prepare(allow_endpoint, allow_key, allow_path)
+    values = _parse_inputs(inputs or [])
+    chain = _open_chain(file, model, allow_import)
+    _check_input_names(chain.spec, values)
+    _read_stdin_input(chain.spec, values)
+    if stream and not as_json:
+        _run_streaming(chain, values)
+        return
+    result = chain.invoke(values)
     if as_json:
         from eslabon.structured import as_data
 
@@ -423,7 +476,7 @@ def _run_streaming(chain: Any, values: dict[str, str]) -> None:
     console.print()
 
 
-@app.command()
+@_command()
 def render(
     file: Annotated[Path, typer.Argument(help="The chain file.")],
     provider: Annotated[
@@ -446,19 +499,16 @@ def render(
     Earlier steps' outputs appear as <output of ID>; inputs not given as <input NAME>. For
     local models: the prompt with the GGUF's chat template applied, as llama.cpp receives it.
     """
-    try:
-        _grant(paths=allow_path)
-        values = _parse_inputs(inputs or [])
-        from eslabon.loader import load_spec
-        from eslabon.render import render_requests
+    _grant(paths=allow_path)
+    values = _parse_inputs(inputs or [])
+    from eslabon.loader import load_spec
+    from eslabon.render import render_requests
 
-        requests = render_requests(load_spec(file), provider, values, step, allow_import)
-    except Exception as exc:
-        _fail(exc)
+    requests = render_requests(load_spec(file), provider, values, step, allow_import)
     typer.echo(json.dumps(requests, ensure_ascii=False, indent=2))
 
 
-@app.command()
+@_command()
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html, .pdf).")],
     into: Annotated[str, typer.Option("--into", help="Where: chroma:COLLECTION.")],
@@ -479,23 +529,20 @@ def index(
     a file gone from a folder being indexed has its chunks removed. A collection keeps one
     embeddings model: other --embeddings are refused unless --rebuild.
     """
-    try:
-        from rich.progress import Progress
+    from rich.progress import Progress
 
-        from eslabon.indexing import index_paths, open_store, parse_target
+    from eslabon.indexing import index_paths, open_store, parse_target
 
-        store = open_store(parse_target(into), embeddings, path, host, port, rebuild=rebuild)
-        with Progress(console=_console(), transient=True) as bar:
-            task = bar.add_task("indexing", total=None)
-            report = index_paths(
-                paths,
-                store,
-                chunk_size,
-                chunk_overlap,
-                progress=lambda source: bar.update(task, advance=1, description=source),
-            )
-    except Exception as exc:
-        _fail(exc)
+    store = open_store(parse_target(into), embeddings, path, host, port, rebuild=rebuild)
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task("indexing", total=None)
+        report = index_paths(
+            paths,
+            store,
+            chunk_size,
+            chunk_overlap,
+            progress=lambda source: bar.update(task, advance=1, description=source),
+        )
     typer.echo(
         f"{report.files} files: {report.added} chunks added, "
         f"{len(report.replaced_files)} files replaced, "
@@ -504,7 +551,7 @@ def index(
     )
 
 
-@app.command()
+@_command()
 def search(
     target: Annotated[str, typer.Argument(help="chroma:COLLECTION")],
     query: Annotated[str, typer.Argument(help="What to look for.")],
@@ -520,20 +567,17 @@ def search(
     """
     import warnings
 
-    try:
-        from eslabon.indexing import open_store, parse_target
-        from eslabon.indexing import search as find
+    from eslabon.indexing import open_store, parse_target
+    from eslabon.indexing import search as find
 
-        store = open_store(parse_target(target), embeddings, path, host, port, create=False)
-        with warnings.catch_warnings():
-            # LangChain warns (with every chunk's text) when a relevance score is below 0:
-            # a chunk further from the query than unrelated text. Said once, below, instead.
-            warnings.filterwarnings(
-                "ignore", message="Relevance scores must be between 0 and 1", category=UserWarning
-            )
-            hits = find(store, query, k)
-    except Exception as exc:
-        _fail(exc)
+    store = open_store(parse_target(target), embeddings, path, host, port, create=False)
+    with warnings.catch_warnings():
+        # LangChain warns (with every chunk's text) when a relevance score is below 0:
+        # a chunk further from the query than unrelated text. Said once, below, instead.
+        warnings.filterwarnings(
+            "ignore", message="Relevance scores must be between 0 and 1", category=UserWarning
+        )
+        hits = find(store, query, k)
     console = _console()
     for n, hit in enumerate(hits, 1):
         score = min(max(float(hit["score"]), 0.0), 1.0)
@@ -570,7 +614,9 @@ def _rate_option(text: str | None) -> float | None:
 BATCH_ROWS_FAILED = 3  # the batch ran to the end, and some rows failed (0: none did)
 
 
-@app.command()
+@_command(
+    interrupted=_Interrupted("\ninterrupted: finished rows are in the output; --resume continues")
+)
 def batch(
     file: Annotated[Path, typer.Argument(help="The chain file to run.")],
     inputs: Annotated[Path, typer.Argument(help="Rows: .jsonl, .csv or .parquet.")],
@@ -600,38 +646,25 @@ def batch(
     An empty CSV cell (or JSON null) is a missing value: the input's default applies.
     A failed row is recorded with its error and the batch goes on; the exit code is then 3.
     """
-    try:
-        _grant(allow_endpoint, allow_key, allow_path)
-        from eslabon.models import load_env
+    _prepare(allow_endpoint, allow_key, allow_path)
+    from eslabon.batch import read_rows, run_batch
 
-        load_env()
-        from eslabon.batch import read_rows, run_batch
-        from eslabon.compile import compile_chain
-        from eslabon.loader import load_spec
-
-        per_second = _rate_option(rate)
-        rows = read_rows(inputs)
-        chain = compile_chain(
-            load_spec(file), model=_model_option(model), allow_imports=allow_import
+    per_second = _rate_option(rate)
+    rows = read_rows(inputs)
+    chain = _open_chain(file, model, allow_import)
+    if cache is not None:
+        chain = chain.with_cache(cache)
+    with _batch_progress(len(rows)) as on_row:
+        report = run_batch(
+            chain,
+            rows,
+            out,
+            concurrency=concurrency,
+            rate=per_second,
+            resume=resume or retry_failed,
+            retry_failed=retry_failed,
+            on_row=on_row,
         )
-        if cache is not None:
-            chain = chain.with_cache(cache)
-        with _batch_progress(len(rows)) as on_row:
-            report = run_batch(
-                chain,
-                rows,
-                out,
-                concurrency=concurrency,
-                rate=per_second,
-                resume=resume or retry_failed,
-                retry_failed=retry_failed,
-                on_row=on_row,
-            )
-    except Exception as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        typer.echo("\ninterrupted: finished rows are in the output; --resume continues", err=True)
-        raise typer.Exit(130) from None
     typer.echo(report.summary())
     if report.failed:
         typer.echo(f"{report.failed} rows failed: their lines in {out} say why", err=True)
@@ -685,7 +718,7 @@ def _batch_progress(total: int) -> Iterator[Any]:
         yield fancy
 
 
-@app.command()
+@_command()
 def graph(
     files: Annotated[list[Path], typer.Argument(help="Chain files.")],
     fmt: Annotated[
@@ -703,40 +736,38 @@ def graph(
     ] = None,
 ) -> None:
     """Draw a chain: inputs, retriever, steps (model, examples, tools, schema), data flow."""
-    try:
-        if fmt not in ("mermaid", "markdown", "svg", "png"):
-            raise UserError(f"--format {fmt!r}: use mermaid, markdown, svg or png")
-        if fmt in ("svg", "png") and (out is None or len(files) != 1):
-            raise UserError(f"--format {fmt} draws one chain file into -o PATH.{fmt}")
-        from eslabon.graph import mermaid, mermaid_many
-        from eslabon.loader import load_spec
+    if fmt not in ("mermaid", "markdown", "svg", "png"):
+        raise UserError(f"--format {fmt!r}: use mermaid, markdown, svg or png")
+    if fmt in ("svg", "png") and (out is None or len(files) != 1):
+        raise UserError(f"--format {fmt} draws one chain file into -o PATH.{fmt}")
+    from eslabon.checks import check_spec
+    from eslabon.graph import mermaid, mermaid_many
+    from eslabon.loader import load_spec
 
-        specs = [load_spec(file) for file in files]
-        for spec in specs:
-            spec.check()
-        if fmt == "mermaid" and len(files) > 1:  # one diagram: Mermaid draws one per block
-            titled = [(spec.name or f.stem, spec) for f, spec in zip(files, specs, strict=True)]
-            typer.echo(mermaid_many(titled), nl=False)
+    specs = [load_spec(file) for file in files]
+    for spec in specs:
+        check_spec(spec)
+    if fmt == "mermaid" and len(files) > 1:  # one diagram: Mermaid draws one per block
+        titled = [(spec.name or f.stem, spec) for f, spec in zip(files, specs, strict=True)]
+        typer.echo(mermaid_many(titled), nl=False)
+        return
+    for file, spec in zip(files, specs, strict=True):
+        text = mermaid(spec)
+        if fmt in ("svg", "png"):
+            from eslabon.graph import render_image
+
+            assert out is not None
+            out.write_bytes(render_image(text, fmt))
+            typer.echo(f"wrote {out}", err=True)
             return
-        for file, spec in zip(files, specs, strict=True):
-            text = mermaid(spec)
-            if fmt in ("svg", "png"):
-                from eslabon.graph import render_image
-
-                assert out is not None
-                out.write_bytes(render_image(text, fmt))
-                typer.echo(f"wrote {out}", err=True)
-                return
-            if fmt == "markdown":
-                title = spec.name or file.stem
-                about = f"\n{spec.description}\n" if spec.description else ""
-                text = f"## {title}\n{about}\n`{file.as_posix()}`\n\n```mermaid\n{text}```\n"
-            typer.echo(text, nl=fmt == "markdown" and file != files[-1])
-    except Exception as exc:
-        _fail(exc)
+        if fmt == "markdown":
+            title = spec.name or file.stem
+            about = f"\n{spec.description}\n" if spec.description else ""
+            text = f"## {title}\n{about}\n`{file.as_posix()}`\n\n```mermaid\n{text}```\n"
+        typer.echo(text, nl=fmt == "markdown" and file != files[-1])
 
 
-@app.command()
+@_command(interrupted=_Interrupted(None, 0))
 def ui(
     target: Annotated[
         Path | None,
@@ -749,29 +780,128 @@ def ui(
     allow_path: AllowPathOption = None,
 ) -> None:
     """A web playground for chain files on http://127.0.0.1:PORT (extra: ui)."""
-    try:
-        _grant(allow_endpoint, allow_key, allow_path)
-        from eslabon.models import load_env
-        from eslabon.ui import serve
+    _prepare(allow_endpoint, allow_key, allow_path)
+    from eslabon.ui import chain_files, serve  # each request opens its chain file in there
 
-        load_env()
-        if target is None:
-            target = Path("chains") if Path("chains").is_dir() else Path(".")
-        from eslabon.ui import chain_files
-
-        chain_files(target)  # a mistake is said before any banner
-        typer.echo(f"eslabon ui: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
-        serve(target, port, allow_imports=allow_import)
-    except Exception as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    if target is None:
+        target = Path("chains") if Path("chains").is_dir() else Path(".")
+    chain_files(target)  # a mistake is said before any banner
+    typer.echo(f"eslabon ui: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
+    serve(target, port, allow_imports=allow_import)
 
 
 _CHAT_HELP = "commands: /reset (forget this session), /history, /model SPEC, /exit"
 
 
-@app.command()
+class _Chat:
+    """An ``eslabon chat`` conversation: each line read is a turn, its answer streams back and
+    is remembered; a line starting with / is one of the :attr:`commands`.
+
+    On a terminal, a turn's error is said and the conversation goes on; piped, it ends it.
+    """
+
+    def __init__(self, chain: Any, session: str, allow_import: list[str] | None) -> None:
+        self.chain = chain
+        self.spec = chain.spec  # the chain file, compiled again on /model
+        self.session = session
+        self.allow_import = allow_import
+        self.talk = chain.with_history(session)
+        self.console = _console()
+        self.interactive = sys.stdin.isatty()
+        self.turns = 0
+        # each takes the text after the command and says whether the conversation goes on
+        self.commands: dict[str, Callable[[str], bool]] = {
+            "/reset": self.reset,
+            "/history": self.history,
+            "/model": self.switch_model,
+            "/exit": self.quit,
+        }
+
+    def run(self) -> None:
+        if self.interactive:
+            chain = self.chain
+            self.console.print(
+                f"{chain.name} · {chain.model_label} · session '{self.session}'. {_CHAT_HELP}"
+            )
+        while (line := self.read()) is not None:
+            if not line:
+                continue
+            if not line.startswith("/"):
+                self.turn(line)
+            elif not self.command(line):
+                break
+
+    def read(self) -> str | None:
+        """The next line, stripped; None at the end (end of input, or Ctrl-C at the prompt)."""
+        try:
+            line = input("> ") if self.interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            return None
+        if not self.interactive and not line:
+            return None
+        return line.strip()
+
+    def command(self, line: str) -> bool:
+        """Run a slash command (an unknown one shows the commands); False: the chat ends."""
+        name, _, argument = line.partition(" ")
+        return self.commands.get(name, self.help)(argument.strip())
+
+    def help(self, argument: str) -> bool:
+        self.console.print(_CHAT_HELP)
+        return True
+
+    def quit(self, argument: str) -> bool:
+        return False
+
+    def reset(self, argument: str) -> bool:
+        self.talk.history.clear()
+        self.console.print("(session forgotten)")
+        return True
+
+    def history(self, argument: str) -> bool:
+        for message in self.talk.history.messages:
+            self.console.print(f"{message.type}: {message.text}")
+        return True
+
+    def switch_model(self, argument: str) -> bool:
+        if not argument:
+            return self.help(argument)
+        try:
+            chain = _compile(self.spec, argument, self.allow_import)
+        except Exception as exc:
+            typer.echo(redact(f"error: {exc}"), err=True)
+            return True
+        self.chain = chain
+        self.talk = chain.with_history(self.session)  # the same turns, the new model's roles
+        self.console.print(f"(now talking to {chain.model_label})")
+        return True
+
+    def turn(self, line: str) -> None:
+        if not self.interactive:  # where one answer ends and the next begins, as a terminal
+            self.console.print(("\n" if self.turns else "") + f"> {line}")
+        self.turns += 1
+        try:
+            self.answer(line)
+        except KeyboardInterrupt:  # stop this answer, keep the session
+            self.console.print("\n(interrupted; this turn is not remembered)")
+        except EslabonError as exc:
+            if not self.interactive:
+                raise  # piped: the error boundary ends the chat
+            typer.echo(redact(f"error: {exc}"), err=True)
+
+    def answer(self, line: str) -> None:
+        console = self.console
+        for chunk in self.talk.stream({self.talk.main_input: line}):
+            text = chunk.get(self.chain.output_id)  # the answer step's tokens only
+            if isinstance(text, str):
+                console.print(text, end="")
+                console.file.flush()
+            elif text is not None:
+                console.print(_shown(text), end="")
+        console.print()
+
+
+@_command()
 def chat(
     file: Annotated[Path, typer.Argument(help="A chain file with history: true.")],
     session: Annotated[
@@ -788,86 +918,20 @@ def chat(
     Piped standard input works too: one turn per line; the output is a transcript, each turn
     as '> turn' and its answer, with a blank line between turns.
     """
-    try:
-        _grant(allow_endpoint, allow_key, allow_path)
-        from eslabon.models import load_env
-
-        load_env()
-        from eslabon.compile import compile_chain
-        from eslabon.loader import load_spec
-
-        spec = load_spec(file)
-        chain = compile_chain(spec, model=_model_option(model), allow_imports=allow_import)
-        talk = chain.with_history(session)
-    except Exception as exc:
-        _fail(exc)
-    console = _console()
-    interactive = sys.stdin.isatty()
-    if interactive:
-        console.print(f"{chain.name} · {chain.model_label} · session '{session}'. {_CHAT_HELP}")
-    turns = 0
-    while True:
-        try:
-            line = input("> ") if interactive else sys.stdin.readline()
-        except (EOFError, KeyboardInterrupt):
-            break
-        if not interactive and not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("/"):
-            command, _, argument = line.partition(" ")
-            if command == "/exit":
-                break
-            if command == "/reset":
-                talk.history.clear()
-                console.print("(session forgotten)")
-            elif command == "/history":
-                for message in talk.history.messages:
-                    console.print(f"{message.type}: {message.text}")
-            elif command == "/model" and argument.strip():
-                try:
-                    chain = compile_chain(
-                        spec, model=_model_option(argument.strip()), allow_imports=allow_import
-                    )
-                except Exception as exc:
-                    typer.echo(redact(f"error: {exc}"), err=True)
-                    continue
-                talk = chain.with_history(session)  # the same turns, the new model's roles
-                console.print(f"(now talking to {chain.model_label})")
-            else:
-                console.print(_CHAT_HELP)
-            continue
-        if not interactive:  # where one answer ends and the next begins, as a terminal shows it
-            console.print(("\n" if turns else "") + f"> {line}")
-        turns += 1
-        try:
-            for chunk in talk.stream({talk.main_input: line}):
-                text = chunk.get(chain.output_id)  # the answer step's tokens only
-                if isinstance(text, str):
-                    console.print(text, end="")
-                    console.file.flush()
-                elif text is not None:
-                    console.print(_shown(text), end="")
-            console.print()
-        except KeyboardInterrupt:  # stop this answer, keep the session
-            console.print("\n(interrupted; this turn is not remembered)")
-        except Exception as exc:
-            if not isinstance(exc, EslabonError) or not interactive:
-                _fail(exc)
-            typer.echo(redact(f"error: {exc}"), err=True)
+    _prepare(allow_endpoint, allow_key, allow_path)
+    chain = _open_chain(file, model, allow_import)
+    _Chat(chain, session, allow_import).run()
 
 
-@app.command()
+@_command()
 def models() -> None:
     """Show providers: is the extra installed, is the key set (never the key itself)."""
     import importlib.util
 
-    from eslabon.errors import hide_secrets
     from eslabon.models import ENV_MODEL, load_env
     from eslabon.modelspec import ALIASES, PROVIDERS, ModelRefError, parse_model_ref
     from eslabon.project import load_project
+    from eslabon.redaction import hide_secrets
 
     load_env()
     project = load_project()

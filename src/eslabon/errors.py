@@ -6,15 +6,17 @@
   The CLI prints it without a traceback and exits with code 2.
 * ``EslabonRuntimeError`` — something failed while running (a provider call, the local model).
   The CLI prints it and exits with code 1.
+
+Each class says its exit code (``exit_code``), and every error pickles (to another process and
+back) with its type, message and attributes. Keeping secrets out of messages is
+:mod:`eslabon.redaction`; turning a provider's exceptions into these,
+:mod:`eslabon.provider_errors`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "ChainConfigError",
@@ -34,82 +36,39 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitedError",
     "UserError",
-    "add_secret",
-    "connection_error",
-    "hide_secrets",
-    "redact",
-    "request_url",
-    "translate_model_error",
 ]
 
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
-_SECRETS: set[str] = set()
+_E = TypeVar("_E", bound="EslabonError")
 
 
-def add_secret(value: str) -> None:
-    """Remember a key eslabon handed to a client (from the environment, a mapping, an alias)
-    for :func:`redact`, whatever its length."""
-    if value and value.strip():
-        _SECRETS.add(value)
-
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")  # user:password@ in a URL
-_SHORT = 8  # below this, a key is replaced only where it stands alone, not inside other words
-
-
-def redact(text: str) -> str:
-    """Replace known keys and the values of secret-looking environment variables with ***."""
-    # secret-looking variables eslabon never used: only long values (a short one such as
-    # PASSWORD_MIN_LENGTH=8 would blank every "8"); keys eslabon used are in _SECRETS
-    values = {v for k, v in os.environ.items() if len(v) >= _SHORT and _SECRET_NAME.search(k)}
-    for value in sorted(values | _SECRETS, key=len, reverse=True):
-        if value not in text:
-            continue
-        if len(value) >= _SHORT:
-            text = text.replace(value, "***")
-        else:
-            text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "***", text)
-    return _USERINFO.sub("***@", text) if "@" in text else text
-
-
-def is_secret_setting(name: str) -> bool:
-    """Whether a setting's name says it holds a secret (``api_key``, ``token``, headers...)."""
-    return bool(_SECRET_NAME.search(name)) or name.lower() in (
-        "headers",
-        "default_headers",
-        "authorization",
-        "auth",
-    )
-
-
-def hide_secrets(settings: dict[str, object]) -> dict[str, object]:
-    """``settings`` as they may be shown: secret-looking settings (at any depth: headers,
-    ``extra_body.token``) as ***, and ``user:password@`` in URLs as ***@."""
-
-    def shown(key: str, value: object) -> object:
-        if is_secret_setting(key) and value:
-            return "***"
-        if isinstance(value, dict):
-            return {str(k): shown(str(k), v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [shown(key, v) for v in value]
-        if isinstance(value, str):
-            return _USERINFO.sub("***@", value)
-        return value
-
-    return {k: shown(k, v) for k, v in settings.items()}
+def _unpickle(cls: type[_E], args: tuple[Any, ...]) -> _E:
+    """An error rebuilt by pickle without calling its ``__init__`` (which may take other
+    arguments than the message it passed on); pickle then restores its attributes."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class EslabonError(Exception):
     """Root of every error eslabon raises on purpose."""
 
+    exit_code: ClassVar[int] = 1  # the ``eslabon`` command's exit code when this error stops it
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle's default calls ``type(self)(*self.args)``: wrong for a subclass whose
+        # __init__ takes other arguments (a provider, a status...); ``self.__dict__`` holds them
+        return (_unpickle, (type(self), self.args), self.__dict__ or None)
+
 
 class UserError(EslabonError):
     """A mistake the user can fix; the message says how."""
 
+    exit_code = 2
+
 
 class EslabonRuntimeError(EslabonError):
-    """A failure while running a chain (provider, network, local model)."""
+    """A failure while running a chain (provider, network, local model). Its exit code is
+    the base's 1; a class that is also a ``UserError`` gets 2 from it (the MRO finds it first)."""
 
 
 @dataclass(frozen=True)
@@ -248,157 +207,3 @@ class ProviderConnectionError(ProviderUnavailableError):
     def __init__(self, message: str, provider: str, url: str | None = None) -> None:
         self.url = url
         super().__init__(message, provider)
-
-
-_CONNECT_FIX = {
-    "ollama": "is Ollama running? start it with `ollama serve` (or check base_url / OLLAMA_HOST)",
-}
-
-
-def connection_error(
-    provider: str, where: str, url: str | None, reason: str
-) -> ProviderConnectionError:
-    """The error for a request to ``url`` that could not connect (``where``: provider:model)."""
-    at = f" at {url}" if url else ""
-    fix = _CONNECT_FIX.get(provider, "check the network connection and the model's base_url")
-    return ProviderConnectionError(
-        redact(f"could not connect to {where}{at}: {reason}\n    fix: {fix}"), provider, url
-    )
-
-
-def request_url(request: object) -> str | None:
-    """An httpx request's URL as errors show it: scheme, host, port and path, no query."""
-    url = getattr(request, "url", None)
-    scheme, host = getattr(url, "scheme", None), getattr(url, "host", None)
-    if not scheme or not host:
-        return None
-    port = getattr(url, "port", None)
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}{f':{port}' if port else ''}{getattr(url, 'path', '')}"
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what it was raised from, outermost first (a few levels)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 8 and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def connect_reason(exc: BaseException) -> str:
-    """Why a connection failed, in the operating system's words (``[Errno 111] Connection
-    refused``) when an ``OSError`` with an errno lies under ``exc``; else ``exc``'s own."""
-    for cause in reversed(_causes(exc)):
-        if isinstance(cause, OSError) and isinstance(cause.errno, int):
-            return f"[Errno {cause.errno}] {os.strerror(cause.errno)}"
-    return str(exc).strip() or type(exc).__name__
-
-
-_BARE_CONNECTION_ERRORS = (ConnectionError, ConnectionRefusedError)
-
-
-def _failed_connection(exc: BaseException) -> tuple[str | None, str] | None:
-    """``(url, reason)`` when ``exc`` is a request that could not connect; else None.
-
-    httpx's (and httpx2's) ConnectError/ConnectTimeout, the OpenAI and Anthropic SDKs'
-    APIConnectionError (not their APITimeoutError: a slow answer is not a failed connection),
-    and the ``ConnectionError`` the Ollama client raises in its place."""
-    causes = _causes(exc)
-    found = False
-    url: str | None = None
-    reason = ""
-    for cause in causes:
-        name, module = type(cause).__name__, type(cause).__module__.split(".")[0]
-        if name in ("ConnectError", "ConnectTimeout") and module.startswith("httpx"):
-            found = True
-            reason = "connection timed out" if "Timeout" in name else connect_reason(cause)
-        elif name == "APIConnectionError" or type(cause) in _BARE_CONNECTION_ERRORS:
-            found = True
-            reason = reason or connect_reason(cause)
-        if url is None:
-            with suppress(RuntimeError):  # httpx: an exception with no request attached
-                url = request_url(getattr(cause, "request", None))
-    return (url, reason.strip() or "connection failed") if found else None
-
-
-_CONTEXT = re.compile(
-    r"context (length|window)|maximum context|too long|exceeds the (maximum|context)|"
-    r"context_length_exceeded|token count .* exceeds",
-    re.IGNORECASE,
-)
-
-
-def translate_model_error(
-    exc: BaseException,
-    provider: str,
-    model: str,
-    env_var: str | None = None,
-    key_hint: str | None = None,
-) -> EslabonError | None:
-    """Map a provider failure to eslabon's hierarchy; None when it is not one we recognize.
-
-    LangChain's integrations raise ``langchain_core.exceptions`` subclasses (auth, not found,
-    context overflow, ...); Ollama and OpenAI-compatible servers may raise plain SDK errors, so
-    the HTTP status is the fallback. Messages are scrubbed of secrets.
-    """
-    if isinstance(exc, EslabonError):
-        return None
-    cause = exc.__cause__
-    for _ in range(8):  # ours, raised from within an integration that wrapped it in its own
-        if cause is None or isinstance(cause, EslabonError):
-            break
-        cause = cause.__cause__
-    if isinstance(cause, EslabonError):
-        return cause
-    from langchain_core import exceptions as lc
-
-    status = getattr(exc, "status_code", None)
-    if not isinstance(status, int):
-        status = getattr(exc, "code", None) if isinstance(getattr(exc, "code", None), int) else None
-    detail = redact(str(exc)).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    where = f"{provider}:{model}" if model else provider
-    key_hint = key_hint or (f"check {env_var}" if env_var else "check the key")
-    if (
-        isinstance(exc, lc.ModelAuthenticationError | lc.ModelPermissionDeniedError)
-        or status in (401, 403)
-        or "API key not valid" in detail
-        or "API_KEY_INVALID" in detail
-    ):
-        shown = f"HTTP {status}" if status else "invalid key"
-        return KeyRejectedError(
-            f"{provider} refused the API key ({shown}).\n    fix: {key_hint}; "
-            "the key is not shown here",
-            provider,
-            status,
-        )
-    if isinstance(exc, lc.ModelNotFoundError) or status == 404:
-        return ModelNotFoundError(
-            f"{provider} does not know the model '{model}' (HTTP 404).\n"
-            "    fix: check the model name (for Ollama: ollama pull MODEL)",
-            provider,
-            status,
-        )
-    if isinstance(exc, lc.ContextOverflowError) or (
-        status in (400, 413, None) and _CONTEXT.search(detail)
-    ):
-        return ContextLengthError(
-            f"the prompt does not fit the context window of {where}: {detail}\n"
-            "    fix: shorten the inputs, lower max_tokens, or use a model with a longer context",
-            provider,
-            status,
-        )
-    if isinstance(exc, lc.ModelRateLimitError) or status == 429:
-        return RateLimitedError(f"{where} is rate limiting (HTTP 429): {detail}", provider, 429)
-    if (failed := _failed_connection(exc)) is not None:
-        return connection_error(provider, where, *failed)
-    if isinstance(exc, json.JSONDecodeError):
-        return ProviderUnavailableError(
-            f"{where} sent a response that is not valid JSON: {detail}", provider, status
-        )
-    if isinstance(exc, lc.ModelAPIError | lc.ModelConnectionError | lc.ModelTimeoutError) or (
-        status is not None and status >= 500
-    ):
-        return ProviderUnavailableError(f"{where} failed: {detail}", provider, status)
-    return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -92,19 +93,27 @@ def load_example_file(
         raise ExampleFileError(
             f"examples file not found: {path}", "paths are relative to the chain file"
         )
-    text = _read(path)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-        return each(partial(_json_line, line, f"{path.name} line {n}") for n, line in lines)
-    if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        try:
-            return each(
-                partial(_pair, dict(r), f"{path.name} row {n}") for n, r in enumerate(reader, 2)
-            )
-        except csv.Error as exc:
-            raise ExampleFileError(f"{path.name}: not valid CSV: {exc}") from None
+    rows = _READERS[path.suffix.lower()](path, _read(path))
+    try:
+        return each(rows)
+    except csv.Error as exc:  # raised by the CSV reader as it reaches the bad line
+        raise ExampleFileError(f"{path.name}: not valid CSV: {exc}") from None
+
+
+Rows = Iterator[Callable[[], dict[str, str]]]  # each row read when called (errors per row)
+
+
+def _jsonl_rows(path: Path, text: str) -> Rows:
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return (partial(_json_line, line, f"{path.name} line {n}") for n, line in lines)
+
+
+def _csv_rows(path: Path, text: str) -> Rows:
+    reader = csv.DictReader(text.splitlines())
+    return (partial(_pair, dict(r), f"{path.name} row {n}") for n, r in enumerate(reader, 2))
+
+
+def _yaml_rows(path: Path, text: str) -> Rows:
     import yaml
 
     from eslabon.yamlsafe import YamlLimitError, load_bounded
@@ -120,7 +129,15 @@ def load_example_file(
         data = data["examples"]
     if not isinstance(data, list):
         raise ExampleFileError(f"{path.name}: expected a list of {{input, output}} mappings")
-    return each(partial(_pair, r, f"{path.name} item {n}") for n, r in enumerate(data, 1))
+    return (partial(_pair, r, f"{path.name} item {n}") for n, r in enumerate(data, 1))
+
+
+_READERS: dict[str, Callable[[Path, str], Rows]] = {
+    ".jsonl": _jsonl_rows,
+    ".csv": _csv_rows,
+    ".yaml": _yaml_rows,
+    ".yml": _yaml_rows,
+}
 
 
 def _json_line(line: str, where: str) -> dict[str, str]:

@@ -96,52 +96,73 @@ def _body(spec: Chain, p: str) -> list[str]:
     inputs = spec.input_names()
     steps = spec.normalized_steps()
     ids = [s.id for s in steps]
-    lines: list[str] = []
-    for name in inputs:
-        lines.append(f'    {p}in_{name}(["{_label(name)}"])')
+    lines = [f'    {p}in_{name}(["{_label(name)}"])' for name in inputs]
     if spec.retriever is not None:
         lines.append(f'    {p}retriever[("{_label(_retriever(spec.retriever))}")]')
-        query = spec.retriever.query or "{" + (inputs[0] if inputs else "") + "}"
-        for field in template_fields(query):
+        for field in template_fields(_query(spec.retriever, inputs)):
             if field in inputs:
                 lines.append(f"    {p}in_{field} -->|query| {p}retriever")
     for n, step in enumerate(steps):
-        model = step.model if step.model is not None else spec.model
-        details = [_model(model)]
-        if (examples := _examples(step, spec.base_dir)) is not None:
-            details.append(examples)
-        if step.tools:
-            names = ", ".join(t.rpartition(":")[2] for t in step.tools)
-            details.append(f"tools: {names}")
-        if step.output_schema is not None:
-            details.append(_schema(step.output_schema))
-        title = step.id if spec.steps else (spec.name or "prompt")
-        body = "<br/>".join(_label(d) for d in details)
         node = f"{p}step_{step.id}"
-        lines.append(f'    {node}["<b>{_label(title)}</b><br/>{body}"]')
+        lines.append(_step_node(spec, step, node))
         if step.retriever is not None:
-            own = f"{p}retriever_{step.id}"
-            lines.append(f'    {own}[("{_label(_retriever(step.retriever))}")]')
-            query = step.retriever.query or "{" + (inputs[0] if inputs else "") + "}"
-            for field in template_fields(query):
-                source = f"{p}in_{field}" if field in inputs else f"{p}step_{field}"
-                if field in inputs or field in ids[:n]:
-                    lines.append(f"    {source} -->|query| {own}")
-            lines.append(f"    {own} -.->|context| {node}")
-        used: list[str] = []
-        for template in (step.system, step.prompt):
-            for field in template_fields(template or ""):
-                if field not in used:
-                    used.append(field)
-        for field in used:
-            if field in inputs:
-                lines.append(f"    {p}in_{field} --> {node}")
-            elif field in ids[:n]:
-                lines.append(f"    {p}step_{field} -->|{_label(field)}| {node}")
-            elif field == "context" and spec.retriever is not None and step.retriever is None:
-                lines.append(f"    {p}retriever -.->|context| {node}")
+            lines += _step_retriever(step, node, inputs, ids[:n], p)
+        lines += _step_edges(spec, step, node, inputs, ids[:n], p)
     lines.append(f'    {p}out((("output")))')
     lines.append(f"    {p}step_{spec.output_step()} --> {p}out")
+    return lines
+
+
+def _query(retriever: Any, inputs: list[str]) -> str:
+    return str(retriever.query or "{" + (inputs[0] if inputs else "") + "}")
+
+
+def _step_node(spec: Chain, step: Any, node: str) -> str:
+    """A step's box: its title, model, examples, tools and output."""
+    model = step.model if step.model is not None else spec.model
+    details = [_model(model)]
+    if (examples := _examples(step, spec.base_dir)) is not None:
+        details.append(examples)
+    if step.tools:
+        details.append(f"tools: {', '.join(t.rpartition(':')[2] for t in step.tools)}")
+    if step.output_schema is not None:
+        details.append(_schema(step.output_schema))
+    title = step.id if spec.steps else (spec.name or "prompt")
+    body = "<br/>".join(_label(d) for d in details)
+    return f'    {node}["<b>{_label(title)}</b><br/>{body}"]'
+
+
+def _step_retriever(
+    step: Any, node: str, inputs: list[str], before: list[str], p: str
+) -> list[str]:
+    """A step's own retriever, what its query reads, and the context it gives the step."""
+    own = f"{p}retriever_{step.id}"
+    lines = [f'    {own}[("{_label(_retriever(step.retriever))}")]']
+    for field in template_fields(_query(step.retriever, inputs)):
+        if field in inputs or field in before:
+            source = f"{p}in_{field}" if field in inputs else f"{p}step_{field}"
+            lines.append(f"    {source} -->|query| {own}")
+    lines.append(f"    {own} -.->|context| {node}")
+    return lines
+
+
+def _step_edges(
+    spec: Chain, step: Any, node: str, inputs: list[str], before: list[str], p: str
+) -> list[str]:
+    """Edges into a step from the inputs, earlier steps and the chain's retriever it uses."""
+    used = dict.fromkeys(
+        field
+        for template in (step.system, step.prompt)
+        for field in template_fields(template or "")
+    )
+    lines = []
+    for field in used:
+        if field in inputs:
+            lines.append(f"    {p}in_{field} --> {node}")
+        elif field in before:
+            lines.append(f"    {p}step_{field} -->|{_label(field)}| {node}")
+        elif field == "context" and spec.retriever is not None and step.retriever is None:
+            lines.append(f"    {p}retriever -.->|context| {node}")
     return lines
 
 

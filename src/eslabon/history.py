@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 __all__ = [
     "ChainWithHistory",
+    "History",
     "MemoryChatHistory",
     "SQLiteChatHistory",
     "default_store",
@@ -214,3 +215,29 @@ def with_history(chain: Any, session_id: str, store: Any = None) -> ChainWithHis
         raise UserError(f"chain '{chain.name}' has no input to take the user's turn")
     main = next((n for n in inputs if chain.spec.input_default(n) is None), inputs[0])
     return ChainWithHistory(chain, session_history(session_id, store), main)
+
+
+class History:
+    """A step's view of the conversation: all of it, or the newest turns that fit a budget."""
+
+    __slots__ = ("count", "max_tokens")
+
+    def __init__(self, max_tokens: int | None, count: Callable[[list[BaseMessage]], int]) -> None:
+        self.max_tokens = max_tokens
+        self.count = count
+
+    def fit(self, history: Any) -> list[BaseMessage]:
+        from langchain_core.messages import convert_to_messages, trim_messages
+
+        messages = convert_to_messages(history)
+        if self.max_tokens is None:
+            return messages
+        # the system prompt and examples are outside the history: trimming never drops them
+        return trim_messages(
+            messages,
+            max_tokens=self.max_tokens,
+            token_counter=self.count,
+            strategy="last",
+            start_on="human",
+            allow_partial=False,
+        )

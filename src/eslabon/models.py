@@ -19,9 +19,6 @@ from eslabon.errors import (
     ModelError,
     Problem,
     UserError,
-    add_secret,
-    is_secret_setting,
-    redact,
 )
 from eslabon.modelspec import (
     PROVIDERS,
@@ -31,6 +28,7 @@ from eslabon.modelspec import (
     key_destination,
     parse_model_ref,
 )
+from eslabon.redaction import add_secret, is_secret_setting, redact
 from eslabon.spec import LOCAL_SETTINGS, MODEL_SETTINGS, PARAM_NAMES, provider_settings
 
 if TYPE_CHECKING:

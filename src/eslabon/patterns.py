@@ -72,46 +72,39 @@ def to_re2(pattern: str) -> str:
     while i < n:
         c = pattern[i]
         if c == "\\" and i + 1 < n:
-            nxt = pattern[i + 1]
-            if nxt == "u" and (m := _UNICODE_ESCAPE.match(pattern, i + 2)):
-                out.append("\\x{" + (m.group(1) or m.group(2)) + "}")
-                i = m.end()
-                continue
-            if nxt == "c" and i + 2 < n and pattern[i + 2].isascii() and pattern[i + 2].isalpha():
-                out.append(f"\\x{{{ord(pattern[i + 2]) % 32:02X}}}")
-                i += 3
-                continue
-            if nxt == "s":
-                out.append(_ECMA_SPACE if in_class else f"[{_ECMA_SPACE}]")
-                i += 2
-                if in_class and pattern.startswith("-", i):  # [\s-x]: a literal -, no range
-                    out.append("\\-")
-                    i += 1
-                continue
-            if nxt == "S" and not in_class:  # inside a class RE2's own \S has to do
-                out.append(f"[^{_ECMA_SPACE}]")
-                i += 2
-                continue
-            out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
+            text, i = _escape(pattern, i, in_class)
+        elif in_class:
             in_class = c != "]"
+            text, i = c, i + 1
         elif c == "[":
             in_class = True
-            if pattern.startswith("]", i + 1) or pattern.startswith("^]", i + 1):
-                # a leading ] is a literal in RE2 and Python; copy it so it does not close
-                skip = 2 if pattern[i + 1] == "]" else 3
-                out.append(pattern[i : i + skip])
-                i += skip
-                continue
-        elif c == ".":
-            out.append(_ECMA_DOT)
-            i += 1
-            continue
-        out.append(c)
-        i += 1
+            # a leading ] is a literal in RE2 and Python; copy it so it does not close
+            skip = (
+                2 if pattern.startswith("]", i + 1) else 3 if pattern.startswith("^]", i + 1) else 1
+            )
+            text, i = pattern[i : i + skip], i + skip
+        else:
+            text, i = (_ECMA_DOT if c == "." else c), i + 1
+        out.append(text)
     return "".join(out)
+
+
+def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
+    """The escape at ``pattern[i]`` (a backslash) in RE2's syntax, and where the next begins."""
+    nxt, n = pattern[i + 1], len(pattern)
+    if nxt == "u" and (m := _UNICODE_ESCAPE.match(pattern, i + 2)):
+        return "\\x{" + (m.group(1) or m.group(2)) + "}", m.end()
+    if nxt == "c" and i + 2 < n and pattern[i + 2].isascii() and pattern[i + 2].isalpha():
+        return f"\\x{{{ord(pattern[i + 2]) % 32:02X}}}", i + 3
+    if nxt == "s" and in_class:
+        if pattern.startswith("-", i + 2):  # [\s-x]: a literal -, no range
+            return _ECMA_SPACE + "\\-", i + 3
+        return _ECMA_SPACE, i + 2
+    if nxt == "s":
+        return f"[{_ECMA_SPACE}]", i + 2
+    if nxt == "S" and not in_class:  # inside a class RE2's own \S has to do
+        return f"[^{_ECMA_SPACE}]", i + 2
+    return pattern[i : i + 2], i + 2
 
 
 # as many as re2's own cache keeps: each compiled regex may grow to RE2's 8 MiB budget
@@ -370,6 +363,15 @@ def _evaluated_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
     """jsonschema's ``find_evaluated_property_keys_by_schema``, with RE2 for patternProperties."""
     if validator.is_type(schema, "boolean"):
         return []
+    return [
+        *_referenced_keys(validator, instance, schema),
+        *_own_keys(validator, instance, schema),
+        *_applied_keys(validator, instance, schema),
+        *_conditional_keys(validator, instance, schema),
+    ]
+
+
+def _referenced_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
     keys: list[str] = []
     for ref_keyword in ("$ref", "$dynamicRef"):
         if (ref := schema.get(ref_keyword)) is not None:
@@ -379,6 +381,11 @@ def _evaluated_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
                 instance,
                 resolved.contents,
             )
+    return keys
+
+
+def _own_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
+    keys: list[str] = []
     properties = schema.get("properties")
     if validator.is_type(properties, "object"):
         keys += properties.keys() & instance.keys()
@@ -387,6 +394,11 @@ def _evaluated_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
             keys += (k for k, v in instance.items() if _valid(validator.descend(v, subschema)))
     if "patternProperties" in schema:
         keys += (k for k in instance if _matches_a_pattern(schema, k))
+    return keys
+
+
+def _applied_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
+    keys: list[str] = []
     for name, subschema in schema.get("dependentSchemas", {}).items():
         if name in instance:
             keys += _evaluated_keys(validator, instance, subschema)
@@ -394,14 +406,22 @@ def _evaluated_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
         for subschema in schema.get(keyword, []):
             if _valid(validator.descend(instance, subschema)):
                 keys += _evaluated_keys(validator, instance, subschema)
-    if "if" in schema:
-        if validator.evolve(schema=schema["if"]).is_valid(instance):
-            keys += _evaluated_keys(validator, instance, schema["if"])
-            if "then" in schema:
-                keys += _evaluated_keys(validator, instance, schema["then"])
-        elif "else" in schema:
-            keys += _evaluated_keys(validator, instance, schema["else"])
     return keys
+
+
+def _conditional_keys(validator: Any, instance: Any, schema: Any) -> list[str]:
+    if "if" not in schema:
+        return []
+    if validator.evolve(schema=schema["if"]).is_valid(instance):
+        keys = _evaluated_keys(validator, instance, schema["if"])
+        return (
+            keys + _evaluated_keys(validator, instance, schema["then"])
+            if "then" in schema
+            else keys
+        )
+    if "else" in schema:
+        return _evaluated_keys(validator, instance, schema["else"])
+    return []
 
 
 def _unevaluated_properties(validator: Any, uneval: Any, instance: Any, schema: Any) -> Any:

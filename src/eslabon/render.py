@@ -23,10 +23,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from eslabon.compile import step_label, step_prompt
-from eslabon.errors import EslabonError, UserError, redact
+from eslabon.checks import check_spec
+from eslabon.compile import step_prompt
+from eslabon.errors import EslabonError, UserError
 from eslabon.models import build_from_spec, parse_or_raise, resolve_model_ref
 from eslabon.modelspec import PROVIDER_SYNONYMS, ModelRefError, ModelSpec, parse_model_ref
+from eslabon.redaction import redact
+from eslabon.runtime import step_label
 from eslabon.spec import Chain
 from eslabon.suggest import did_you_mean
 
@@ -161,17 +164,10 @@ def render_requests(
         return _render(spec, provider, inputs, step_id, allow_imports)
 
 
-def _render(
-    spec: Chain,
-    provider: str | None,
-    inputs: dict[str, str] | None,
-    step_id: str | None,
-    allow_imports: list[str] | None,
-) -> list[dict[str, Any]]:
-    target, target_model = _target(provider)
-    spec.check()
-    steps = spec.normalized_steps()
-    ids = [s.id for s in steps]
+def _check_names(
+    spec: Chain, step_id: str | None, ids: list[str], inputs: dict[str, str] | None
+) -> None:
+    """Refuse a ``--step`` or ``-i`` name the chain does not have, with a suggestion."""
     if step_id is not None and step_id not in ids:
         hint = did_you_mean(step_id, ids)
         raise UserError(
@@ -187,6 +183,20 @@ def _render(
             + (f" ({hint})" if hint else "")
             + f"; it takes: {', '.join(spec.input_names()) or 'no inputs'}"
         )
+
+
+def _render(
+    spec: Chain,
+    provider: str | None,
+    inputs: dict[str, str] | None,
+    step_id: str | None,
+    allow_imports: list[str] | None,
+) -> list[dict[str, Any]]:
+    target, target_model = _target(provider)
+    check_spec(spec)
+    steps = spec.normalized_steps()
+    ids = [s.id for s in steps]
+    _check_names(spec, step_id, ids, inputs)
     given: dict[str, Any] = {
         n: d for n in spec.input_names() if (d := spec.input_default(n)) is not None
     }
@@ -404,11 +414,11 @@ class _Contexts:
         return None
 
     def _search(self, retriever: Any, query: str, step: str | None) -> str:
-        from eslabon.compile import Retrieval
         from eslabon.imports import allowed_imports
         from eslabon.project import load_project
         from eslabon.retrieval import build_embeddings, build_retriever
         from eslabon.runcore import run
+        from eslabon.runtime import Retrieval
 
         spec = self.spec
         embeddings = build_embeddings(

@@ -263,7 +263,7 @@ class ProviderEmbeddings(Embeddings):
         try:
             yield
         except Exception as exc:
-            from eslabon.errors import translate_model_error
+            from eslabon.provider_errors import translate_model_error
 
             mapped = translate_model_error(exc, self.provider, self.name)
             if mapped is None:
@@ -312,67 +312,84 @@ def build_retriever(
     """The retriever a chain file's ``retriever:`` mapping describes. Index folders resolve
     against ``project_root`` and must lie in the chain's folder (``chain_dir``), the project
     or an allowed folder (:mod:`eslabon.paths`)."""
+    if spec.type not in RETRIEVER_TYPES:  # registered, installed, or type: python
+        return _custom(spec, allow_imports or [])
+    return _BUILDERS[spec.type](spec, embeddings, project_root, chain_dir or project_root)
+
+
+def _static(spec: Any, embeddings: Embeddings, root: Path, chain_dir: Path) -> BaseRetriever:
+    return StaticRetriever(documents=_documents(spec.documents), k=spec.k)
+
+
+def _memory(spec: Any, embeddings: Embeddings, root: Path, chain_dir: Path) -> BaseRetriever:
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    store = InMemoryVectorStore(embeddings)
+    store.add_documents(_documents(spec.documents))
+    return ScoredVectorStoreRetriever(vectorstore=store, k=spec.k)
+
+
+def _bm25(spec: Any, embeddings: Embeddings, root: Path, chain_dir: Path) -> BaseRetriever:
+    try:
+        import rank_bm25  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("The 'bm25' retriever", "rag", "rank-bm25") from None
+    return KeywordRetriever(documents=_documents(spec.documents), k=spec.k)
+
+
+def _chroma(spec: Any, embeddings: Embeddings, root: Path, chain_dir: Path) -> BaseRetriever:
     from eslabon.paths import confine
 
-    kind = spec.type
-    if kind not in RETRIEVER_TYPES:  # registered, installed, or type: python
-        return _custom(spec, allow_imports or [])
-    if kind == "static":
-        return StaticRetriever(documents=_documents(spec.documents), k=spec.k)
-    if kind == "memory":
-        from langchain_core.vectorstores import InMemoryVectorStore
+    path = spec.path
+    if path is not None and not spec.host:
+        path = str(confine(path, chain_dir, "chroma path", root))
+    credentials = False
+    if spec.host:
+        from eslabon.allow import current_allow
 
-        store = InMemoryVectorStore(embeddings)
-        store.add_documents(_documents(spec.documents))
-        return ScoredVectorStoreRetriever(vectorstore=store, k=spec.k)
-    if kind == "bm25":
-        try:
-            import rank_bm25  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("The 'bm25' retriever", "rag", "rank-bm25") from None
-        return KeywordRetriever(documents=_documents(spec.documents), k=spec.k)
-    if kind == "chroma":
-        path = spec.path
-        if path is not None and not spec.host:
-            path = str(confine(path, chain_dir or project_root, "chroma path", project_root))
-        credentials = False
-        if spec.host:
-            from eslabon.allow import current_allow
+        # Chroma reads auth settings from the environment: only for a host the user approved
+        credentials = current_allow().endpoint_grant(f"{spec.host}:{spec.port}") is not None
+    store = chroma_store(
+        spec.collection,
+        embeddings,
+        path,
+        spec.host,
+        spec.port,
+        root,
+        credentials=credentials,
+        create=False,  # a chain reads an index; it never creates one (an empty one)
+    )
+    return ChromaRetriever(vectorstore=store, k=spec.k)
 
-            # Chroma reads auth settings from the environment: only for a host the user approved
-            credentials = current_allow().endpoint_grant(f"{spec.host}:{spec.port}") is not None
-        return ChromaRetriever(
-            vectorstore=chroma_store(
-                spec.collection,
-                embeddings,
-                path,
-                spec.host,
-                spec.port,
-                project_root,
-                credentials=credentials,
-                create=False,  # a chain reads an index; it never creates one (an empty one)
-            ),
-            k=spec.k,
+
+def _llamaindex(spec: Any, embeddings: Embeddings, root: Path, chain_dir: Path) -> BaseRetriever:
+    from eslabon.llamaindex import load_persisted
+    from eslabon.paths import confine
+
+    folder = confine(spec.path, chain_dir, "llamaindex path", root)
+    if not (folder / "docstore.json").is_file():
+        raise IndexNotFoundError(
+            f"llamaindex retriever: no llama-index index at {folder}, so the chain would "
+            "search nothing\n    fix: persist one there (index.storage_context.persist(PATH))"
+            + _relative_note(spec.path, root)
         )
-    if kind == "llamaindex":
-        from eslabon.llamaindex import load_persisted
+    built = load_persisted(str(folder), embeddings, spec.k)
+    struct = getattr(getattr(built.retriever, "_index", None), "index_struct", None)
+    if getattr(struct, "nodes_dict", None) == {}:
+        raise IndexNotFoundError(
+            f"llamaindex retriever: the index at {folder} holds no documents, so the chain "
+            "would search nothing\n    fix: build it from your documents and persist it again"
+        )
+    return built
 
-        folder = confine(spec.path, chain_dir or project_root, "llamaindex path", project_root)
-        if not (folder / "docstore.json").is_file():
-            raise IndexNotFoundError(
-                f"llamaindex retriever: no llama-index index at {folder}, so the chain would "
-                "search nothing\n    fix: persist one there (index.storage_context.persist(PATH))"
-                + _relative_note(spec.path, project_root)
-            )
-        built = load_persisted(str(folder), embeddings, spec.k)
-        struct = getattr(getattr(built.retriever, "_index", None), "index_struct", None)
-        if getattr(struct, "nodes_dict", None) == {}:
-            raise IndexNotFoundError(
-                f"llamaindex retriever: the index at {folder} holds no documents, so the chain "
-                "would search nothing\n    fix: build it from your documents and persist it again"
-            )
-        return built
-    raise AssertionError(f"unhandled retriever type {kind!r}")
+
+_BUILDERS = {
+    "static": _static,
+    "memory": _memory,
+    "bm25": _bm25,
+    "chroma": _chroma,
+    "llamaindex": _llamaindex,
+}
 
 
 def _custom(spec: Any, allow_imports: list[str]) -> BaseRetriever:
@@ -532,31 +549,10 @@ def chroma_store(
     is created. ``rebuild``: the collection is emptied first. A collection that holds vectors
     of other embeddings raises :class:`EmbeddingsMismatchError`."""
     try:
-        import chromadb
         from langchain_chroma import Chroma
     except ImportError:
         raise MissingDependencyError("The 'chroma' retriever", "rag", "langchain-chroma") from None
-    from chromadb.config import Settings
-
-    settings = Settings(anonymized_telemetry=False)
-    if not credentials:
-        settings = Settings(
-            anonymized_telemetry=False,
-            chroma_client_auth_provider=None,
-            chroma_client_auth_credentials=None,
-            chroma_auth_token_transport_header=None,
-            chroma_server_headers=None,
-        )
-    if host:
-        client = chromadb.HttpClient(host=host, port=port, settings=settings)
-    else:
-        folder = Path(path or DEFAULT_STORE).expanduser()
-        if not folder.is_absolute():
-            folder = project_root / folder
-        if not create and not (folder / "chroma.sqlite3").is_file():  # the client would make it
-            problem = f"no index at {folder} (nothing was indexed there)"
-            raise _not_indexed(collection, problem, path, host, port, project_root)
-        client = chromadb.PersistentClient(path=str(folder), settings=settings)
+    client = _chroma_client(collection, path, host, port, project_root, credentials, create)
     import chromadb.errors
 
     ours = embeddings_id(embeddings)
@@ -565,20 +561,7 @@ def chroma_store(
         with suppress(missing, ValueError):
             client.delete_collection(collection)
     if not create:
-        try:
-            found = client.get_collection(collection)
-        except (missing, ValueError):
-            from eslabon.suggest import did_you_mean
-
-            names = sorted(getattr(c, "name", str(c)) for c in client.list_collections())
-            where = f"{host}:{port}" if host else str(folder)
-            held = f" (collections there: {', '.join(names)})" if names else " (none there)"
-            guess = did_you_mean(collection, names)
-            problem = f"no such collection at {where}{held}" + (f"; {guess}" if guess else "")
-            raise _not_indexed(collection, problem, path, host, port, project_root) from None
-        if found.count() == 0:
-            problem = f"it is empty (at {f'{host}:{port}' if host else folder})"
-            raise _not_indexed(collection, problem, path, host, port, project_root)
+        _check_indexed(client, collection, path, host, port, project_root, missing)
     # cosine distance: eslabon's embeddings are normalized, and L2 would rank empty texts well
     store = Chroma(
         collection_name=collection,
@@ -592,6 +575,68 @@ def chroma_store(
     if stored is not None and stored != ours and chroma._collection.count() > 0:
         raise _mismatch(collection, stored, ours)
     return store
+
+
+def _chroma_client(
+    collection: str,
+    path: str | None,
+    host: str | None,
+    port: int,
+    project_root: Path,
+    credentials: bool,
+    create: bool,
+) -> Any:
+    """A Chroma client for the server at ``host:port``, or the folder ``path`` (relative to the
+    project root); with ``create=False``, a folder never indexed is an error, not a new store."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if not credentials:
+        settings = Settings(
+            anonymized_telemetry=False,
+            chroma_client_auth_provider=None,
+            chroma_client_auth_credentials=None,
+            chroma_auth_token_transport_header=None,
+            chroma_server_headers=None,
+        )
+    if host:
+        return chromadb.HttpClient(host=host, port=port, settings=settings)
+    folder = _store_folder(path, project_root)
+    if not create and not (folder / "chroma.sqlite3").is_file():  # the client would make it
+        problem = f"no index at {folder} (nothing was indexed there)"
+        raise _not_indexed(collection, problem, path, host, port, project_root)
+    return chromadb.PersistentClient(path=str(folder), settings=settings)
+
+
+def _store_folder(path: str | None, project_root: Path) -> Path:
+    folder = Path(path or DEFAULT_STORE).expanduser()
+    return folder if folder.is_absolute() else project_root / folder
+
+
+def _check_indexed(
+    client: Any,
+    collection: str,
+    path: str | None,
+    host: str | None,
+    port: int,
+    project_root: Path,
+    missing: type[Exception],
+) -> None:
+    """Raise :class:`IndexNotFoundError` unless ``collection`` exists and holds documents."""
+    where = f"{host}:{port}" if host else str(_store_folder(path, project_root))
+    try:
+        found = client.get_collection(collection)
+    except (missing, ValueError):
+        from eslabon.suggest import did_you_mean
+
+        names = sorted(getattr(c, "name", str(c)) for c in client.list_collections())
+        held = f" (collections there: {', '.join(names)})" if names else " (none there)"
+        guess = did_you_mean(collection, names)
+        problem = f"no such collection at {where}{held}" + (f"; {guess}" if guess else "")
+        raise _not_indexed(collection, problem, path, host, port, project_root) from None
+    if found.count() == 0:
+        raise _not_indexed(collection, f"it is empty (at {where})", path, host, port, project_root)
 
 
 def format_context(docs: list[Document]) -> str:

@@ -1,15 +1,20 @@
 """The chain file format (version 1) as pydantic models.
 
 This module imports pydantic and nothing heavy: ``eslabon validate`` and ``eslabon schema``
-use it without loading LangChain or any provider SDK.
+use it without loading LangChain or any provider SDK. It is the bottom of the format: of eslabon
+it imports only the words of its errors (:mod:`eslabon.errors`, :mod:`eslabon.schema_errors`);
+loading (:mod:`eslabon.loader`), checking (:mod:`eslabon.checks`) and compiling live above it
+(docs/architecture.md). The lists of keys the checks use are read from the models below.
 """
 
 from __future__ import annotations
 
 import json
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +28,9 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
+
+from eslabon.errors import ChainConfigError
+from eslabon.schema_errors import problems_from_validation
 
 __all__ = [
     "SCHEMA_URL_COMMENT",
@@ -43,6 +51,25 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 SCHEMA_URL_COMMENT = "# yaml-language-server: $schema=../docs/chain.schema.json"
 SELECTOR_TYPES = ("all", "length", "ngram", "semantic", "mmr")
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What a field is for, in its ``Annotated`` metadata: the key lists below and eslabon's
+    checks read it (pydantic ignores it, and the JSON Schema does not show it)."""
+
+    name: str
+
+
+TEMPLATE = Marker("template")  # a {name} template, checked against the names in scope
+NETWORK = Marker("network")  # a model setting of providers reached over the network
+LOCAL = Marker("local")  # a model setting of in-process models (local, llamacpp)
+FAKE = Marker("fake")  # a setting of the fake provider
+
+
+def marked(model: type[BaseModel], marker: Marker) -> tuple[str, ...]:
+    """The fields of ``model`` that carry ``marker``, in the order they are declared."""
+    return tuple(k for k, f in model.model_fields.items() if marker in f.metadata)
 
 
 class _Strict(BaseModel):
@@ -77,8 +104,6 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def _http_url(value: str) -> str:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -104,51 +129,62 @@ class ModelMapping(Params):
     proxies, clients, ...) belong in an alias in the user's own eslabon.toml.
     """
 
+    unknown_key_hint: ClassVar[str] = (
+        "other settings of the model's class can only be given in an alias in your eslabon.toml "
+        "(a chain file cannot change how eslabon connects)"
+    )
+
     provider: str = Field(description="Provider, e.g. openai, google_genai, local, llamacpp, fake.")
     name: str | None = Field(None, description="Model name (a GGUF path for llamacpp).")
-    base_url: HttpUrl | None = Field(
+    # Each setting is marked with the providers that take it (provider_settings below).
+    base_url: Annotated[HttpUrl | None, NETWORK] = Field(
         None,
         description="An OpenAI-compatible (or Ollama, ...) server. Keys go there only if the "
         "user approves it (--allow-endpoint, [allow] endpoints).",
     )
-    base_urls: list[HttpUrl] | None = Field(
+    base_urls: Annotated[list[HttpUrl] | None, NETWORK] = Field(
         None, min_length=1, max_length=64, description="Several servers of one model (a pool)."
     )
-    per_endpoint_concurrency: int | None = Field(None, ge=1, le=1024)
-    api_key_env: str | None = Field(
+    per_endpoint_concurrency: Annotated[int | None, NETWORK] = Field(None, ge=1, le=1024)
+    api_key_env: Annotated[str | None, NETWORK] = Field(
         None,
         pattern=ENV_NAME_PATTERN,
         description="Environment variable holding the key; the user must approve sending it "
         "to this host ([allow] keys).",
     )
-    api_key: str | None = Field(
+    api_key: Annotated[str | None, NETWORK] = Field(
         None, description="A literal key: discouraged (validate warns); use api_key_env."
     )
-    timeout: float | None = Field(None, gt=0, le=3600, description="Seconds per request.")
-    max_retries: int | None = Field(None, ge=0, le=20, description="The SDK's own retries.")
-    structured_method: Literal["json_schema", "function_calling", "json_mode"] | None = None
-    extra_body: dict[str, Any] | None = Field(
+    timeout: Annotated[float | None, NETWORK] = Field(
+        None, gt=0, le=3600, description="Seconds per request."
+    )
+    max_retries: Annotated[int | None, NETWORK] = Field(
+        None, ge=0, le=20, description="The SDK's own retries."
+    )
+    structured_method: Annotated[
+        Literal["json_schema", "function_calling", "json_mode"] | None, NETWORK
+    ] = None
+    extra_body: Annotated[dict[str, Any] | None, NETWORK] = Field(
         None, description="Extra JSON fields for OpenAI-compatible servers."
     )
-    responses: list[str] | None = Field(None, description="fake provider: the replies, in turn.")
-    n_ctx: int | None = Field(None, gt=0, le=1_048_576, description="local/llamacpp context.")
-    n_threads: int | None = Field(None, ge=1, le=1024, description="local/llamacpp threads.")
-    repeat_penalty: float | None = Field(None, gt=0, le=10, description="local/llamacpp.")
+    responses: Annotated[list[str] | None, FAKE] = Field(
+        None, description="fake provider: the replies, in turn."
+    )
+    n_ctx: Annotated[int | None, LOCAL] = Field(
+        None, gt=0, le=1_048_576, description="local/llamacpp context."
+    )
+    n_threads: Annotated[int | None, LOCAL] = Field(
+        None, ge=1, le=1024, description="local/llamacpp threads."
+    )
+    repeat_penalty: Annotated[float | None, LOCAL] = Field(
+        None, gt=0, le=10, description="local/llamacpp."
+    )
 
 
 # What each provider family accepts from the settings above (checked with file and line).
-LOCAL_SETTINGS = ("n_ctx", "n_threads", "repeat_penalty")
-NETWORK_SETTINGS = (
-    "base_url",
-    "base_urls",
-    "per_endpoint_concurrency",
-    "api_key_env",
-    "api_key",
-    "timeout",
-    "max_retries",
-    "structured_method",
-    "extra_body",
-)
+LOCAL_SETTINGS = marked(ModelMapping, LOCAL)
+NETWORK_SETTINGS = marked(ModelMapping, NETWORK)
+FAKE_SETTINGS = marked(ModelMapping, FAKE)
 MODEL_SETTINGS = tuple(
     k for k in ModelMapping.model_fields if k not in PARAM_NAMES and k not in ("provider", "name")
 )
@@ -159,7 +195,7 @@ def provider_settings(provider: str) -> tuple[str, ...]:
     if provider in ("local", "llamacpp", "llama_cpp", "llama.cpp"):
         return LOCAL_SETTINGS
     if provider == "fake":
-        return ("responses",)
+        return FAKE_SETTINGS
     return NETWORK_SETTINGS
 
 
@@ -302,7 +338,7 @@ DocumentRef = Annotated[
 
 class _RetrieverBase(_Strict):
     k: int = Field(4, gt=0, description="How many documents to retrieve.")
-    query: str | None = Field(
+    query: Annotated[str | None, TEMPLATE] = Field(
         None, description="Template for the search query (default: the first input)."
     )
 
@@ -411,7 +447,9 @@ class HistorySpec(_Strict):
     )
 
 
-class _Prompted(_Strict):
+class _ChainWide(_Strict):
+    """Keys a chain gives all its steps, and a step may give itself instead."""
+
     model: ModelRef | None = None
     params: Params | None = None
     retry: Retry | None = Field(None, description="Retries for this model's transient failures.")
@@ -421,7 +459,13 @@ class _Prompted(_Strict):
     retriever: RetrieverRef | None = Field(
         None, description="Documents to retrieve; prompts use them as {context}."
     )
-    system: str | None = Field(None, description="System message template.")
+
+
+class _Prompted(_ChainWide):
+    """Keys of one call's messages and answer: at the top level, with ``prompt``, they are the
+    single-step shorthand (:data:`SHORTHAND_KEYS`)."""
+
+    system: Annotated[str | None, TEMPLATE] = Field(None, description="System message template.")
     examples: list[ExampleRef] | None = Field(None, description="Few-shot examples.")
     selector: Selector | None = Field(None, description="How examples are chosen (default: all).")
     output_schema: OutputSchemaRef | None = Field(
@@ -449,10 +493,10 @@ class Step(_Prompted):
 
     id: Name
     description: str | None = None
-    prompt: str = Field(description="User message template.")
+    prompt: Annotated[str, TEMPLATE] = Field(description="User message template.")
 
     def __init__(self, **data: Any) -> None:
-        _init_or_raise(super().__init__, data)
+        _init_or_raise(type(self), super().__init__, data)
 
 
 class Chain(_Prompted):
@@ -462,7 +506,9 @@ class Chain(_Prompted):
     name: str | None = None
     description: str | None = None
     inputs: dict[Name, InputRef] = Field(default_factory=dict)
-    prompt: str | None = Field(None, description="Single-step shorthand: user message template.")
+    prompt: Annotated[str | None, TEMPLATE] = Field(
+        None, description="Single-step shorthand: user message template."
+    )
     steps: list[Step] | None = Field(None, max_length=100)
     output: Name | None = Field(None, description="Step whose text is the result (default: last).")
     embeddings: str | None = Field(
@@ -474,7 +520,7 @@ class Chain(_Prompted):
     _warnings: list[Any] = PrivateAttr(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
-        _init_or_raise(super().__init__, data)
+        _init_or_raise(type(self), super().__init__, data)
 
     # -- files --------------------------------------------------------------------------
     @property
@@ -491,15 +537,6 @@ class Chain(_Prompted):
     def base_dir(self) -> Path:
         """Folder that relative paths (example files, GGUF paths) are resolved against."""
         return self._source.parent if self._source else Path.cwd()
-
-    @classmethod
-    def from_yaml(cls, source: str | Path) -> Chain:
-        """Load and validate a chain from a file path, or from YAML text."""
-        from eslabon.loader import load_spec, load_spec_text
-
-        if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
-            return load_spec(source)
-        return load_spec_text(source)
 
     def to_data(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
@@ -536,57 +573,29 @@ class Chain(_Prompted):
         """The steps to run; the single-step shorthand becomes one step with id ``output``."""
         if self.steps is not None:
             return list(self.steps)
-        return [
-            Step.model_construct(
-                id="output",
-                prompt=self.prompt or "",
-                system=self.system,
-                examples=self.examples,
-                selector=self.selector,
-                model=None,
-                params=None,
-                retry=None,
-                fallbacks=None,
-                retriever=None,
-                description=None,
-                output_schema=self.output_schema,
-                tools=self.tools,
-                max_tool_calls=self.max_tool_calls,
-                history=self.history,
-            )
-        ]
+        # the chain-wide keys stay the chain's (compile reads them there), the shorthand's move
+        values: dict[str, Any] = {"id": "output", "description": None}
+        values |= dict.fromkeys(CHAIN_WIDE_KEYS)
+        values |= {k: getattr(self, k) for k in SHORTHAND_KEYS}
+        values["prompt"] = self.prompt or ""
+        return [Step.model_construct(**values)]
 
     def output_step(self) -> str:
         steps = self.normalized_steps()
         return self.output or steps[-1].id
 
-    def problems(self) -> list[Any]:
-        """Every semantic problem (templates, ids, files, providers); empty when valid."""
-        from eslabon.checks import check_chain_data
 
-        file = self._file or str(self._source or "<chain>")
-        return check_chain_data(self.to_data(), self.base_dir, file=file)
-
-    def check(self) -> None:
-        """Raise ``ChainConfigError`` with every problem :meth:`problems` finds, if any."""
-        problems = self.problems()
-        if any(not p.warning for p in problems):
-            from eslabon.errors import ChainConfigError
-
-            raise ChainConfigError(problems)
-
-    def compile(self, model: Any = None, allow_imports: list[str] | None = None) -> Any:
-        """Compile into a LangChain Runnable (see :func:`eslabon.compile.compile_chain`)."""
-        from eslabon.compile import compile_chain
-
-        return compile_chain(self, model=model, allow_imports=allow_imports)
+# Keys derived from the models above, for the checks (and the shorthand's one step).
+CHAIN_WIDE_KEYS = tuple(_ChainWide.model_fields)  # a chain's defaults for all its steps
+SHORTHAND_KEYS = ("prompt", *(k for k in _Prompted.model_fields if k not in CHAIN_WIDE_KEYS))
+TEMPLATE_KEYS = marked(Step, TEMPLATE)  # a step's templates, in the order they are checked
 
 
 # Set while pydantic validates: nested models (and the loader) must let ValidationError through.
 _VALIDATING: ContextVar[bool] = ContextVar("eslabon_validating", default=False)
 
 
-def _init_or_raise(init: Any, data: dict[str, Any]) -> None:
+def _init_or_raise(model: type[BaseModel], init: Any, data: dict[str, Any]) -> None:
     # Building a spec in code raises the same ChainConfigError as a file would. Pydantic calls a
     # custom __init__ for nested models too, so only the outermost call converts the error.
     if _VALIDATING.get():
@@ -596,10 +605,7 @@ def _init_or_raise(init: Any, data: dict[str, Any]) -> None:
     try:
         init(**data)
     except ValidationError as exc:
-        from eslabon.errors import ChainConfigError
-        from eslabon.loader import problems_from_validation
-
-        raise ChainConfigError(problems_from_validation(exc, data, None, None)) from None
+        raise ChainConfigError(problems_from_validation(exc, data, model)) from None
     finally:
         _VALIDATING.reset(token)
 

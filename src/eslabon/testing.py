@@ -80,6 +80,7 @@ class RetrieverConformance:
         assert seen.starts == [self.query]
 
     def test_works_in_a_chain_file(self) -> None:
+        from eslabon.compile import compile_chain
         from eslabon.fake import FakeChatModel
         from eslabon.loader import load_spec_text
         from eslabon.registry import register_retriever
@@ -90,7 +91,7 @@ class RetrieverConformance:
             f"inputs: {{q: x}}\nretriever: {{type: {name}, k: 1}}\nprompt: '{{context}}'\n"
         )
         model = FakeChatModel(responses=["ok"])
-        result = spec.compile(model=model).invoke({"q": self.query})
+        result = compile_chain(spec, model=model).invoke({"q": self.query})
         [doc] = result["documents"]
         assert doc["source"] and doc["content"]
         assert model.calls[0][-1].text.startswith(f"[1] (source: {doc['source']})")

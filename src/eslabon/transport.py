@@ -17,12 +17,8 @@ from typing import Any
 
 import httpx
 
-from eslabon.errors import (
-    ProviderConnectionError,
-    connect_reason,
-    connection_error,
-    request_url,
-)
+from eslabon.errors import ProviderConnectionError
+from eslabon.provider_errors import connect_reason, connection_error, request_url
 
 __all__ = ["CONNECT_TIMEOUT", "FastFailTransport"]
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eslabon.errors import EslabonError, UserError, redact
+from eslabon.errors import EslabonError, UserError
+from eslabon.redaction import redact
 
 __all__ = ["MAX_FIELDS", "MAX_STEPS", "build_app", "chain_files", "model_choices", "run_chain"]
 
@@ -83,11 +84,12 @@ class Form:
 
 
 def form_for(path: Path) -> Form:
+    from eslabon.checks import check_spec
     from eslabon.loader import load_spec
 
     try:
         spec = load_spec(path)
-        spec.check()
+        check_spec(spec)
     except Exception as exc:
         return Form(error=message(exc))
     from eslabon.graph import mermaid
@@ -195,6 +197,54 @@ def _tools_markdown(calls: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _form_updates(gr: Any, form: Form) -> list[Any]:
+    """The page's updates for ``form``: description, error, picture, fields, panels, steps."""
+    updates: list[Any] = [
+        gr.update(value=form.description),
+        gr.update(value=form.error, visible=bool(form.error)),
+        gr.update(value=form.picture),
+    ]
+    for n in range(MAX_FIELDS):
+        if n < len(form.inputs):
+            _, label, default = form.inputs[n]
+            updates.append(gr.update(label=label, value=default, visible=True))
+        else:
+            updates.append(gr.update(value="", visible=False))
+    for n in range(MAX_STEPS):
+        if n < len(form.steps):
+            updates.append(gr.update(label=form.steps[n], value="", visible=True))
+        else:
+            updates.append(gr.update(value="", visible=False))
+    updates.append(gr.update(choices=form.steps, value=form.steps[-1] if form.steps else None))
+    return updates
+
+
+def _input_boxes(gr: Any, first: Form) -> list[Any]:
+    """One text box per possible input, those of the first chain shown."""
+    boxes = []
+    for n in range(MAX_FIELDS):
+        shown = n < len(first.inputs)
+        label, default = (first.inputs[n][1], first.inputs[n][2]) if shown else ("", "")
+        boxes.append(
+            gr.Textbox(label=label, value=default, visible=shown, lines=2, elem_id=f"input-{n}")
+        )
+    return boxes
+
+
+def _step_panels(gr: Any, first: Form) -> list[Any]:
+    """One read-only panel per possible step, those of the first chain shown."""
+    return [
+        gr.Textbox(
+            label=first.steps[n] if n < len(first.steps) else "",
+            visible=n < len(first.steps),
+            lines=4,
+            interactive=False,
+            elem_id=f"step-{n}",
+        )
+        for n in range(MAX_STEPS)
+    ]
+
+
 def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
     """The Gradio Blocks app for the chains at ``target``."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
@@ -209,26 +259,6 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
     names = [str(p) for p in files]
     labels = [(p.name if target.is_dir() else str(p), str(p)) for p in files]
     first = form_for(files[0]) if files else Form(error=f"no chain files in {target}")
-
-    def form_updates(form: Form) -> list[Any]:
-        updates: list[Any] = [
-            gr.update(value=form.description),
-            gr.update(value=form.error, visible=bool(form.error)),
-            gr.update(value=form.picture),
-        ]
-        for n in range(MAX_FIELDS):
-            if n < len(form.inputs):
-                _, label, default = form.inputs[n]
-                updates.append(gr.update(label=label, value=default, visible=True))
-            else:
-                updates.append(gr.update(value="", visible=False))
-        for n in range(MAX_STEPS):
-            if n < len(form.steps):
-                updates.append(gr.update(label=form.steps[n], value="", visible=True))
-            else:
-                updates.append(gr.update(value="", visible=False))
-        updates.append(gr.update(choices=form.steps, value=form.steps[-1] if form.steps else None))
-        return updates
 
     with gr.Blocks(title="eslabon") as app:
         gr.Markdown("# eslabon\nPick a chain, fill its inputs, run it.")
@@ -247,26 +277,9 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         error_box = gr.Markdown(first.error, visible=bool(first.error), elem_id="error")
         with gr.Accordion("Pipeline", open=False):
             picture = gr.Markdown(first.picture, elem_id="picture")
-        fields = []
-        for n in range(MAX_FIELDS):
-            shown = n < len(first.inputs)
-            label, default = (first.inputs[n][1], first.inputs[n][2]) if shown else ("", "")
-            fields.append(
-                gr.Textbox(label=label, value=default, visible=shown, lines=2, elem_id=f"input-{n}")
-            )
+        fields = _input_boxes(gr, first)
         run_button = gr.Button("Run", variant="primary", elem_id="run")
-        panels = []
-        for n in range(MAX_STEPS):
-            shown = n < len(first.steps)
-            panels.append(
-                gr.Textbox(
-                    label=first.steps[n] if shown else "",
-                    visible=shown,
-                    lines=4,
-                    interactive=False,
-                    elem_id=f"step-{n}",
-                )
-            )
+        panels = _step_panels(gr, first)
         documents = gr.Markdown(elem_id="documents")
         tools = gr.Markdown(elem_id="tool-calls")
         structured = gr.JSON(label="Structured output", visible=False, elem_id="structured")
@@ -288,7 +301,7 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         form_outputs = [description, error_box, picture, *fields, *panels, step_box]
 
         def pick(name: str) -> list[Any]:
-            return form_updates(form_for(Path(name)))
+            return _form_updates(gr, form_for(Path(name)))
 
         chain_box.change(pick, inputs=chain_box, outputs=form_outputs)
 

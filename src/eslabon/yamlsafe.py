@@ -40,6 +40,11 @@ class YamlLimitError(ValueError):
         self.line = line
         self.col = col
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle (a process pool, Ray) calls the class with args, which hold the message alone;
+        # the state keeps notes (add_note) too
+        return (type(self), (self.message, self.hint, self.line, self.col), self.__dict__)
+
 
 def _check_size(text: str, max_bytes: int) -> None:
     size = len(text.encode("utf-8"))
