@@ -39,7 +39,7 @@ with WireServer(delay={latency}) as server:
 def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")
     from eslabon import compile_chain, spec_from_yaml
-    from eslabon.batch import _background_loop, run_batch
+    from eslabon.interfaces.batch import _background_loop, run_batch
 
     code = SERVER.format(tests=str(ROOT / "tests"), latency=LATENCY)
     server = subprocess.Popen(

@@ -5,7 +5,7 @@ streamed, with the same sampling (greedy; eslabon's defaults otherwise), for the
 tokens (the prompt asks for more). The raw side is ``llama_cpp.Llama.create_chat_completion
 (stream=True)`` with llama-cpp-python's default threads; the eslabon side is a one-step chain on
 ``model: local`` streamed with ``chain.stream``, with eslabon's default threads
-(``eslabon.local.default_threads``). Runs alternate (raw, eslabon, eslabon, raw, ...), so a
+(``eslabon.chat.local.default_threads``). Runs alternate (raw, eslabon, eslabon, raw, ...), so a
 change in the machine's load hits both alike, and each run has its own prompt. Measured twice:
 on the machine as it is ("idle"), and with a CPU hog — a Python busy loop in another process —
 beside it ("loaded"); in the loaded round, eslabon on every logical core (its old default) runs
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from eslabon import load_chain
-from eslabon.local import ChatLlamaCppLocal, bundled_model_path, default_threads
+from eslabon.chat.local import ChatLlamaCppLocal, bundled_model_path, default_threads
 
 QUICK = bool(os.environ.get("BENCH_QUICK"))
 RUNS = 2 if QUICK else 6  # per side and round

@@ -20,7 +20,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 
 from eslabon import load_chain
-from eslabon.fake import EchoChatModel
+from eslabon.chat.fake import EchoChatModel
 
 ROOT = Path(__file__).resolve().parent.parent
 # BENCH_QUICK=1: one tiny round, to check that the benchmark runs (the test suite does this)

@@ -20,9 +20,9 @@ from pathlib import Path
 import chromadb
 from chromadb.config import Settings
 
-from eslabon.embeddings import HashingEmbeddings
-from eslabon.indexing import index_paths
-from eslabon.retrieval import ChromaRetriever, chroma_store
+from eslabon.rag.embeddings import HashingEmbeddings
+from eslabon.rag.indexing import index_paths
+from eslabon.rag.retrieval import ChromaRetriever, chroma_store
 
 QUICK = bool(os.environ.get("BENCH_QUICK"))
 CHUNKS, QUERIES = (300, 30) if QUICK else (10_000, 500)

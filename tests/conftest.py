@@ -40,7 +40,7 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from eslabon.modelspec import PROVIDERS
+    from eslabon.chat.modelspec import PROVIDERS
 
     monkeypatch.delenv("ESLABON_MODEL", raising=False)
     for info in PROVIDERS.values():

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from eslabon import load_chain
-from eslabon.batch import read_rows, run_batch
-from eslabon.outfile import finished_ids
+from eslabon.interfaces.batch import read_rows, run_batch
+from eslabon.interfaces.outfile import finished_ids
 from helpers import write
 from wire_server import WireServer
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from eslabon import load_chain
-from eslabon.batch import arun_batch, read_rows, run_batch
 from eslabon.errors import UserError
+from eslabon.interfaces.batch import arun_batch, read_rows, run_batch
 from helpers import write
 from wire_server import ToolCall, WireServer
 
@@ -148,7 +148,7 @@ def test_the_lock_of_a_batch_killed_with_dash_nine_does_not_block_resume(
 
 
 def test_a_second_batch_in_the_same_process_is_refused(tmp_path: Path) -> None:
-    from eslabon.outfile import output_lock
+    from eslabon.interfaces.outfile import output_lock
 
     chain = load_chain(write(tmp_path, CHAIN), model="fake:echo")
     out = tmp_path / "out.jsonl"
@@ -221,7 +221,7 @@ def test_a_write_that_loses_a_race_is_ignored(tmp_path: Path) -> None:
     from langchain_core.outputs import Generation
     from sqlalchemy import event
 
-    from eslabon.runtime import sqlite_cache
+    from eslabon.running.runtime import sqlite_cache
 
     path = tmp_path / "cache.sqlite"
     cache = sqlite_cache(path)
@@ -304,7 +304,7 @@ def test_a_cache_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
 def test_a_cache_in_a_read_only_folder_is_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("langchain_community")
-    from eslabon.runtime import sqlite_cache
+    from eslabon.running.runtime import sqlite_cache
 
     folder = tmp_path / "ro"
     folder.mkdir()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from eslabon.spec import json_schema_text
+from eslabon.chainfile.spec import json_schema_text
 from helpers import CHAINS, ROOT, write
 
 EXE = str(Path(sys.executable).parent / "eslabon")
@@ -207,7 +207,7 @@ def test_a_refused_key_exits_2_naming_the_variable_not_the_key(tmp_path: Path) -
 
 
 def test_redact_hides_keys_handed_to_clients() -> None:
-    from eslabon.redaction import add_secret, redact
+    from eslabon.trust.redaction import add_secret, redact
 
     add_secret("a-custom-credential-value")
     assert redact("oops: a-custom-credential-value leaked") == "oops: *** leaked"
@@ -231,7 +231,7 @@ HEAVY = (
 def test_fast_commands_import_nothing_heavy(args: list[str]) -> None:
     code = (
         "import sys\n"
-        "from eslabon.cli import main\n"
+        "from eslabon.interfaces.cli import main\n"
         f"sys.argv = ['eslabon', *{args!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
@@ -325,8 +325,8 @@ def test_search_explains_scores_without_langchains_warning(
     from langchain_core.vectorstores import InMemoryVectorStore
     from typer.testing import CliRunner
 
-    import eslabon.indexing
-    from eslabon.cli import app
+    import eslabon.rag.indexing
+    from eslabon.interfaces.cli import app
 
     class Opposite(Embeddings):
         def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -344,7 +344,7 @@ def test_search_explains_scores_without_langchains_warning(
     store.add_texts(
         texts, metadatas=[{"source": "a.md", "chunk": 0}, {"source": "b.md", "chunk": 0}]
     )
-    monkeypatch.setattr(eslabon.indexing, "open_store", lambda *args, **kwargs: store)
+    monkeypatch.setattr(eslabon.rag.indexing, "open_store", lambda *args, **kwargs: store)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         result = CliRunner().invoke(app, ["search", "chroma:curso", "gato", "-k", "2"])

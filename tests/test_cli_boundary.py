@@ -9,13 +9,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eslabon import cli
 from eslabon.errors import (
     EslabonRuntimeError,
     KeyRejectedError,
     ProviderError,
     UserError,
 )
+from eslabon.interfaces import cli
 from helpers import write
 
 CHAT = (
@@ -77,7 +77,7 @@ def test_anything_else_names_its_type_and_how_to_see_more(
 
 
 def test_secrets_are_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
-    from eslabon.redaction import add_secret
+    from eslabon.trust.redaction import add_secret
 
     secret = "sk-boundary-NEVER-SHOW-0123456789"
     add_secret(secret)

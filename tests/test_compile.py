@@ -12,8 +12,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import Runnable, RunnableLambda
 
 from eslabon import Chain, CompiledChain, FakeChatModel, InputError, Step, load_chain
-from eslabon.compile import compile_chain
-from eslabon.loader import spec_from_yaml
+from eslabon.chainfile.loader import spec_from_yaml
+from eslabon.running.compile import compile_chain
 from helpers import CHAINS, write
 
 CANONICAL = CHAINS / "analizar_planificar_resolver.yaml"

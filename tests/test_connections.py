@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from eslabon import load_chain
+from eslabon.chat.provider_errors import translate_model_error
 from eslabon.errors import ProviderConnectionError, ProviderUnavailableError
-from eslabon.provider_errors import translate_model_error
 from helpers import CHAINS
 
 EXE = str(Path(sys.executable).parent / "eslabon")
@@ -139,9 +139,9 @@ def test_openai_and_anthropic_connection_errors_name_the_url_too(
 def test_a_connection_that_never_completes_times_out(
     provider: str, silent_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import eslabon.transport
+    import eslabon.chat.transport
 
-    monkeypatch.setattr(eslabon.transport, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(eslabon.chat.transport, "CONNECT_TIMEOUT", 0.3)
     monkeypatch.setenv("GOOGLE_API_KEY", "k-x")
     chain = load_chain(CHAINS / "hola.yaml", model=ref(provider, silent_port))
     for how in ("invoke", "ainvoke"):
@@ -174,8 +174,8 @@ def test_the_command_line_names_the_url(closed_port: int) -> None:
 
 
 def test_a_chains_retry_retries_a_connection_error() -> None:
-    from eslabon.provider_errors import connection_error
-    from eslabon.resilience import is_retryable
+    from eslabon.chat.provider_errors import connection_error
+    from eslabon.chat.resilience import is_retryable
 
     assert is_retryable(connection_error("ollama", "ollama:x", "http://127.0.0.1:9/", "refused"))
 
@@ -200,7 +200,7 @@ def test_embeddings_connection_errors_name_the_url_too(
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("GOOGLE_API_KEY", "k-x")
     name = {"ollama": "nomic-embed-text", "google_genai": "gemini-embedding-001"}[provider]
-    from eslabon.retrieval import build_embeddings
+    from eslabon.rag.retrieval import build_embeddings
 
     chain = write(
         tmp_path,

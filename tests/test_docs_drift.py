@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eslabon.spec import Step
+from eslabon.chainfile.spec import Step
 from helpers import ROOT
 
 PAGES = [ROOT / "docs" / "chains.md", ROOT / "docs" / "es" / "08-errores.md"]
@@ -26,7 +26,7 @@ def test_the_rag_page_shows_sources_as_indexing_names_them(
 ) -> None:
     """Tutorial page 06 indexes ``chains/docs`` from the project root; the ``source`` it shows in
     ``{context}`` must be the one that command stores."""
-    from eslabon.indexing import index_paths, open_store
+    from eslabon.rag.indexing import index_paths, open_store
 
     monkeypatch.chdir(ROOT)
     page = (ROOT / "docs" / "es" / "06-rag.md").read_text(encoding="utf-8")
@@ -43,7 +43,9 @@ def test_the_readme_layout_names_every_module() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     layout = readme[readme.index("## Layout") :]
     layout = layout[: layout.index("\n## ")] if "\n## " in layout else layout
-    modules = {p.name for p in (ROOT / "src" / "eslabon").glob("*.py") if p.name != "__init__.py"}
+    package = ROOT / "src" / "eslabon"
+    modules = {p.name for p in package.rglob("*.py") if p.name != "__init__.py"}
+    modules.add("__init__.py")  # the top level's is the public API, and named
     named = set(re.findall(r"[a-z_]+\.py", layout))
     assert modules - named == set(), "README's Layout leaves out these modules"
     assert named - modules == set(), "README's Layout names modules that do not exist"

@@ -15,8 +15,8 @@ from eslabon import (
     UserError,
     load_chain,
 )
-from eslabon.allow import Allow
-from eslabon.retrieval import build_embeddings
+from eslabon.rag.retrieval import build_embeddings
+from eslabon.trust.allow import Allow
 from helpers import write
 from wire_server import WireServer
 
@@ -80,7 +80,7 @@ def test_missing_key_for_embeddings_names_the_variable(
 
 @pytest.mark.model
 def test_gguf_embeddings_through_llama_cpp(tmp_path: Path) -> None:
-    from eslabon.local import bundled_model_path
+    from eslabon.chat.local import bundled_model_path
 
     emb = build_embeddings(f"llamacpp:{bundled_model_path()}")
     a, b, c = emb.embed_documents(["el perro ladra", "el perro grande ladra", "la bolsa sube"])

@@ -46,21 +46,27 @@ CONSTRUCTORS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
         ("could not connect", "ollama"),
         {"url": "http://127.0.0.1:11434/api/chat"},
     ),
-    "eslabon.examples.ExampleFileError": (("ejemplos.jsonl: line 2: not JSON",), {"hint": "fix"}),
-    "eslabon.imports.ImportNotAllowedError": _MESSAGE,
-    "eslabon.models.KeyNotAllowedError": _MESSAGE,
-    "eslabon.modelspec.ModelRefError": (("unknown provider 'opnai'",), {"hint": "openai?"}),
-    "eslabon.paths.PathNotAllowedError": (
+    "eslabon.chainfile.examples.ExampleFileError": (
+        ("ejemplos.jsonl: line 2: not JSON",),
+        {"hint": "fix"},
+    ),
+    "eslabon.trust.imports.ImportNotAllowedError": _MESSAGE,
+    "eslabon.chat.models.KeyNotAllowedError": _MESSAGE,
+    "eslabon.chat.modelspec.ModelRefError": (("unknown provider 'opnai'",), {"hint": "openai?"}),
+    "eslabon.trust.paths.PathNotAllowedError": (
         ("examples", "/etc/passwd is outside the chain's folder", "--allow-path /etc"),
         {},
     ),
-    "eslabon.patterns.PatternError": _MESSAGE,
-    "eslabon.render._Captured": _MESSAGE,
-    "eslabon.retrieval.EmbeddingsMismatchError": _MESSAGE,
-    "eslabon.retrieval.IndexNotFoundError": _MESSAGE,
-    "eslabon.structured._Invalid": _MESSAGE,
-    "eslabon.toolcalls.NoAnswerError": _MESSAGE,
-    "eslabon.yamlsafe.YamlLimitError": (("too deep", "flatten it"), {"line": 3, "col": 7}),
+    "eslabon.chainfile.patterns.PatternError": _MESSAGE,
+    "eslabon.interfaces.render._Captured": _MESSAGE,
+    "eslabon.rag.retrieval.EmbeddingsMismatchError": _MESSAGE,
+    "eslabon.rag.retrieval.IndexNotFoundError": _MESSAGE,
+    "eslabon.running.structured._Invalid": _MESSAGE,
+    "eslabon.running.toolcalls.NoAnswerError": _MESSAGE,
+    "eslabon.chainfile.yamlsafe.YamlLimitError": (
+        ("too deep", "flatten it"),
+        {"line": 3, "col": 7},
+    ),
 }
 
 
@@ -96,11 +102,11 @@ def test_every_exception_has_constructor_arguments_here() -> None:
 
 def test_the_walk_finds_exceptions_outside_errors_py() -> None:
     for name in (
-        "eslabon.toolcalls.NoAnswerError",
-        "eslabon.retrieval.EmbeddingsMismatchError",
-        "eslabon.retrieval.IndexNotFoundError",
-        "eslabon.patterns.PatternError",
-        "eslabon.yamlsafe.YamlLimitError",
+        "eslabon.running.toolcalls.NoAnswerError",
+        "eslabon.rag.retrieval.EmbeddingsMismatchError",
+        "eslabon.rag.retrieval.IndexNotFoundError",
+        "eslabon.chainfile.patterns.PatternError",
+        "eslabon.chainfile.yamlsafe.YamlLimitError",
     ):
         assert name in EXCEPTIONS
 
@@ -172,7 +178,7 @@ def test_a_new_class_that_is_both_a_runtime_and_a_user_error_exits_2() -> None:
 
 
 def test_yaml_limit_errors_keep_their_notes() -> None:
-    from eslabon.yamlsafe import YamlLimitError
+    from eslabon.chainfile.yamlsafe import YamlLimitError
 
     error = YamlLimitError("too deep", "flatten it", 3, 7)
     error.add_note("in chain.yaml")

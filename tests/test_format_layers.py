@@ -12,9 +12,9 @@ import pytest
 from pydantic import BaseModel
 
 from eslabon import ChainConfigError
-from eslabon.checks import RULES
-from eslabon.loader import load_spec_text
-from eslabon.spec import (
+from eslabon.chainfile.checks import RULES
+from eslabon.chainfile.loader import load_spec_text
+from eslabon.chainfile.spec import (
     CHAIN_WIDE_KEYS,
     FAKE_SETTINGS,
     LOCAL_SETTINGS,
@@ -41,28 +41,28 @@ from helpers import ROOT
 # checking and templates, and the small modules they stand on.
 FORMAT = [
     "eslabon.errors",
-    "eslabon.suggest",
-    "eslabon.schema_errors",
-    "eslabon.spec",
-    "eslabon.templates",
-    "eslabon.yamlsafe",
-    "eslabon.examples",
-    "eslabon.paths",
-    "eslabon.modelspec",
-    "eslabon.checks",
-    "eslabon.loader",
+    "eslabon.chainfile.suggest",
+    "eslabon.chainfile.schema_errors",
+    "eslabon.chainfile.spec",
+    "eslabon.chainfile.templates",
+    "eslabon.chainfile.yamlsafe",
+    "eslabon.chainfile.examples",
+    "eslabon.trust.paths",
+    "eslabon.chat.modelspec",
+    "eslabon.chainfile.checks",
+    "eslabon.chainfile.loader",
 ]
 # Running chains: the compiler, models, retrieval, the command line, and what they bring.
 ABOVE = [
-    "eslabon.compile",
-    "eslabon.runcore",
-    "eslabon.models",
-    "eslabon.retrieval",
-    "eslabon.selectors",
-    "eslabon.structured",
-    "eslabon.toolcalls",
-    "eslabon.render",
-    "eslabon.cli",
+    "eslabon.running.compile",
+    "eslabon.running.runcore",
+    "eslabon.chat.models",
+    "eslabon.rag.retrieval",
+    "eslabon.running.selectors",
+    "eslabon.running.structured",
+    "eslabon.running.toolcalls",
+    "eslabon.interfaces.render",
+    "eslabon.interfaces.cli",
     "langchain_core",
     "langchain",
     "openai",
@@ -72,9 +72,17 @@ ABOVE = [
 ]
 # Below spec, the format's own upper modules are "above" too: spec checks nothing, loads nothing.
 ALSO_ABOVE = {
-    "eslabon.schema_errors": ["eslabon.spec", "eslabon.loader", "eslabon.checks"],
-    "eslabon.spec": ["eslabon.loader", "eslabon.checks"],
-    "eslabon.templates": ["eslabon.spec", "eslabon.loader", "eslabon.checks"],
+    "eslabon.chainfile.schema_errors": [
+        "eslabon.chainfile.spec",
+        "eslabon.chainfile.loader",
+        "eslabon.chainfile.checks",
+    ],
+    "eslabon.chainfile.spec": ["eslabon.chainfile.loader", "eslabon.chainfile.checks"],
+    "eslabon.chainfile.templates": [
+        "eslabon.chainfile.spec",
+        "eslabon.chainfile.loader",
+        "eslabon.chainfile.checks",
+    ],
 }
 
 
@@ -101,12 +109,20 @@ def test_a_format_module_imports_nothing_above_it(module: str) -> None:
 def test_the_format_modules_are_all_listed() -> None:
     """What spec, loader, checks and templates import from eslabon is tested above too."""
     loaded = set()
-    for module in ("eslabon.spec", "eslabon.loader", "eslabon.checks", "eslabon.templates"):
+    for module in (
+        "eslabon.chainfile.spec",
+        "eslabon.chainfile.loader",
+        "eslabon.chainfile.checks",
+        "eslabon.chainfile.templates",
+    ):
         loaded |= {m for m in _loaded_after_import(module) if m.startswith("eslabon.")}
     # the package's own helpers below the format (errors' secret hiding, ...)
-    assert loaded - set(FORMAT) <= {"eslabon.redaction", "eslabon.allow", "eslabon.project"}, (
-        sorted(loaded - set(FORMAT))
-    )
+    packages = {"eslabon.chainfile", "eslabon.chat", "eslabon.trust"}  # their __init__s: a line
+    assert loaded - set(FORMAT) - packages <= {
+        "eslabon.trust.redaction",
+        "eslabon.trust.allow",
+        "eslabon.trust.project",
+    }, sorted(loaded - set(FORMAT))
 
 
 def _imported(node: ast.AST) -> list[tuple[str, list[str]]]:
@@ -120,7 +136,7 @@ def _imported(node: ast.AST) -> list[tuple[str, list[str]]]:
     return [(module, names) for module, names in found if module.split(".")[0] == "eslabon"]
 
 
-SPEC = ROOT / "src" / "eslabon" / "spec.py"
+SPEC = ROOT / "src" / "eslabon" / "chainfile" / "spec.py"
 
 
 def test_spec_imports_no_eslabon_module_inside_functions() -> None:
@@ -136,7 +152,7 @@ def test_spec_imports_only_modules_below_it() -> None:
     tree = ast.parse(SPEC.read_text(encoding="utf-8"))
     top = [n for n in tree.body if isinstance(n, ast.ImportFrom | ast.Import)]
     modules = {module for node in top for module, _ in _imported(node)}
-    assert modules <= {"eslabon.errors", "eslabon.schema_errors"}, modules
+    assert modules <= {"eslabon.errors", "eslabon.chainfile.schema_errors"}, modules
 
 
 def test_the_format_has_no_methods_that_reach_above_it() -> None:

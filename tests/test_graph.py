@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from eslabon import spec_from_yaml
-from eslabon.graph import mermaid
+from eslabon.interfaces.graph import mermaid
 from helpers import CHAINS, ROOT, write
 
 EXE = str(Path(sys.executable).parent / "eslabon")
@@ -155,7 +155,7 @@ def test_the_combined_flowchart_draws(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from eslabon import spec_from_yaml\n"
-        "from eslabon.graph import mermaid_many, render_image\n"
+        "from eslabon.interfaces.graph import mermaid_many, render_image\n"
         "specs = [spec_from_yaml(f'chains/{n}') for n in ('hola.yaml', 'rag_curso.yaml')]\n"
         "text = mermaid_many([(s.name or '', s) for s in specs])\n"
         "sys.stdout.write(render_image(text, 'svg').decode())\n"

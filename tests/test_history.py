@@ -9,7 +9,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from eslabon import FakeChatModel, UserError, load_chain
-from eslabon.loader import validate_file
+from eslabon.chainfile.loader import validate_file
 from helpers import write
 from wire_server import WireServer
 

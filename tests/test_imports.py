@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from eslabon import FakeChatModel, UserError, load_chain
-from eslabon.imports import ImportNotAllowedError, is_allowed, resolve_import
-from eslabon.loader import validate_file
-from eslabon.registry import register_retriever
+from eslabon.chainfile.loader import validate_file
+from eslabon.rag.registry import register_retriever
+from eslabon.trust.imports import ImportNotAllowedError, is_allowed, resolve_import
 from helpers import write
 
 PLUGIN = """
 from langchain_core.documents import Document
-from eslabon.retrieval import StaticRetriever
+from eslabon.rag.retrieval import StaticRetriever
 
 def make(k, palabra="hola"):
     return StaticRetriever(documents=[Document(palabra, metadata={"source": "plugin"})], k=k)
@@ -106,7 +106,7 @@ def test_bad_factories(plugins: Path) -> None:
 def test_registered_retrievers_are_trusted(tmp_path: Path) -> None:
     from langchain_core.documents import Document
 
-    from eslabon.retrieval import StaticRetriever
+    from eslabon.rag.retrieval import StaticRetriever
 
     @register_retriever("palabras_test")
     def palabras(k: int, palabra: str) -> StaticRetriever:
@@ -233,7 +233,7 @@ def test_not_allowed_it_is_not_even_looked_for(beside: Path) -> None:
 
 
 def test_an_installed_package_wins_over_a_folder_of_the_same_name(tmp_path: Path) -> None:
-    from eslabon.imports import chain_folder
+    from eslabon.trust.imports import chain_folder
 
     sys.modules.pop("colorsys", None)
     (tmp_path / "colorsys.py").write_text("def rgb_to_hls(*a): return 'from the folder'\n")
@@ -243,7 +243,7 @@ def test_an_installed_package_wins_over_a_folder_of_the_same_name(tmp_path: Path
 
 
 def test_a_link_out_of_the_folder_is_not_followed(tmp_path: Path) -> None:
-    from eslabon.imports import chain_folder
+    from eslabon.trust.imports import chain_folder
 
     outside = tmp_path / "fuera"
     (outside / "paquete_link").mkdir(parents=True)

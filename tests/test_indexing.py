@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eslabon import UserError
-from eslabon.indexing import index_paths, open_store, parse_target, search
+from eslabon.rag.indexing import index_paths, open_store, parse_target, search
 
 
 @pytest.fixture
@@ -148,8 +148,8 @@ def test_other_chunk_settings_replace_the_chunks(project: Path) -> None:
 
 
 def test_a_collection_keeps_one_embeddings_and_rebuild_starts_over(project: Path) -> None:
-    from eslabon.embeddings import HashingEmbeddings
-    from eslabon.retrieval import EmbeddingsMismatchError, chroma_store, stored_embeddings
+    from eslabon.rag.embeddings import HashingEmbeddings
+    from eslabon.rag.retrieval import EmbeddingsMismatchError, chroma_store, stored_embeddings
 
     store = open_store("curso_emb")
     index_paths(["docs"], store)
@@ -178,8 +178,8 @@ def test_a_collection_indexed_before_embeddings_were_recorded(project: Path) -> 
     from chromadb.config import Settings
     from langchain_chroma import Chroma
 
-    from eslabon.embeddings import HashingEmbeddings
-    from eslabon.retrieval import EmbeddingsMismatchError
+    from eslabon.rag.embeddings import HashingEmbeddings
+    from eslabon.rag.retrieval import EmbeddingsMismatchError
 
     # as eslabon left collections: vectors of other embeddings, and nothing recorded
     client = chromadb.PersistentClient(

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 
 from eslabon import FakeChatModel, UserError, load_chain
-from eslabon.retrieval import build_embeddings
+from eslabon.rag.retrieval import build_embeddings
 from eslabon.testing import RetrieverConformance
 from helpers import write
 
 pytest.importorskip("llama_index.core")
 from llama_index.core import Document, VectorStoreIndex
 
-from eslabon.llamaindex import LlamaIndexRetriever, to_llamaindex
+from eslabon.rag.llamaindex import LlamaIndexRetriever, to_llamaindex
 
 TEXTS = {
     "llm.md": "Los LLM predicen el siguiente token.",
@@ -64,8 +64,8 @@ def test_a_python_factory_may_return_a_llama_index_retriever(
 ) -> None:
     (project / "mis_indices.py").write_text(
         "from llama_index.core import StorageContext, load_index_from_storage\n"
-        "from eslabon.llamaindex import to_llamaindex\n"
-        "from eslabon.retrieval import build_embeddings\n"
+        "from eslabon.rag.llamaindex import to_llamaindex\n"
+        "from eslabon.rag.retrieval import build_embeddings\n"
         "def abrir(k, carpeta):\n"
         "    storage = StorageContext.from_defaults(persist_dir=carpeta)\n"
         "    index = load_index_from_storage(storage,\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from eslabon import Chain, ChainConfigError, Step, UserError, compile_chain
-from eslabon.checks import spec_problems
+from eslabon.chainfile.checks import spec_problems
+from eslabon.chainfile.loader import load_spec, load_spec_text
 from eslabon.errors import EslabonError, Problem
-from eslabon.loader import load_spec, load_spec_text
 from helpers import write
 
 GOOD = """\
@@ -363,7 +363,7 @@ def test_errors_found_while_building_name_the_file(
     """A setting checked only when the model is built (run, render) names the chain's file, as
     validate's problems do — never ``<chain>``."""
     from eslabon import load_chain
-    from eslabon.render import render_requests
+    from eslabon.interfaces.render import render_requests
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-used")
     path = write(tmp_path, "model: anthropic:claude-x\nparams: {seed: 1}\nprompt: hola\n")

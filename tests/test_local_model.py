@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 
 from eslabon import ModelError, load_chain
-from eslabon.allow import Allow
+from eslabon.trust.allow import Allow
 from helpers import CHAINS, write
 
 pytestmark = pytest.mark.model
@@ -102,7 +102,7 @@ def test_unknown_keywords_are_refused_with_a_suggestion() -> None:
     from pydantic import ValidationError
 
     from eslabon import UserError
-    from eslabon.local import ChatLlamaCppLocal, bundled_model_path
+    from eslabon.chat.local import ChatLlamaCppLocal, bundled_model_path
 
     path = str(bundled_model_path())
     for wrong, hint in (("api_key", None), ("timeout", None), ("temprature", "temperature")):
@@ -123,7 +123,7 @@ def test_threads_come_from_the_mapping_the_environment_or_the_physical_cores(
     import os
 
     from eslabon import UserError
-    from eslabon.local import ChatLlamaCppLocal, bundled_model_path, default_threads
+    from eslabon.chat.local import ChatLlamaCppLocal, bundled_model_path, default_threads
 
     path = str(bundled_model_path())
     monkeypatch.delenv("ESLABON_THREADS", raising=False)
@@ -199,7 +199,7 @@ def test_every_example_chain_runs_on_the_bundled_model(path: Path) -> None:
 
 
 def test_llamacpp_path_runs_any_gguf(tmp_path: Path) -> None:
-    from eslabon.local import bundled_model_path
+    from eslabon.chat.local import bundled_model_path
 
     gguf = tmp_path / "modelo.gguf"
     gguf.symlink_to(bundled_model_path())

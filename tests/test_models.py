@@ -15,7 +15,7 @@ from eslabon import (
     UserError,
     build_model,
 )
-from eslabon.modelspec import PROVIDERS, ModelRefError, parse_model_ref
+from eslabon.chat.modelspec import PROVIDERS, ModelRefError, parse_model_ref
 
 
 def test_every_langchain_provider_we_list_is_known_to_langchain() -> None:
@@ -88,7 +88,7 @@ def test_missing_key_names_the_variable_and_dotenv(monkeypatch: pytest.MonkeyPat
 def test_dotenv_in_working_directory_supplies_the_key(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import eslabon.models as models
+    import eslabon.chat.models as models
 
     (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-dotenv-123456\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)

@@ -33,7 +33,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
-    from eslabon.local import bundled_model_path
+    from eslabon.chat.local import bundled_model_path
 
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"

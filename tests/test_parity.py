@@ -1,5 +1,6 @@
-"""invoke, ainvoke, stream and astream run one core (eslabon.runcore): every example chain and the
-failure cases give the same result, the same callbacks and the same error on all four paths."""
+"""invoke, ainvoke, stream and astream run one core (eslabon.running.runcore): every example
+chain and the failure cases give the same result, the same callbacks and the same error on all
+four paths."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from eslabon import FakeChatModel, load_chain
 from eslabon.errors import OutputValidationError
-from eslabon.toolcalls import NoAnswerError
+from eslabon.running.toolcalls import NoAnswerError
 from helpers import CHAINS, write
 
 PATHS = ("invoke", "ainvoke", "stream", "astream")
@@ -115,7 +116,7 @@ def assert_same_on_every_path(make: Callable[[], Any], inputs: dict[str, Any]) -
 # -- every example chain ------------------------------------------------------------------------
 def _rag_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """chains/rag_curso.yaml in a project whose collection holds two documents."""
-    from eslabon.indexing import index_paths, open_store
+    from eslabon.rag.indexing import index_paths, open_store
 
     (tmp_path / "eslabon.toml").write_text("")
     docs = tmp_path / "docs"

@@ -14,8 +14,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from eslabon import FakeChatModel, UserError, load_chain
-from eslabon.patterns import PatternError, pattern_problems, search, validator_for
-from eslabon.structured import OutputSchema, _Invalid
+from eslabon.chainfile.patterns import PatternError, pattern_problems, search, validator_for
+from eslabon.running.structured import OutputSchema, _Invalid
 from helpers import write
 
 # Each variant reaches Python's backtracking re by another road in jsonschema: `pattern`,
@@ -64,7 +64,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], Any]] = {
 
 _RUN_VARIANTS = """
 import json, sys
-from eslabon.structured import OutputSchema, _Invalid
+from eslabon.running.structured import OutputSchema, _Invalid
 out = {}
 for name, (schema, data) in json.loads(sys.stdin.read()).items():
     try:
@@ -135,7 +135,7 @@ def test_validate_judges_patterns_by_re2_alone(tmp_path: Path) -> None:
         "inputs: {t: x}\nprompt: '{t}'\noutput_schema:\n  type: object\n  properties:\n"
         "    palabra: {type: string, pattern: '^\\p{L}+$'}\n",
     )
-    from eslabon.loader import validate_file
+    from eslabon.chainfile.loader import validate_file
 
     assert validate_file(path) == []
     schema = {"type": "object", "properties": {"palabra": {"pattern": r"^\p{L}+$"}}}
@@ -252,7 +252,7 @@ def test_errors_are_the_same_as_jsonschemas_own() -> None:
 
 # -- the local model's grammar ------------------------------------------------------------------
 def test_the_grammar_leaves_patterns_and_long_counts_to_validation() -> None:
-    from eslabon.local import _grammar_schema
+    from eslabon.chat.local import _grammar_schema
 
     schema = {
         "type": "object",

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from eslabon import ChainConfigError, load_chain
-from eslabon.loader import validate_file
-from eslabon.modelspec import ModelRefError, parse_model_ref
-from eslabon.project import load_project
+from eslabon.chainfile.loader import validate_file
+from eslabon.chat.modelspec import ModelRefError, parse_model_ref
+from eslabon.trust.project import load_project
 from helpers import write
 
 

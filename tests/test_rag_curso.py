@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eslabon import FakeChatModel, load_chain
-from eslabon.indexing import index_paths, open_store, search
+from eslabon.rag.indexing import index_paths, open_store, search
 from helpers import CHAINS
 
 # question -> a phrase of the passage that answers it (in chains/docs/curso.md)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from eslabon import UserError, spec_from_yaml
-from eslabon.render import render_requests
+from eslabon.interfaces.render import render_requests
 from helpers import CHAINS, ROOT, write
 
 CANONICAL = spec_from_yaml(CHAINS / "analizar_planificar_resolver.yaml")
@@ -124,7 +124,7 @@ def _user_text(request: dict[str, Any]) -> str:
 
 
 def test_cli_render_shows_the_passages_the_index_returns(project: Path) -> None:
-    from eslabon.indexing import index_paths, open_store
+    from eslabon.rag.indexing import index_paths, open_store
 
     index_paths(["docs"], open_store("curso"))
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
@@ -169,7 +169,7 @@ def test_without_an_index_the_context_is_a_marked_placeholder(project: Path) -> 
 
 
 def test_an_index_without_the_collection_is_left_as_it_is(project: Path) -> None:
-    from eslabon.indexing import index_paths, open_store
+    from eslabon.rag.indexing import index_paths, open_store
 
     index_paths(["docs"], open_store("otra"))
     spec = spec_from_yaml(project / "rag_curso.yaml")

@@ -9,8 +9,13 @@ from typing import Any
 import pytest
 
 from eslabon import KeyRejectedError, ProviderUnavailableError, load_chain
-from eslabon.loader import validate_file
-from eslabon.resilience import RETRY_AFTER_MAX, _RetryAfterWait, is_retryable, retry_after_seconds
+from eslabon.chainfile.loader import validate_file
+from eslabon.chat.resilience import (
+    RETRY_AFTER_MAX,
+    _RetryAfterWait,
+    is_retryable,
+    retry_after_seconds,
+)
 from helpers import write
 from wire_server import WireServer
 

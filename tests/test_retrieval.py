@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from eslabon import FakeChatModel, load_chain
-from eslabon.loader import validate_file
-from eslabon.retrieval import build_embeddings, chroma_store
+from eslabon.chainfile.loader import validate_file
+from eslabon.rag.retrieval import build_embeddings, chroma_store
 from helpers import write
 
 DOCS = """\
@@ -70,7 +70,7 @@ def test_a_question_without_words_still_searches(tmp_path: Path, pregunta: str) 
     assert len(result["documents"]) == 2 and all(
         d["score"] is not None for d in result["documents"]
     )
-    from eslabon.embeddings import HashingEmbeddings
+    from eslabon.rag.embeddings import HashingEmbeddings
 
     vector = HashingEmbeddings().embed_query(pregunta)
     assert abs(sum(v * v for v in vector) - 1) < 1e-9  # unit length, like every other text
@@ -207,8 +207,8 @@ def test_chroma_client_server(chroma_server: int, tmp_path: Path) -> None:
 
 
 # -- the shared conformance suite, on eslabon's own retrievers ------------------------------
-from eslabon.retrieval import build_retriever  # noqa: E402
-from eslabon.spec import BM25RetrieverSpec, MemoryRetriever  # noqa: E402
+from eslabon.chainfile.spec import BM25RetrieverSpec, MemoryRetriever  # noqa: E402
+from eslabon.rag.retrieval import build_retriever  # noqa: E402
 from eslabon.testing import RetrieverConformance  # noqa: E402
 
 CORPUS = [
@@ -242,7 +242,7 @@ class TestChromaConformance(RetrieverConformance):
         self.folder = tmp_path  # pytest removes it (a mkdtemp folder stayed behind per test)
 
     def make_retriever(self, k: int) -> Any:
-        from eslabon.retrieval import ChromaRetriever
+        from eslabon.rag.retrieval import ChromaRetriever
 
         if not hasattr(self, "_store"):
             self._store = chroma_store(
@@ -270,7 +270,7 @@ class TestChromaConformance(RetrieverConformance):
 def test_a_chroma_collection_never_indexed_is_a_clear_error_that_creates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eslabon.retrieval import IndexNotFoundError
+    from eslabon.rag.retrieval import IndexNotFoundError
 
     (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
@@ -304,8 +304,8 @@ def test_a_chroma_collection_never_indexed_is_a_clear_error_that_creates_nothing
 def test_a_chain_whose_embeddings_differ_from_its_collection_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eslabon.embeddings import HashingEmbeddings
-    from eslabon.retrieval import EmbeddingsMismatchError
+    from eslabon.rag.embeddings import HashingEmbeddings
+    from eslabon.rag.retrieval import EmbeddingsMismatchError
 
     (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
@@ -324,8 +324,8 @@ def test_a_llamaindex_folder_missing_or_empty_is_a_clear_error(
     monkeypatch.chdir(tmp_path)  # the project root: index folders are relative to it
     from llama_index.core import VectorStoreIndex
 
-    from eslabon.llamaindex import to_llamaindex
-    from eslabon.retrieval import IndexNotFoundError
+    from eslabon.rag.llamaindex import to_llamaindex
+    from eslabon.rag.retrieval import IndexNotFoundError
 
     missing = chain(tmp_path, "    type: llamaindex\n    path: indice\n")
     with pytest.raises(IndexNotFoundError, match=r"no llama-index index at .*indice"):

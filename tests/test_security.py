@@ -127,7 +127,7 @@ def test_api_key_env_cannot_send_any_variable_anywhere(
 
 def test_the_default_host_variable_elsewhere_is_refused_too(tmp_path: Path) -> None:
     """api_key_env naming another variable, with no base_url: it would go to the provider."""
-    from eslabon.models import KeyNotAllowedError, build_model
+    from eslabon.chat.models import KeyNotAllowedError, build_model
 
     root = project(tmp_path)
     chain = write(
@@ -150,8 +150,8 @@ def test_the_default_host_variable_elsewhere_is_refused_too(tmp_path: Path) -> N
 
 
 def test_the_provider_key_goes_to_its_own_host() -> None:
-    from eslabon.models import key_refusal
-    from eslabon.modelspec import parse_model_ref
+    from eslabon.chat.models import key_refusal
+    from eslabon.chat.modelspec import parse_model_ref
 
     own = parse_model_ref("openai:gpt-4o-mini")
     assert key_refusal(own, "OPENAI_API_KEY", named=False) is None
@@ -318,8 +318,8 @@ def test_other_connection_settings_cannot_come_from_a_chain_file(
 
 def test_chroma_server_credentials_only_for_an_approved_host(tmp_path: Path) -> None:
     """Chroma reads auth settings from the environment; a chain file's host must not get them."""
-    from eslabon.embeddings import HashingEmbeddings
-    from eslabon.retrieval import chroma_store
+    from eslabon.rag.embeddings import HashingEmbeddings
+    from eslabon.rag.retrieval import chroma_store
 
     env = {
         "CHROMA_CLIENT_AUTH_PROVIDER": "chromadb.auth.token_authn.TokenAuthClientProvider",
@@ -570,7 +570,7 @@ def test_a_literal_key_warns_and_is_never_shown_whatever_its_length(
 
 
 def test_short_keys_are_redacted_as_whole_words() -> None:
-    from eslabon.redaction import add_secret, redact
+    from eslabon.trust.redaction import add_secret, redact
 
     add_secret("zq7")
     assert redact("key zq7 refused; zq77 and azq7 are other words") == (
@@ -646,7 +646,7 @@ def test_a_project_file_above_the_project_root_grants_nothing(tmp_path: Path) ->
 
 
 def test_an_unwritable_or_full_file_is_the_users_to_fix(capsys: pytest.CaptureFixture[str]) -> None:
-    from eslabon.cli import _report
+    from eslabon.interfaces.cli import _report
 
     full = OSError(28, "No space left on device", "/data/out.jsonl")
     assert _report(full) == 2
@@ -656,7 +656,7 @@ def test_an_unwritable_or_full_file_is_the_users_to_fix(capsys: pytest.CaptureFi
 
 def test_a_chat_store_in_an_unusable_place_is_a_clear_error(tmp_path: Path) -> None:
     from eslabon.errors import UserError
-    from eslabon.history import SQLiteChatHistory
+    from eslabon.running.history import SQLiteChatHistory
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cannot use the conversation store"):
@@ -665,7 +665,7 @@ def test_a_chat_store_in_an_unusable_place_is_a_clear_error(tmp_path: Path) -> N
 
 def test_a_schema_built_in_code_cannot_ref_outside_either() -> None:
     from eslabon.errors import UserError
-    from eslabon.structured import resolve_output_schema
+    from eslabon.running.structured import resolve_output_schema
 
     schema = {"type": "object", "properties": {"a": {"items": [{"$ref": "file:///etc/passwd"}]}}}
     with pytest.raises(UserError, match=r"properties\.a\.items\.0\.\$ref"):

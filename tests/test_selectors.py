@@ -7,7 +7,7 @@ from pathlib import Path
 from langchain_core.messages import HumanMessage
 
 from eslabon import FakeChatModel, load_chain
-from eslabon.embeddings import HashingEmbeddings
+from eslabon.rag.embeddings import HashingEmbeddings
 from helpers import CHAINS, write
 
 EXAMPLES = """\

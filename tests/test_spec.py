@@ -9,8 +9,8 @@ import pytest
 
 import eslabon
 from eslabon import Chain, ChainConfigError, spec_from_yaml
-from eslabon.loader import load_spec
-from eslabon.spec import json_schema, json_schema_text
+from eslabon.chainfile.loader import load_spec
+from eslabon.chainfile.spec import json_schema, json_schema_text
 from helpers import CHAINS, ROOT, write
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-from eslabon.embeddings import HashingEmbeddings
+from eslabon.rag.embeddings import HashingEmbeddings
 
 
 class _Hashing:

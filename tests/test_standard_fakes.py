@@ -31,7 +31,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel
 
-from eslabon.fake import EchoChatModel, FakeChatModel
+from eslabon.chat.fake import EchoChatModel, FakeChatModel
 
 JOKE = json.dumps(
     {"setup": "Why do cats sit on keyboards?", "punchline": "To keep an eye on the mouse."}

@@ -17,7 +17,7 @@ from langchain_tests.integration_tests import (
 )
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
-from eslabon.local import ChatLlamaCppLocal, LlamaCppEmbeddings, bundled_model_path
+from eslabon.chat.local import ChatLlamaCppLocal, LlamaCppEmbeddings, bundled_model_path
 
 pytestmark = pytest.mark.model
 

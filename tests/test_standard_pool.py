@@ -26,9 +26,9 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel
 
 from eslabon import load_chain
-from eslabon.fake import FakeChatModel
-from eslabon.models import build_model
-from eslabon.pool import EndpointPool
+from eslabon.chat.fake import FakeChatModel
+from eslabon.chat.models import build_model
+from eslabon.chat.pool import EndpointPool
 from helpers import write
 from test_standard_fakes import HELLO, _Scripted, script
 from wire_server import ToolCall, WireServer

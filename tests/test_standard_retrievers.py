@@ -17,14 +17,14 @@ import pytest
 from langchain_core.retrievers import BaseRetriever
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
-from eslabon.retrieval import build_embeddings, build_retriever, chroma_store
-from eslabon.spec import (
+from eslabon.chainfile.spec import (
     BM25RetrieverSpec,
     ChromaRetriever,
     LlamaIndexRetrieverSpec,
     MemoryRetriever,
     StaticRetriever,
 )
+from eslabon.rag.retrieval import build_embeddings, build_retriever, chroma_store
 
 CORPUS = [
     {"content": "Los LLM predicen el siguiente token.", "source": "llm.md"},
@@ -121,7 +121,7 @@ class TestLlamaIndexRetriever(_ChainFileRetriever):
     def _index(cls, tmp_path_factory: pytest.TempPathFactory) -> None:
         from llama_index.core import Document, VectorStoreIndex
 
-        from eslabon.llamaindex import to_llamaindex
+        from eslabon.rag.llamaindex import to_llamaindex
 
         folder = tmp_path_factory.mktemp("standard_llamaindex")
         docs = [Document(text=d["content"], metadata={"source": d["source"]}) for d in CORPUS]

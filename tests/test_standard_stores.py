@@ -3,7 +3,7 @@
 * ``SafeSQLiteCache`` (``--cache``, ``chain.with_cache(path)``): ``SyncCacheTestSuite`` and
   ``AsyncCacheTestSuite``, each test on a new cache file;
 * the Chroma vector store eslabon opens for ``retriever: {type: chroma}`` and ``eslabon index``
-  (``eslabon.retrieval.chroma_store``: eslabon's client settings, cosine distance), embedded and
+  (``eslabon.rag.retrieval.chroma_store``: eslabon's client settings, cosine distance), embedded and
   persistent in a temporary folder, a new collection for each test:
   ``VectorStoreIntegrationTests``, sync and async, ``get_by_ids`` included.
 """
@@ -23,11 +23,11 @@ from langchain_tests.integration_tests import (
     VectorStoreIntegrationTests,
 )
 
-from eslabon.cache import SafeSQLiteCache
-from eslabon.retrieval import chroma_store
+from eslabon.chat.cache import SafeSQLiteCache
+from eslabon.rag.retrieval import chroma_store
 
 # LangChain's cache decodes answers with langchain-core's beta ``loads``, which warns on first use;
-# eslabon.cache silences that warning for its users, but pytest's filters (every warning an
+# eslabon.chat.cache silences that warning for its users, but pytest's filters (every warning an
 # error) replace the process's own for each test, so the cache classes let that one pass
 quiet_loads = pytest.mark.filterwarnings(
     "ignore:The function `loads` is in beta:langchain_core._api.beta_decorator.LangChainBetaWarning"

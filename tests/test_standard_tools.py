@@ -16,7 +16,7 @@ from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 
 from eslabon import load_chain
-from eslabon.toolcalls import load_tools
+from eslabon.running.toolcalls import load_tools
 from helpers import CHAINS
 
 # langchain-core marks Runnable.as_tool() as beta and warns on every call; the suite runs it on

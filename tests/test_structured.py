@@ -12,9 +12,9 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from eslabon import ChainConfigError, FakeChatModel, OutputValidationError, UserError, load_chain
-from eslabon.imports import ImportNotAllowedError
-from eslabon.loader import validate_file
+from eslabon.chainfile.loader import validate_file
 from eslabon.tools import calculadora
+from eslabon.trust.imports import ImportNotAllowedError
 from helpers import write
 
 PERSONA = """\

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from eslabon.templates import check_template, template_fields
+from eslabon.chainfile.templates import check_template, template_fields
 
 
 def messages(template: str, available: list[str], later: list[str] | None = None) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
 from eslabon import FakeChatModel, ModelError, load_chain
-from eslabon.toolcalls import NoAnswerError
+from eslabon.running.toolcalls import NoAnswerError
 from helpers import write
 
 CALCULA = """\

@@ -204,8 +204,8 @@ def test_the_provider_payload_shows_what_the_retriever_finds(site: str, browser:
 def test_the_payload_panel_for_the_course_rag_chain(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eslabon.indexing import index_paths, open_store
-    from eslabon.ui import render_payload
+    from eslabon.interfaces.ui import render_payload
+    from eslabon.rag.indexing import index_paths, open_store
 
     (tmp_path / "eslabon.toml").write_text("[models]\n", encoding="utf-8")
     shutil.copytree(CHAINS / "docs", tmp_path / "docs")
@@ -223,7 +223,7 @@ def test_the_payload_panel_for_the_course_rag_chain(
 
 
 def test_form_and_run_state_without_a_browser(tmp_path: Path) -> None:
-    from eslabon.ui import FILE_MODEL, form_for, model_choices, run_chain
+    from eslabon.interfaces.ui import FILE_MODEL, form_for, model_choices, run_chain
 
     form = form_for(CHAINS / "analizar_planificar_resolver.yaml")
     assert form.inputs == [("problema", "problema — El problema a resolver", "")]
@@ -234,7 +234,7 @@ def test_form_and_run_state_without_a_browser(tmp_path: Path) -> None:
 
 
 def test_a_missing_key_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eslabon.ui import run_chain
+    from eslabon.interfaces.ui import run_chain
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     [state] = list(run_chain(CHAINS / "hola.yaml", {"nombre": "Ana"}, "openai:gpt-4o-mini"))

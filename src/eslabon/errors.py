@@ -9,8 +9,8 @@
 
 Each class says its exit code (``exit_code``), and every error pickles (to another process and
 back) with its type, message and attributes. Keeping secrets out of messages is
-:mod:`eslabon.redaction`; turning a provider's exceptions into these,
-:mod:`eslabon.provider_errors`.
+:mod:`eslabon.trust.redaction`; turning a provider's exceptions into these,
+:mod:`eslabon.chat.provider_errors`.
 """
 
 from __future__ import annotations

@@ -80,10 +80,10 @@ class RetrieverConformance:
         assert seen.starts == [self.query]
 
     def test_works_in_a_chain_file(self) -> None:
-        from eslabon.compile import compile_chain
-        from eslabon.fake import FakeChatModel
-        from eslabon.loader import load_spec_text
-        from eslabon.registry import register_retriever
+        from eslabon.chainfile.loader import load_spec_text
+        from eslabon.chat.fake import FakeChatModel
+        from eslabon.rag.registry import register_retriever
+        from eslabon.running.compile import compile_chain
 
         name = f"conformance_{uuid.uuid4().hex[:8]}"
         register_retriever(name)(lambda k: self.make_retriever(k))

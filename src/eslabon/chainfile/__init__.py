@@ -1,0 +1,1 @@
+"""The chain file: the format (pure data), loading, checking."""

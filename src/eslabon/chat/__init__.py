@@ -1,0 +1,1 @@
+"""Chat models: resolving `provider:model`, the local llama.cpp model, fakes, pools, retries."""

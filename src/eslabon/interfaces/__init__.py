@@ -1,0 +1,1 @@
+"""What people use: the CLI, the playground, batch runs, render and graph."""

@@ -1,0 +1,1 @@
+"""Retrieval: retrievers, embeddings, indexing, the llama-index bridge."""

@@ -1,0 +1,184 @@
+"""The project file ``eslabon.toml``: found from the working directory up to the project root.
+
+The search stops at the project root: the nearest folder holding ``.git`` or an
+``eslabon.toml``. An ``eslabon.toml`` above a git checkout (in a shared or downloaded folder)
+is never read: it could grant chain files what the user never meant to allow.
+
+```toml
+[models]
+rapido = "openai:gpt-4o-mini"
+local = "llamacpp:models/mistral-7b.Q4_K_M.gguf"      # relative to this file
+propio = {provider = "openai", name = "qwen2.5-7b", base_url = "http://127.0.0.1:8000/v1"}
+
+[allow]                       # what chain files may do beyond the defaults (docs/security.md)
+imports = ["mypkg"]
+endpoints = ["http://gpu1.lan:8000"]
+keys = {VLLM_KEY = ["http://gpu1.lan:8000"]}
+paths = ["/data/models"]
+```
+
+Only the standard library's ``tomllib`` is used, so ``eslabon validate`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eslabon.errors import ChainConfigError, Problem, UserError
+from eslabon.trust.allow import Allow, Grant
+
+__all__ = ["PROJECT_FILE", "Project", "check_owner", "find_project", "find_root", "load_project"]
+
+PROJECT_FILE = "eslabon.toml"
+_KNOWN_TABLES = ("models", "allow")
+_ALLOW_KEYS = ("imports", "endpoints", "keys", "paths")
+
+
+@dataclass(frozen=True)
+class Project:
+    """What ``eslabon.toml`` says. ``root`` is the project root (the folder of eslabon.toml or
+    of ``.git``; the working directory without either); ``marked`` says one was found."""
+
+    root: Path
+    file: Path | None = None
+    models: dict[str, Any] = field(default_factory=dict)
+    allow: Allow = field(default_factory=Allow)
+    marked: bool = False
+
+    @property
+    def allow_imports(self) -> tuple[str, ...]:
+        """``[allow] imports``: packages chain files may import."""
+        return tuple(self.allow.import_names())
+
+
+def find_root(start: Path | None = None) -> tuple[Path | None, Path | None]:
+    """``(root, project file)``: the nearest folder from ``start`` (default: the working
+    directory) upwards that holds an ``eslabon.toml`` or ``.git``; the search stops there, and
+    never goes above the user's home folder when it starts inside it."""
+    here = (start or Path.cwd()).resolve()
+    home = Path.home().resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / PROJECT_FILE
+        if candidate.is_file():
+            return folder, candidate
+        if (folder / ".git").exists():
+            return folder, None
+        if folder == home:
+            break
+    return None, None
+
+
+def check_owner(path: Path) -> None:
+    """Refuse a configuration file another user could have written: one owned by someone else
+    (root excepted) or writable by everyone (as git refuses a repository of "dubious
+    ownership"). It could grant chain files imports, keys and folders."""
+    st = path.stat()
+    why = None
+    if st.st_uid not in (os.getuid(), 0):
+        why = f"it belongs to another user (uid {st.st_uid})"
+    elif st.st_mode & stat.S_IWOTH:
+        why = "every user may write it"
+    if why is not None:
+        raise _problem(
+            path,
+            f"eslabon does not read this file: {why}, and it could grant chain files what you "
+            "never meant to allow",
+            hint="if it is yours, fix its owner or permissions (chmod o-w); otherwise work in a "
+            "folder with its own .git or eslabon.toml",
+        )
+
+
+def find_project(start: Path | None = None) -> Path | None:
+    """The project's ``eslabon.toml``, if the project root holds one (see :func:`find_root`)."""
+    return find_root(start)[1]
+
+
+_CACHE: dict[tuple[Path, float], Project] = {}
+
+
+def load_project(start: Path | None = None) -> Project:
+    """Read the nearest project file (cached while it is unchanged)."""
+    root, path = find_root(start)
+    if path is None:
+        return Project(root=root or (start or Path.cwd()).resolve(), marked=root is not None)
+    check_owner(path)
+    key = (path, path.stat().st_mtime)
+    if key not in _CACHE:
+        _CACHE[key] = _parse(path)
+    return _CACHE[key]
+
+
+def _problem(path: Path, message: str, key: str = "", hint: str | None = None) -> ChainConfigError:
+    return ChainConfigError([Problem(message, path=key, file=str(path), hint=hint)])
+
+
+def _known(
+    path: Path, name: str, known: tuple[str, ...], message: str, key: str, what: str
+) -> None:
+    if name not in known:
+        from eslabon.chainfile.suggest import did_you_mean
+
+        hint = did_you_mean(name, known)
+        hint = (hint + " " if hint else "") + f"known {what}: " + ", ".join(known)
+        raise _problem(path, message, key, hint)
+
+
+def _parse(path: Path) -> Project:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise _problem(path, f"invalid TOML: {exc}") from None
+    for table in data:
+        _known(path, table, _KNOWN_TABLES, f"unknown table [{table}]", table, "tables")
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise _problem(path, '[models] must be a table of alias = "provider:model"', "models")
+    for alias, target in models.items():
+        if not isinstance(target, str | dict):
+            raise _problem(
+                path,
+                f"alias '{alias}' must be a \"provider:model\" string or an inline table",
+                f"models.{alias}",
+            )
+    allow = _parse_allow(path, data.get("allow", {}))
+    return Project(root=path.parent, file=path, models=dict(models), allow=allow, marked=True)
+
+
+def _strings(path: Path, value: Any, key: str, example: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise _problem(path, f"[allow] {key} must be a list of text", f"allow.{key}", example)
+    return list(value)
+
+
+def _parse_allow(path: Path, allow: Any) -> Allow:
+    if not isinstance(allow, dict):
+        raise _problem(path, "[allow] must be a table", "allow")
+    for key in allow:
+        _known(path, key, _ALLOW_KEYS, f"unknown key '{key}' in [allow]", f"allow.{key}", "keys")
+    source = str(path)
+    imports = _strings(path, allow.get("imports", []), "imports", 'e.g. imports = ["mypkg"]')
+    endpoints = _strings(
+        path, allow.get("endpoints", []), "endpoints", 'e.g. endpoints = ["http://gpu1.lan:8000"]'
+    )
+    keys = allow.get("keys", {})
+    example = 'e.g. keys = {VLLM_KEY = ["http://gpu1.lan:8000"]}'
+    if not isinstance(keys, dict):
+        raise _problem(
+            path, "[allow] keys must be a table VARIABLE = [URL, ...]", "allow.keys", example
+        )
+    pairs = {var: _strings(path, urls, f"keys.{var}", example) for var, urls in keys.items()}
+    folders = _strings(path, allow.get("paths", []), "paths", 'e.g. paths = ["/data/models"]')
+    # relative folders are relative to the project file, as model paths in [models] are
+    resolved = [str((path.parent / Path(f).expanduser()).resolve()) for f in folders]
+    try:
+        built = Allow.of(imports=imports, endpoints=endpoints, keys=pairs, source=source)
+    except UserError as exc:  # a malformed URL: say which file
+        raise _problem(path, str(exc), "allow") from None
+    return Allow(
+        built.imports, built.endpoints, built.keys, tuple(Grant(f, source) for f in resolved)
+    )
