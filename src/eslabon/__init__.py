@@ -104,6 +104,7 @@ MOVED = {
     "transport": "chat",
     "provider_errors": "chat",
     "cache": "chat",
+    "prices": "chat",
     # rag
     "retrieval": "rag",
     "embeddings": "rag",

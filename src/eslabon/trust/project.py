@@ -10,6 +10,9 @@ rapido = "openai:gpt-4o-mini"
 local = "llamacpp:models/mistral-7b.Q4_K_M.gguf"      # relative to this file
 propio = {provider = "openai", name = "qwen2.5-7b", base_url = "http://127.0.0.1:8000/v1"}
 
+[prices]                      # USD per million tokens, for models genai-prices does not know
+"openai:qwen2.5-7b" = {input = 0.10, output = 0.30}     # cached_input = ... optional
+
 [allow]                       # what chain files may do beyond the defaults (docs/security.md)
 imports = ["mypkg"]
 endpoints = ["http://gpu1.lan:8000"]
@@ -26,16 +29,19 @@ import os
 import stat
 import tomllib
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from eslabon.chat.prices import Price
 from eslabon.errors import ChainConfigError, Problem, UserError
 from eslabon.trust.allow import Allow, Grant
 
 __all__ = ["PROJECT_FILE", "Project", "check_owner", "find_project", "find_root", "load_project"]
 
 PROJECT_FILE = "eslabon.toml"
-_KNOWN_TABLES = ("models", "allow")
+_KNOWN_TABLES = ("models", "prices", "allow")
+_PRICE_KEYS = ("input", "output", "cached_input")
 _ALLOW_KEYS = ("imports", "endpoints", "keys", "paths")
 
 
@@ -48,6 +54,7 @@ class Project:
     file: Path | None = None
     models: dict[str, Any] = field(default_factory=dict)
     allow: Allow = field(default_factory=Allow)
+    prices: dict[str, Price] = field(default_factory=dict)  # [prices], by provider:model
     marked: bool = False
 
     @property
@@ -146,7 +153,43 @@ def _parse(path: Path) -> Project:
                 f"models.{alias}",
             )
     allow = _parse_allow(path, data.get("allow", {}))
-    return Project(root=path.parent, file=path, models=dict(models), allow=allow, marked=True)
+    prices = _parse_prices(path, data.get("prices", {}))
+    return Project(
+        root=path.parent, file=path, models=dict(models), allow=allow, prices=prices, marked=True
+    )
+
+
+def _parse_prices(path: Path, table: Any) -> dict[str, Price]:
+    """``[prices]``: ``"provider:model" = {input = X, output = Y}`` in USD per million tokens."""
+    example = 'e.g. "openai:qwen2.5-7b" = {input = 0.10, output = 0.30}'
+    if not isinstance(table, dict):
+        raise _problem(path, "[prices] must be a table", "prices", example)
+    prices = {}
+    for model, price in table.items():
+        key = f"prices.{model}"
+        if ":" not in model or not isinstance(price, dict):
+            raise _problem(
+                path, f"[prices] '{model}' must be \"provider:model\" = {{...}}", key, example
+            )
+        for name in price:
+            _known(
+                path, name, _PRICE_KEYS, f"unknown key '{name}' in [prices] '{model}'", key, "keys"
+            )
+        values = {}
+        for name in _PRICE_KEYS:
+            value = price.get(name)
+            if value is None and name == "cached_input":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise _problem(
+                    path,
+                    f"[prices] '{model}' needs {name} as a number of USD per million tokens, >= 0",
+                    f"{key}.{name}",
+                    example,
+                )
+            values[name] = Decimal(str(value))
+        prices[model] = Price(**values)
+    return prices
 
 
 def _strings(path: Path, value: Any, key: str, example: str) -> list[str]:
