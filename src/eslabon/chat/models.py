@@ -454,7 +454,7 @@ def _timeout(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
         kwargs.setdefault("client_kwargs", {})["timeout"] = kwargs.pop("timeout")
     # their SDKs have no connect timeout, and Gemini's retries a refused connection for ~35 s:
     # a transport that fails fast, naming the URL (eslabon.chat.transport)
-    key = {"ollama": "client_kwargs", "google_genai": "client_args"}.get(spec.provider)
+    key = spec.info.client_option
     given = kwargs.get(key or "") or {}
     # Gemini's SDK picks httpx or httpx2 from what client_args hold: never mix in the user's
     if key is not None and isinstance(given, dict) and (key == "client_kwargs" or not given):

@@ -35,6 +35,9 @@ class ProviderInfo:
     env_var: str | None = None  # API key variable, if the provider needs one
     via_langchain: bool = True  # built by LangChain's init_chat_model
     host: str | None = None  # where its own key goes when no base_url is given
+    # the client setting that takes an httpx transport, where eslabon gives its own
+    # (eslabon.chat.transport: their SDKs have no connect timeout)
+    client_option: str | None = None
 
 
 # Providers LangChain's ``init_chat_model`` knows, plus eslabon's own (local, llamacpp, fake).
@@ -52,11 +55,12 @@ PROVIDERS: dict[str, ProviderInfo] = {
         "gemini",
         "GOOGLE_API_KEY",
         host="https://generativelanguage.googleapis.com",
+        client_option="client_args",
     ),
     "anthropic": ProviderInfo(
         "langchain_anthropic", "anthropic", "ANTHROPIC_API_KEY", host="https://api.anthropic.com"
     ),
-    "ollama": ProviderInfo("langchain_ollama", "ollama"),
+    "ollama": ProviderInfo("langchain_ollama", "ollama", client_option="client_kwargs"),
     "mistralai": ProviderInfo(
         "langchain_mistralai", None, "MISTRAL_API_KEY", host="https://api.mistral.ai"
     ),

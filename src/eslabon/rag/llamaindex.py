@@ -20,6 +20,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 
 from eslabon.errors import MissingDependencyError, UserError
+from eslabon.rag.retrieval import checked_k
 
 __all__ = ["LlamaIndexRetriever", "is_llamaindex_retriever", "load_persisted", "to_llamaindex"]
 
@@ -63,8 +64,7 @@ def _sized(retriever: Any, k: int | None) -> tuple[Any, int | None]:
     how many of its hits to keep (None: all)."""
     if k is None:
         return retriever, None
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+    k = checked_k(k)
     if hasattr(retriever, "similarity_top_k"):
         import copy
 

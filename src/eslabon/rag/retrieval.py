@@ -39,6 +39,7 @@ __all__ = [
     "StaticRetriever",
     "build_embeddings",
     "build_retriever",
+    "checked_k",
     "chroma_store",
     "embeddings_id",
     "format_context",
@@ -74,11 +75,14 @@ class StaticRetriever(_Sized):
 
 def _k(configured: int, given: int | None) -> int:
     """How many documents a call returns: its own ``k``, else the retriever's."""
-    if given is None:
-        return configured
-    if isinstance(given, bool) or not isinstance(given, int) or given < 1:
-        raise ValueError(f"k must be a whole number >= 1, got {given!r}")
-    return given
+    return configured if given is None else checked_k(given)
+
+
+def checked_k(k: object) -> int:
+    """A call's own ``k``, refused unless it is a whole number >= 1."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+    return k
 
 
 class KeywordRetriever(_Sized):
@@ -235,9 +239,7 @@ def build_embeddings(
     # (and fails offline); the API checks lengths itself, so eslabon skips the local count.
     extra: dict[str, Any] = {"check_embedding_ctx_length": False} if provider == "openai" else {}
     # connections that fail fast and name the URL, as for their chat models (eslabon.chat.transport)
-    if (
-        key := {"ollama": "client_kwargs", "google_genai": "client_args"}.get(provider)
-    ) is not None:
+    if info is not None and (key := info.client_option) is not None:
         from eslabon.chat.transport import FastFailTransport
 
         extra[key] = {"transport": FastFailTransport(provider, ref)}
