@@ -45,6 +45,7 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/structured_local.py
 	$(BIN)/python bench/local_speed.py
 	$(BIN)/python bench/batch_throughput.py
+	$(BIN)/python bench/logging_overhead.py
 
 schema: $(VENV)/.stamp-dev
 	$(BIN)/eslabon schema > docs/chain.schema.json

@@ -38,11 +38,18 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
 
 
+@pytest.fixture(scope="session")
+def _run_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runlog") / "logs.sqlite"
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, _run_log: Path) -> Iterator[None]:
     from eslabon.chat.modelspec import PROVIDERS
 
     monkeypatch.delenv("ESLABON_MODEL", raising=False)
+    # commands the tests run keep their run log here, never in the repository's .eslabon/
+    monkeypatch.setenv("ESLABON_LOGS", str(_run_log))
     for info in PROVIDERS.values():
         if info.env_var:
             monkeypatch.delenv(info.env_var, raising=False)

@@ -13,3 +13,32 @@ def write(tmp_path: Path, text: str, name: str = "chain.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+STAT_KEYS = {"usage", "latency_ms", "ttft_ms", "calls", "attempts", "cost", "models", "steps"}
+
+
+def unmetered(result: dict) -> dict:  # type: ignore[type-arg]
+    """A chain's result without its ``stats`` (checked present and well formed), for tests
+    that compare what the steps said."""
+    assert set(result["stats"]) == STAT_KEYS, result["stats"]
+    return {k: v for k, v in result.items() if k != "stats"}
+
+
+def unmetered_chunks(chunks: list) -> list:  # type: ignore[type-arg]
+    """A chain's stream without its closing ``{"stats": ...}`` chunk (checked: last, alone)."""
+    assert list(chunks[-1]) == ["stats"], chunks[-1]
+    assert all("stats" not in c for c in chunks[:-1])
+    return chunks[:-1]
+
+
+def timeless(stats: dict) -> dict:  # type: ignore[type-arg]
+    """Stats without the timings (which differ from run to run), for comparing two runs."""
+    drop = ("latency_ms", "ttft_ms")
+    return {
+        **{k: v for k, v in stats.items() if k not in (*drop, "steps")},
+        "steps": {
+            s: {k: v for k, v in figures.items() if k not in drop}
+            for s, figures in stats["steps"].items()
+        },
+    }

@@ -14,7 +14,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from eslabon import Chain, CompiledChain, FakeChatModel, InputError, Step, load_chain
 from eslabon.chainfile.loader import spec_from_yaml
 from eslabon.running.compile import compile_chain
-from helpers import CHAINS, write
+from helpers import CHAINS, timeless, unmetered, unmetered_chunks, write
 
 CANONICAL = CHAINS / "analizar_planificar_resolver.yaml"
 
@@ -31,7 +31,10 @@ def test_each_step_receives_exact_messages_with_earlier_outputs() -> None:
     chain = load_chain(CANONICAL, model={"provider": "fake", "responses": ["A1", "P2", "S3"]})
     assert isinstance(chain, Runnable)
     result = chain.invoke({"problema": "sumar 2+2"})
-    assert result == {"analisis": "A1", "plan": "P2", "solucion": "S3", "output": "S3"}
+    assert unmetered(result) == {"analisis": "A1", "plan": "P2", "solucion": "S3", "output": "S3"}
+    stats = result["stats"]
+    assert list(stats["steps"]) == ["analisis", "plan", "solucion"]
+    assert (stats["calls"], stats["attempts"], stats["models"]) == (3, 3, ["fake"])
     first, second, third = calls_of(chain)
     assert first == [
         SystemMessage("Eres un analista cuidadoso."),
@@ -73,7 +76,7 @@ def test_few_shot_pairs_come_between_system_and_prompt(tmp_path: Path) -> None:
         "prompt: '{frase}'\n",
     )
     chain = load_chain(path, model={"provider": "fake", "responses": ["dog"]})
-    assert chain.invoke({"frase": "perro"}) == {"output": "dog"}
+    assert unmetered(chain.invoke({"frase": "perro"})) == {"output": "dog"}
     [messages] = calls_of(chain)
     assert messages == [
         SystemMessage("Traduce."),
@@ -92,7 +95,7 @@ def test_stream_yields_chunks_keyed_by_step_then_output() -> None:
         CANONICAL, model={"provider": "fake", "responses": ["uno dos", "tres", "x y"]}
     )
     chunks = list(chain.stream({"problema": "p"}))
-    assert chunks == [
+    assert unmetered_chunks(chunks) == [
         {"analisis": "uno "},
         {"analisis": "dos"},
         {"plan": "tres"},
@@ -100,12 +103,15 @@ def test_stream_yields_chunks_keyed_by_step_then_output() -> None:
         {"solucion": "y"},
         {"output": "x y"},
     ]
+    stats = chunks[-1]["stats"]
+    assert list(stats["steps"]) == ["analisis", "plan", "solucion"] and stats["calls"] == 3
+    assert stats["ttft_ms"] is not None  # streamed: the first token's time is known
 
 
 async def test_async_invoke_stream_and_events() -> None:
     chain = load_chain(CANONICAL, model={"provider": "fake", "responses": ["a b", "c", "d e"]})
     assert (await chain.ainvoke({"problema": "p"}))["output"] == "d e"
-    chunks = [c async for c in chain.astream({"problema": "p"})]
+    chunks = unmetered_chunks([c async for c in chain.astream({"problema": "p"})])
     assert chunks[0] == {"analisis": "a "} and chunks[-1] == {"output": "d e"}
     tokens: list[str] = []
     names: set[str] = set()
@@ -274,8 +280,8 @@ def test_output_can_name_an_earlier_step(tmp_path: Path) -> None:
         "steps:\n  - {id: a, prompt: uno}\n  - {id: b, prompt: dos}\noutput: a\n",
     )
     chain = load_chain(path, model="fake:echo")
-    assert chain.invoke({}) == {"a": "uno", "b": "dos", "output": "uno"}
-    assert list(chain.stream({}))[-1] == {"output": "uno"}
+    assert unmetered(chain.invoke({})) == {"a": "uno", "b": "dos", "output": "uno"}
+    assert unmetered_chunks(list(chain.stream({})))[-1] == {"output": "uno"}
 
 
 def test_chain_built_in_code_matches_the_file() -> None:
@@ -303,7 +309,8 @@ def test_chain_built_in_code_matches_the_file() -> None:
     assert spec.to_data() == spec_from_yaml(CANONICAL).to_data()
     a = compile_chain(spec, model="fake:echo").invoke({"problema": "x"})
     b = load_chain(CANONICAL, model="fake:echo").invoke({"problema": "x"})
-    assert a == b
+    assert unmetered(a) == unmetered(b)
+    assert timeless(a["stats"]) == timeless(b["stats"])  # the same calls; only timings differ
 
 
 def test_a_ready_langchain_model_can_be_passed() -> None:

@@ -63,6 +63,8 @@ CONSTRUCTORS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "eslabon.rag.retrieval.IndexNotFoundError": _MESSAGE,
     "eslabon.running.structured._Invalid": _MESSAGE,
     "eslabon.running.toolcalls.NoAnswerError": _MESSAGE,
+    "eslabon.observe.record.RunNotLogged": _MESSAGE,
+    "eslabon.observe.runlog.LogUnavailable": _MESSAGE,
     "eslabon.chainfile.yamlsafe.YamlLimitError": (
         ("too deep", "flatten it"),
         {"line": 3, "col": 7},

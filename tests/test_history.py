@@ -10,7 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from eslabon import FakeChatModel, UserError, load_chain
 from eslabon.chainfile.loader import validate_file
-from helpers import write
+from helpers import unmetered_chunks, write
 from wire_server import WireServer
 
 CHAT = (
@@ -111,7 +111,8 @@ def test_trimming_keeps_system_and_examples_and_drops_the_oldest_turns(tmp_path:
 def test_streamed_turns_are_remembered(tmp_path: Path) -> None:
     model = FakeChatModel(responses=["uno dos", "tres"])
     chat = load_chain(write(tmp_path, CHAT), model=model).with_history("s", store="memory")
-    assert "".join(c["output"] for c in chat.stream({"mensaje": "a"})) == "uno dos"
+    chunks = unmetered_chunks(list(chat.stream({"mensaje": "a"})))
+    assert "".join(c["output"] for c in chunks) == "uno dos"
     chat.invoke({"mensaje": "b"})
     assert [m.text for m in model.calls[-1]] == ["Eres amable.", "a", "uno dos", "b"]
 

@@ -11,7 +11,7 @@ from langchain_core.messages import BaseMessage
 
 from eslabon import ModelError, load_chain
 from eslabon.trust.allow import Allow
-from helpers import CHAINS, write
+from helpers import CHAINS, unmetered, write
 
 pytestmark = pytest.mark.model
 
@@ -194,8 +194,12 @@ def test_every_example_chain_runs_on_the_bundled_model(path: Path) -> None:
     inputs = {name: "Ana" for name in chain.spec.input_names()}
     result = chain.invoke(inputs)
     assert chain.model_label == "local"
-    assert set(result) == {*(s.id for s in chain.steps), "output"}
-    assert all(isinstance(v, str) for v in result.values()) and result["output"].strip()
+    assert set(result) == {*(s.id for s in chain.steps), "output", "stats"}
+    texts = unmetered(result)
+    assert all(isinstance(v, str) for v in texts.values()) and texts["output"].strip()
+    stats = result["stats"]
+    assert stats["usage"]["input_tokens"] > 0 and stats["usage"]["output_tokens"] > 0
+    assert stats["cost"] == 0.0 and stats["calls"] == len(chain.steps)  # local: free
 
 
 def test_llamacpp_path_runs_any_gguf(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from eslabon import load_chain
-from helpers import CHAINS, write
+from helpers import CHAINS, unmetered_chunks, write
 
 pytestmark = pytest.mark.model
 
@@ -100,11 +100,21 @@ def test_streaming_and_params(server_url: str, tmp_path: Path) -> None:
     )
     chain = load_chain(path, model=model(server_url))
     chunks = list(chain.stream({}))
-    a_tokens = [c["a"] for c in chunks if "a" in c]
+    text = unmetered_chunks(chunks)
+    a_tokens = [c["a"] for c in text if "a" in c]
     assert len(a_tokens) > 1  # token by token, over SSE
-    assert chunks[-1]["output"] == "".join(c["b"] for c in chunks if "b" in c)
+    assert text[-1]["output"] == "".join(c["b"] for c in text if "b" in c)
     again = chain.invoke({})  # temperature 0 and a seed: the same answer as streamed
     assert again["a"] == "".join(a_tokens)
+    streamed, invoked = chunks[-1]["stats"], again["stats"]
+    usage = invoked["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert invoked["cost"] is None  # a server of one's own: OpenAI's prices do not apply
+    picked = ("calls", "attempts", "cost", "models")
+    assert {k: streamed[k] for k in picked} == {k: invoked[k] for k in picked}
+    # llama_cpp.server (0.3) sends no usage in a streamed reply, stream_options or not: the
+    # streamed run's usage is then unknown (None), never a partial count
+    assert streamed["usage"] in (None, usage)
 
 
 def test_api_key_env_is_sent(server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

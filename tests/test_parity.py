@@ -1,6 +1,6 @@
-"""invoke, ainvoke, stream and astream run one core (eslabon.running.runcore): every example
-chain and the failure cases give the same result, the same callbacks and the same error on all
-four paths."""
+"""invoke, ainvoke, stream and astream run one core (eslabon.running.runcore), and batch runs
+invoke: every example chain and the failure cases give the same result (its stats included, but
+for timings), the same callbacks and the same error on every path."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from eslabon import FakeChatModel, load_chain
 from eslabon.errors import OutputValidationError
 from eslabon.running.toolcalls import NoAnswerError
-from helpers import CHAINS, write
+from helpers import CHAINS, timeless, unmetered, unmetered_chunks, write
 
-PATHS = ("invoke", "ainvoke", "stream", "astream")
+PATHS = ("invoke", "ainvoke", "stream", "astream", "batch")
+STREAMED = ("stream", "astream")
 
 
 class Events(BaseCallbackHandler):
@@ -70,12 +71,13 @@ class Events(BaseCallbackHandler):
 
 
 def _sum(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """A stream's chunks added up, as LangChain adds them (texts and lists concatenate)."""
+    """A stream's chunks added up, as LangChain adds them (texts and lists concatenate); the
+    closing ``{"stats": ...}`` chunk (checked: last, alone) gives the result's stats."""
     total: dict[str, Any] = {}
-    for chunk in chunks:
+    for chunk in unmetered_chunks(chunks):
         for key, value in chunk.items():
             total[key] = total[key] + value if key in total else value
-    return total
+    return {**total, "stats": chunks[-1]["stats"]}
 
 
 def through(path: str, make: Callable[[], Any], inputs: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +92,8 @@ def through(path: str, make: Callable[[], Any], inputs: dict[str, Any]) -> dict[
             result = chain.invoke(inputs, config)
         elif path == "ainvoke":
             result = asyncio.run(chain.ainvoke(inputs, config))
+        elif path == "batch":
+            [result] = chain.batch([inputs], config)
         elif path == "stream":
             result = _sum(list(chain.stream(inputs, config)))
         else:
@@ -109,7 +113,17 @@ def assert_same_on_every_path(make: Callable[[], Any], inputs: dict[str, Any]) -
     for path in PATHS[1:]:
         assert runs[path]["error"] == first["error"], path
         assert runs[path]["events"] == first["events"], path
-        assert runs[path]["result"] == first["result"], path
+        result = runs[path]["result"]
+        if result is None:  # it failed, as the first did
+            assert first["result"] is None, path
+            continue
+        assert unmetered(result) == unmetered(first["result"]), path
+        # the same calls, attempts, usage, cost and models on every path; latency_ms and
+        # ttft_ms are timings, different on each run (and ttft_ms is only set when streamed)
+        assert timeless(result["stats"]) == timeless(first["result"]["stats"]), path
+    for path, run in runs.items():
+        if run["result"] is not None and path not in STREAMED:
+            assert run["result"]["stats"]["ttft_ms"] is None, path  # no token was streamed
     return first
 
 
@@ -178,6 +192,8 @@ def test_example_chains_agree_on_every_path(
     )
     assert seen["error"] is None and seen["result"]["output"]
     assert ("model_start", "") not in seen["events"] and len(seen["events"]) > 2
+    stats = seen["result"]["stats"]
+    assert stats["usage"]["total_tokens"] > 0 and stats["calls"] == stats["attempts"] >= 1
 
 
 # -- failure cases --------------------------------------------------------------------------
@@ -215,6 +231,7 @@ def test_the_cap_then_an_answer_agrees_on_every_path(tmp_path: Path) -> None:
         {"pregunta": "x"},
     )
     assert seen["result"]["output"] == "Listo: 3." and len(seen["result"]["tool_calls"]) == 2
+    assert seen["result"]["stats"]["calls"] == 3  # two turns that called the tool, the answer
 
 
 def test_exhausted_structured_retries_agree_on_every_path(tmp_path: Path) -> None:

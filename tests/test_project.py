@@ -10,7 +10,7 @@ from eslabon import ChainConfigError, load_chain
 from eslabon.chainfile.loader import validate_file
 from eslabon.chat.modelspec import ModelRefError, parse_model_ref
 from eslabon.trust.project import load_project
-from helpers import write
+from helpers import unmetered, write
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_chain_files_use_aliases(project: Path) -> None:
         "model: guion\nsteps:\n  - {id: a, prompt: x}\n  - {id: b, prompt: '{a}'}\n",
     )
     assert validate_file(path) == []
-    assert load_chain(path).invoke({}) == {"a": "uno", "b": "dos", "output": "dos"}
+    assert unmetered(load_chain(path).invoke({})) == {"a": "uno", "b": "dos", "output": "dos"}
     assert load_chain(path, model="eco").invoke({})["b"] == "x"
 
 

@@ -22,7 +22,7 @@ from eslabon import (
     load_chain,
 )
 from eslabon.errors import ProviderUnavailableError, RateLimitedError
-from helpers import CHAINS, write
+from helpers import CHAINS, timeless, unmetered_chunks, write
 from wire_server import Recorded, ToolCall, WireServer
 
 SECRET = "sk-wire-test-SECRET-0123456789"
@@ -117,19 +117,41 @@ class ProviderConformance:
         ]
         assert third == [("user", "Resuelve paso a paso siguiendo este plan:\nPLAN")]
 
+    def assert_same_stats(self, streamed: dict[str, Any], invoked: dict[str, Any]) -> None:
+        """A streamed run's stats and the same run's, invoked: the same usage, calls, cost and
+        models. The server counts 10 input tokens a request and one output token a word."""
+        assert timeless(streamed) == timeless(invoked)
+        usage = streamed["usage"]
+        assert usage is not None, "the provider's usage was lost when streamed"
+        assert usage["input_tokens"] == 10 * streamed["calls"]
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+        # timings aside, the one difference: only a streamed reply has a first token's time
+        assert streamed["ttft_ms"] is not None
+        assert (invoked["ttft_ms"] is not None) is self.invoke_streams
+
     def test_streaming_token_by_token(self, server: WireServer) -> None:
         chain = load_chain(CHAINS / "analizar_planificar_resolver.yaml", model=self.ref(server))
-        server.replies.extend(["uno dos tres", "cuatro", "cinco seis"])
+        replies = ["uno dos tres", "cuatro", "cinco seis"]
+        server.replies.extend(replies)
         chunks = list(chain.stream({"problema": "x"}))
-        assert [c["analisis"] for c in chunks if "analisis" in c] == ["uno ", "dos ", "tres"]
-        assert chunks[-1] == {"output": "cinco seis"}
+        text = unmetered_chunks(chunks)
+        assert [c["analisis"] for c in text if "analisis" in c] == ["uno ", "dos ", "tres"]
+        assert text[-1] == {"output": "cinco seis"}
         assert all(r.stream for r in self.sent(server))
+        server.replies.extend(replies)
+        invoked = chain.invoke({"problema": "x"})["stats"]
+        self.assert_same_stats(chunks[-1]["stats"], invoked)
+        assert invoked["usage"]["output_tokens"] == 6 and invoked["calls"] == 3
 
     async def test_async_streaming(self, server: WireServer) -> None:
         chain = load_chain(CHAINS / "hola.yaml", model=self.ref(server))
         server.replies.append("hola Ana")
         chunks = [c async for c in chain.astream({"nombre": "Ana"})]
-        assert [c["output"] for c in chunks] == ["hola ", "Ana"]
+        assert [c["output"] for c in unmetered_chunks(chunks)] == ["hola ", "Ana"]
+        server.replies.append("hola Ana")
+        invoked = (await chain.ainvoke({"nombre": "Ana"}))["stats"]
+        self.assert_same_stats(chunks[-1]["stats"], invoked)
+        assert invoked["usage"]["output_tokens"] == 2 and invoked["calls"] == 1
 
     def test_tool_calling_loop_in_the_providers_format(self, server: WireServer) -> None:
         chain = load_chain(CHAINS / "calculadora.yaml", model=self.ref(server))

@@ -16,7 +16,7 @@ from eslabon.chat.resilience import (
     is_retryable,
     retry_after_seconds,
 )
-from helpers import write
+from helpers import unmetered, unmetered_chunks, write
 from wire_server import WireServer
 
 
@@ -67,25 +67,41 @@ def test_sdk_retries_are_off_when_eslabon_retries(server: WireServer, tmp_path: 
 def test_streaming_retries_before_the_first_token(server: WireServer, tmp_path: Path) -> None:
     chain = load_chain(chain_file(tmp_path, server, "retry: {attempts: 3, backoff: 0}\n"))
     server.fail_next("rate", retry_after="0")
-    assert [c["output"] for c in chain.stream({})] == ["eco: ", "hola"]
+    chunks = list(chain.stream({}))
+    assert [c["output"] for c in unmetered_chunks(chunks)] == ["eco: ", "hola"]
     assert len(server.requests) == 2
+    stats = chunks[-1]["stats"]
+    assert (stats["attempts"], stats["calls"]) == (2, 1)  # the refused request counts as one
 
 
 async def test_async_streaming_retries_too(server: WireServer, tmp_path: Path) -> None:
     chain = load_chain(chain_file(tmp_path, server, "retry: {attempts: 3, backoff: 0}\n"))
     server.fail_next("server")
-    assert [c["output"] async for c in chain.astream({})] == ["eco: ", "hola"]
-    assert (await chain.ainvoke({}))["output"] == "eco: hola"
+    chunks = [c async for c in chain.astream({})]
+    assert [c["output"] for c in unmetered_chunks(chunks)] == ["eco: ", "hola"]
+    assert (chunks[-1]["stats"]["attempts"], chunks[-1]["stats"]["calls"]) == (2, 1)
+    result = await chain.ainvoke({})
+    assert result["output"] == "eco: hola"
+    assert (result["stats"]["attempts"], result["stats"]["calls"]) == (1, 1)
 
 
 def test_fallbacks_take_over_when_the_model_fails(server: WireServer, tmp_path: Path) -> None:
     extra = "fallbacks: [{provider: fake, responses: [respaldo]}]\n"
     chain = load_chain(chain_file(tmp_path, server, extra))
     server.fail_next("server")
-    assert chain.invoke({})["output"] == "respaldo"
+    result = chain.invoke({})
+    assert result["output"] == "respaldo"
+    stats = result["stats"]
+    # the primary's failed request and the fallback's answer; the fallback answered
+    assert (stats["attempts"], stats["calls"], stats["models"]) == (2, 1, ["fake"])
     server.fail_next("server")
-    assert "".join(c["output"] for c in chain.stream({})) == "respaldo"
-    assert chain.invoke({})["output"] == "eco: hola"  # healthy again: the primary answers
+    chunks = list(chain.stream({}))
+    assert "".join(c["output"] for c in unmetered_chunks(chunks)) == "respaldo"
+    stats = chunks[-1]["stats"]
+    assert (stats["attempts"], stats["calls"], stats["models"]) == (2, 1, ["fake"])
+    result = chain.invoke({})
+    assert result["output"] == "eco: hola"  # healthy again: the primary answers
+    assert result["stats"]["models"] == ["openai:gpt-4o-mini"] and result["stats"]["attempts"] == 1
 
 
 def test_step_settings_override_the_chain(server: WireServer, tmp_path: Path) -> None:
@@ -100,7 +116,12 @@ def test_step_settings_override_the_chain(server: WireServer, tmp_path: Path) ->
     chain = load_chain(path)
     server.fail_next("server")
     server.fail_next("server")
-    assert chain.invoke({}) == {"a": "uno", "b": "propio", "output": "propio"}
+    result = chain.invoke({})
+    assert unmetered(result) == {"a": "uno", "b": "propio", "output": "propio"}
+    steps = result["stats"]["steps"]
+    # each step: the primary failed once, then its own fallback answered
+    assert (steps["a"]["model"], steps["a"]["attempts"], steps["a"]["calls"]) == ("fake:echo", 2, 1)
+    assert (steps["b"]["model"], steps["b"]["attempts"], steps["b"]["calls"]) == ("fake", 2, 1)
 
 
 def test_an_explicit_model_drops_the_files_fallbacks(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from eslabon import FakeChatModel, load_chain
 from eslabon.chainfile.loader import validate_file
 from eslabon.rag.retrieval import build_embeddings, chroma_store
-from helpers import write
+from helpers import unmetered_chunks, write
 
 DOCS = """\
     documents:
@@ -121,7 +121,7 @@ def test_step_retriever_searches_with_an_earlier_output(tmp_path: Path) -> None:
 def test_stream_yields_documents_first_and_adds_up_to_invoke(tmp_path: Path) -> None:
     path = chain(tmp_path, f"    type: static\n    k: 1\n{DOCS}")
     chain_ = load_chain(path, model={"provider": "fake", "responses": ["uno dos"]})
-    chunks = list(chain_.stream({"pregunta": "q"}))
+    chunks = unmetered_chunks(list(chain_.stream({"pregunta": "q"})))
     assert chunks[0] == {
         "documents": [
             {

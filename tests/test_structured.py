@@ -15,7 +15,7 @@ from eslabon import ChainConfigError, FakeChatModel, OutputValidationError, User
 from eslabon.chainfile.loader import validate_file
 from eslabon.tools import calculadora
 from eslabon.trust.imports import ImportNotAllowedError
-from helpers import write
+from helpers import unmetered, unmetered_chunks, write
 
 PERSONA = """\
 inputs: {texto: Texto con una persona}
@@ -36,7 +36,7 @@ def call(name: str, args: dict[str, Any], id_: str = "c1") -> AIMessage:
 def test_structured_output_is_a_validated_dict(tmp_path: Path) -> None:
     model = FakeChatModel(responses=['{"nombre": "Ana", "edad": 34}'])
     result = load_chain(write(tmp_path, PERSONA), model=model).invoke({"texto": "Ana, 34"})
-    assert result == {"output": {"nombre": "Ana", "edad": 34}}
+    assert unmetered(result) == {"output": {"nombre": "Ana", "edad": 34}}
     schema = model.bound[0]["response_format"]
     assert schema["required"] == ["nombre", "edad"] and schema["title"] == "output"
 
@@ -46,7 +46,9 @@ def test_invalid_output_is_fed_back_then_raises_with_the_raw_text(tmp_path: Path
         responses=['{"nombre": "Ana", "edad": -1}', '{"nombre": "Ana", "edad": 3}']
     )
     chain = load_chain(write(tmp_path, PERSONA), model=model)
-    assert chain.invoke({"texto": "x"})["output"]["edad"] == 3
+    result = chain.invoke({"texto": "x"})
+    assert result["output"]["edad"] == 3
+    assert result["stats"]["calls"] == 2  # the answer asked again is a model call of its own
     retry = model.calls[1]
     assert retry[-2] == AIMessage('{"nombre": "Ana", "edad": -1}')
     assert (
@@ -74,14 +76,20 @@ def test_later_steps_see_structured_output_as_json_and_the_result_keeps_it(tmp_p
     )
     model = FakeChatModel(responses=['{"nombre": "Ñandú"}', "¡Hola!"])
     result = load_chain(path, model=model).invoke({"texto": "x"})
-    assert result == {"persona": {"nombre": "Ñandú"}, "saludo": "¡Hola!", "output": "¡Hola!"}
+    assert unmetered(result) == {
+        "persona": {"nombre": "Ñandú"},
+        "saludo": "¡Hola!",
+        "output": "¡Hola!",
+    }
     assert model.calls[1][-1].text == 'Saluda a {"nombre": "Ñandú"}'
 
 
 def test_streaming_and_async_give_the_structured_value(tmp_path: Path) -> None:
     model = FakeChatModel(responses=['{"nombre": "Ana", "edad": 1}'])
     chain = load_chain(write(tmp_path, PERSONA), model=model)
-    assert list(chain.stream({"texto": "x"})) == [{"output": {"nombre": "Ana", "edad": 1}}]
+    chunks = list(chain.stream({"texto": "x"}))
+    assert unmetered_chunks(chunks) == [{"output": {"nombre": "Ana", "edad": 1}}]
+    assert chunks[-1]["stats"]["ttft_ms"] is None  # a structured answer comes whole, unstreamed
     assert asyncio.run(chain.ainvoke({"texto": "x"}))["output"]["nombre"] == "Ana"
 
 
@@ -211,7 +219,7 @@ def test_max_tool_calls_ends_the_loop_with_an_answer_without_tools(tmp_path: Pat
 def test_tools_stream_and_run_async(tmp_path: Path) -> None:
     responses: list[str | AIMessage] = [call("calculadora", {"expresion": "2**10"}), "1024"]
     chain = load_chain(write(tmp_path, CALCULA), model=FakeChatModel(responses=responses))
-    chunks = list(chain.stream({"pregunta": "x"}))
+    chunks = unmetered_chunks(list(chain.stream({"pregunta": "x"})))
     assert chunks[0]["tool_calls"][0]["output"] == "1024" and chunks[-1] == {"output": "1024"}
     chain = load_chain(write(tmp_path, CALCULA), model=FakeChatModel(responses=responses))
     result = asyncio.run(chain.ainvoke({"pregunta": "x"}))

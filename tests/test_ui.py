@@ -116,6 +116,14 @@ def test_fill_the_form_run_and_see_each_step(site: str, browser: Any, tmp_path: 
     assert panel(page, 0) == "Analiza el problema:\nTengo 3 manzanas"  # fake:echo: the prompt
     assert panel(page, 2).startswith("Resuelve paso a paso siguiendo este plan:")
     assert not page.locator("#step-3").is_visible()
+    # what each step used: its model, tokens in → out, time and cost (fake:echo costs $0)
+    page.wait_for_function(
+        "() => document.querySelector('#usage')?.innerText.includes('total')", timeout=10000
+    )
+    usage = page.locator("#usage").inner_text()
+    for step in ("analisis", "plan", "solucion"):
+        assert step in usage
+    assert "fake:echo" in usage and "→" in usage and "$0" in usage
     # ESLABON_SCREENSHOT=docs/ui.png refreshes the picture in the docs
     shot = Path(os.environ.get("ESLABON_SCREENSHOT") or tmp_path / "ui.png")
     page.screenshot(path=str(shot), full_page=True)
@@ -230,6 +238,13 @@ def test_form_and_run_state_without_a_browser(tmp_path: Path) -> None:
     assert form.steps == ["analisis", "plan", "solucion"] and not form.error
     states = list(run_chain(CHAINS / "extraer_persona.yaml", {"texto": "x"}, "fake:echo"))
     assert states[-1].done and "not valid JSON" in states[-1].error  # echo is not JSON
+    done = list(run_chain(CHAINS / "traductor.yaml", {"frase": "hola"}, "fake:echo"))[-1]
+    assert done.steps == {"output": "¿Cómo se dice 'hola' en inglés?"} and not done.error
+    assert done.structured is None  # the closing stats are not a structured output
+    assert (
+        done.stats is not None and done.stats["usage"]["output_tokens"] == 6
+    )  # the fake counts words
+    assert done.stats["steps"]["output"]["model"] == "fake:echo"
     assert model_choices()[:3] == [FILE_MODEL, "local", "fake:echo"]
 
 

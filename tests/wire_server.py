@@ -593,12 +593,14 @@ class WireServer:
                         },
                     )
                 event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                # the API's message_delta usage is cumulative, input tokens included (and
+                # langchain-anthropic reads a streamed reply's usage from it alone)
                 event(
                     "message_delta",
                     {
                         "type": "message_delta",
                         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                        "usage": {"output_tokens": usage["output_tokens"]},
+                        "usage": usage,
                     },
                 )
                 event("message_stop", {"type": "message_stop"})

@@ -118,12 +118,18 @@ MOVED = {
     "graph": "interfaces",
     "batch": "interfaces",
     "outfile": "interfaces",
+    "logs": "interfaces",
     # trust
     "allow": "trust",
     "paths": "trust",
     "imports": "trust",
     "project": "trust",
     "redaction": "trust",
+    # observe (new: no former flat path; listed so that the layout test checks them)
+    "meter": "observe",
+    "record": "observe",
+    "runlog": "observe",
+    "tracing": "observe",
 }
 
 

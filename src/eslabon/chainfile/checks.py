@@ -43,7 +43,7 @@ __all__ = [
     "spec_problems",
 ]
 
-RESERVED_IDS = {"output"}  # the result dict's own key
+RESERVED_IDS = {"output", "stats"}  # the result dict's own keys
 RETRIEVAL_NAMES = ("context", "documents")  # {context} in prompts, "documents" in results
 _NAME = re.compile(NAME_PATTERN)
 

@@ -115,7 +115,16 @@ def build_model(
 def build_from_spec(
     spec: ModelSpec, params: dict[str, Any] | None = None, base_dir: Path | None = None
 ) -> BaseChatModel:
-    """Build the chat model a parsed :class:`ModelSpec` describes."""
+    """Build the chat model a parsed :class:`ModelSpec` describes (tagged with what it was
+    built from, for usage and cost: :func:`eslabon.observe.meter.tag_model`)."""
+    from eslabon.observe.meter import tag_model
+
+    return tag_model(_build_from_spec(spec, params, base_dir), spec)
+
+
+def _build_from_spec(
+    spec: ModelSpec, params: dict[str, Any] | None, base_dir: Path | None
+) -> BaseChatModel:
     _check_settings(spec)
     if "base_urls" in spec.kwargs:
         return _build_pool(spec, params, base_dir)
@@ -464,6 +473,9 @@ def _timeout(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
         kwargs[key] = {"transport": transport, **given}
 
 
+_STREAM_USAGE = ("openai", "azure_openai")
+
+
 def _build_langchain(
     spec: ModelSpec, kwargs: dict[str, Any], params: dict[str, Any]
 ) -> BaseChatModel:
@@ -480,6 +492,11 @@ def _build_langchain(
     from langchain.chat_models import init_chat_model
 
     settings = provider_params(spec, params)
+    if spec.provider in _STREAM_USAGE and "stream_usage" not in kwargs:
+        # LangChain asks OpenAI for a streamed reply's usage only at OpenAI's own URL; servers
+        # that speak its protocol (vLLM, llama.cpp, a proxy) send it too, and every run reports
+        # its usage (eslabon.observe.meter)
+        kwargs["stream_usage"] = True
     if "extra_body" in kwargs and "extra_body" in settings:  # the mapping's own, plus ours
         settings["extra_body"] = {**kwargs.pop("extra_body"), **settings["extra_body"]}
     try:

@@ -8,8 +8,11 @@
   optional requests-per-second limit is LangChain's ``InMemoryRateLimiter`` on every model call.
   The chain's own retry and fallback settings apply to each row.
 * Each finished row is one JSON line in the output, written as it finishes (a failed row too,
-  with its error). ``resume`` skips the ids the output already holds, after dropping a line a
-  crash cut short; ``retry_failed`` also re-runs the rows recorded with an error.
+  with its error), with its ``stats`` (tokens, time, attempts, cost: see
+  :mod:`eslabon.observe.meter`); the report adds them up. Given a run-log writer (the
+  command line's), each row is a logged run.
+* ``resume`` skips the ids the output already holds, after dropping a line a crash cut short;
+  ``retry_failed`` also re-runs the rows recorded with an error.
 * One run per output file at a time (a lock), and resume only touches a file of eslabon's own
   records (:mod:`eslabon.interfaces.outfile`).
 
@@ -51,6 +54,13 @@ class BatchReport:
     skipped: int = 0
     elapsed_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)  # error type -> count
+    stats: dict[str, Any] | None = None  # the rows' usage, calls and cost, added up
+    unlogged: str | None = None  # why rows could not be written to the run log, if so
+
+    def add(self, stats: dict[str, Any]) -> None:
+        from eslabon.observe.meter import add_stats
+
+        self.stats = stats if self.stats is None else add_stats(self.stats, stats)
 
     @property
     def rate(self) -> float:
@@ -61,6 +71,10 @@ class BatchReport:
         if self.skipped:
             parts.append(f"{self.skipped} skipped (already in the output)")
         line = f"{', '.join(parts)} in {self.elapsed_s:.1f} s ({self.rate:.1f} rows/s)"
+        if self.stats is not None:
+            from eslabon.observe.record import cost_text, usage_text
+
+            line += f" · {usage_text(self.stats)} · {cost_text(self.stats.get('cost'))}"
         if self.errors:
             line += "; errors: " + ", ".join(f"{k} ×{v}" for k, v in self.errors.items())
         return line
@@ -165,12 +179,14 @@ async def arun_batch(
     resume: bool = False,
     retry_failed: bool = False,
     on_row: Callable[[dict[str, Any], BatchReport], None] | None = None,
+    log: Any = None,
 ) -> BatchReport:
     """Run ``chain`` over ``rows``, appending one JSON line per finished row to ``out``.
 
     ``rate`` caps model requests per second (all steps' calls count). ``on_row`` is called
     after each row is written (progress bars). ``out`` is locked while the batch runs: a second
-    batch on it is refused (:mod:`eslabon.interfaces.outfile`).
+    batch on it is refused (:mod:`eslabon.interfaces.outfile`). ``log``: a run-log writer
+    (:class:`eslabon.observe.record.RunWriter`) each row is written to, or None.
     """
     if concurrency < 1:
         raise UserError("concurrency must be at least 1")
@@ -197,7 +213,7 @@ async def arun_batch(
             chain = chain.with_rate_limit(rate)
         sink = LineSink(target)
         try:
-            await _run_rows(chain, todo, sink, concurrency, report, on_row)
+            await _run_rows(chain, todo, sink, concurrency, report, on_row, log)
         finally:
             sink.close()
     return report
@@ -220,6 +236,7 @@ async def _run_rows(
     concurrency: int,
     report: BatchReport,
     on_row: Callable[[dict[str, Any], BatchReport], None] | None,
+    log: Any = None,
 ) -> None:
     inputs_of = chain.spec.input_names()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -233,7 +250,7 @@ async def _run_rows(
                 row = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            record = await _run_row(chain, row, inputs_of, report)
+            record = await _run_row(chain, row, inputs_of, report, log)
             sink.write(record)
             report.elapsed_s = time.perf_counter() - start
             if on_row is not None:
@@ -252,20 +269,26 @@ async def _run_rows(
 
 
 async def _run_row(
-    chain: Any, row: dict[str, Any], inputs_of: list[str], report: BatchReport
+    chain: Any, row: dict[str, Any], inputs_of: list[str], report: BatchReport, log: Any = None
 ) -> dict[str, Any]:
-    """One row run: its OUT record (counted in ``report``)."""
+    """One row run: its OUT record (counted in ``report``; written to ``log`` if given)."""
+    from eslabon.observe.meter import Meter
     from eslabon.running.structured import as_data
 
     inputs = {k: v for k, v in row.items() if k in inputs_of}
     began = time.perf_counter()
     record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
+    # the row's own meter: a failed row's attempts are counted too (they may have cost)
+    meter = Meter(chain.prices, capture_messages=log is not None)
+    result: dict[str, Any] | None = None
+    error: Exception | None = None
     try:
         _check_empty(chain, row, inputs_of)
-        result = await chain.ainvoke(inputs)
+        result = await chain.ainvoke(inputs, {"callbacks": [meter]})
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        error = exc
         record.update(output=None, steps=None, error=_error_record(exc))
         report.failed += 1
         kind = record["error"]["type"]
@@ -280,7 +303,29 @@ async def _run_row(
     record["model"] = ", ".join(dict.fromkeys(models.values()))
     record["models"] = models
     record["elapsed_s"] = round(time.perf_counter() - began, 4)
+    record["stats"] = result["stats"] if result is not None else meter.stats()
+    report.add(record["stats"])
+    if log is not None:
+        await _log_row(log, chain, inputs, meter, result, error, row["id"], report)
     return record
+
+
+async def _log_row(
+    log: Any,
+    chain: Any,
+    inputs: dict[str, Any],
+    meter: Any,
+    result: dict[str, Any] | None,
+    error: Exception | None,
+    row_id: Any,
+    report: BatchReport,
+) -> None:
+    """The row as a run in the run log, written off the event loop (other rows go on)."""
+    from eslabon.observe.record import run_record
+
+    entry = run_record(chain, inputs, meter, result, error, kind="batch", row=row_id)
+    if (reason := await asyncio.to_thread(log.write, entry)) is not None:
+        report.unlogged = reason
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None

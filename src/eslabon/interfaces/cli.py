@@ -19,6 +19,7 @@ from typing import Annotated, Any, NamedTuple, NoReturn, ParamSpec
 import typer
 
 from eslabon.errors import EslabonError, UserError
+from eslabon.interfaces.logs import app as logs_app
 from eslabon.trust.redaction import redact
 
 app = typer.Typer(
@@ -58,6 +59,10 @@ AllowKeyOption = Annotated[
 AllowPathOption = Annotated[
     list[str] | None,
     typer.Option("--allow-path", help="Let the chain file read files in this folder."),
+]
+NoLogOption = Annotated[
+    bool,
+    typer.Option("--no-log", help="Do not keep this run in the run log (eslabon logs)."),
 ]
 
 
@@ -317,41 +322,109 @@ def run(
     ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    no_log: NoLogOption = False,
     allow_import: AllowImportOption = None,
     allow_endpoint: AllowEndpointOption = None,
     allow_key: AllowKeyOption = None,
     allow_path: AllowPathOption = None,
 ) -> None:
-    """Run a chain file and print each step's output.
+    """Run a chain file and print each step's output, then what it used (tokens, time, cost).
 
     Piped standard input fills the chain's one required input when -i does not give it.
+    The run is kept in the run log (see `eslabon logs`) unless --no-log.
     """
     _prepare(allow_endpoint, allow_key, allow_path)
     values = _parse_inputs(inputs or [])
     chain = _open_chain(file, model, allow_import)
     _check_input_names(chain.spec, values)
     _read_stdin_input(chain.spec, values)
-    if stream and not as_json:
-        _run_streaming(chain, values)
-        return
-    result = chain.invoke(values)
+    with _logged(chain, values, _run_log(no_log)) as run:
+        config: Any = {"callbacks": [run.meter]}
+        if stream and not as_json:
+            run.result = _run_streaming(chain, values, config)
+        else:
+            run.result = chain.invoke(values, config)
+    result = run.result
     if as_json:
-        from eslabon.running.structured import as_data
-
-        models = {s.id: s.label for s in chain.steps}  # each step's own: steps may differ
-        out = {
-            "chain": chain.name,
-            "model": ", ".join(dict.fromkeys(models.values())),
-            "models": models,
-            "output": as_data(result["output"]),
-            "steps": {s.id: as_data(result[s.id]) for s in chain.steps},
-        }
-        for extra in ("documents", "tool_calls"):
-            if extra in result:
-                out[extra] = result[extra]
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        typer.echo(json.dumps(_json_result(chain, result), ensure_ascii=False, indent=2))
         return
-    _print_steps(chain, result)
+    if not stream:
+        _print_steps(chain, result)
+    _print_summary(result["stats"], len(chain.steps))
+
+
+def _json_result(chain: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """``run --json``'s document: outputs, each step's model, documents, tool calls, stats."""
+    from eslabon.running.structured import as_data
+
+    models = {s.id: s.label for s in chain.steps}  # each step's own: steps may differ
+    out = {
+        "chain": chain.name,
+        "model": ", ".join(dict.fromkeys(models.values())),
+        "models": models,
+        "output": as_data(result["output"]),
+        "steps": {s.id: as_data(result[s.id]) for s in chain.steps},
+    }
+    for extra in ("documents", "tool_calls"):
+        if extra in result:
+            out[extra] = result[extra]
+    out["stats"] = result["stats"]
+    return out
+
+
+def _print_summary(stats: dict[str, Any], steps: int) -> None:
+    """The dim line after a run's output, on stderr: piped output stays the answer alone."""
+    from rich.console import Console
+
+    from eslabon.observe.record import summary_line
+
+    Console(stderr=True, highlight=False, markup=False).print(
+        summary_line(stats, steps), style="dim"
+    )
+
+
+def _run_log(no_log: bool) -> Any:
+    """The run log's writer for this command (None: off by --no-log or [logs] enabled)."""
+    if no_log:
+        return None
+    from eslabon.observe.runlog import logging_enabled
+
+    if not logging_enabled():
+        return None
+    from eslabon.observe.record import RunWriter
+
+    return RunWriter()
+
+
+def _log_warning(reason: str | None) -> None:
+    if reason is not None:
+        typer.echo(redact(f"warning: this run was not logged: {reason}"), err=True)
+
+
+class _Run:
+    """One run of a command: its meter (pass it in the run's callbacks) and its result."""
+
+    def __init__(self, meter: Any) -> None:
+        self.meter = meter
+        self.result: Any = None
+
+
+@contextmanager
+def _logged(chain: Any, values: dict[str, Any], log: Any, **extra: Any) -> Iterator[_Run]:
+    """One run, written to ``log`` (a RunWriter, or None) when it ends, done or failed; the
+    block sets ``run.result``."""
+    from eslabon.observe.meter import Meter
+    from eslabon.observe.record import run_record
+
+    run = _Run(Meter(chain.prices, capture_messages=log is not None))
+    try:
+        yield run
+    except Exception as exc:
+        if log is not None:
+            _log_warning(log.write(run_record(chain, values, run.meter, error=exc, **extra)))
+        raise
+    if log is not None:
+        _log_warning(log.write(run_record(chain, values, run.meter, run.result, **extra)))
 
 
 def _check_input_names(spec: Any, values: dict[str, str]) -> None:
@@ -451,12 +524,19 @@ def _print_steps(chain: Any, result: dict[str, Any]) -> None:
         console.print()
 
 
-def _run_streaming(chain: Any, values: dict[str, str]) -> None:
+def _run_streaming(chain: Any, values: dict[str, str], config: Any = None) -> dict[str, Any]:
+    """Print the run's tokens as they come; the whole result."""
+    from eslabon.observe.record import gather
+
     console = _console()
     current: str | None = None
     single = len(chain.steps) == 1
-    for chunk in chain.stream(values):
+    result: dict[str, Any] = {}
+    for chunk in chain.stream(values, config):
+        gather(result, chunk)
         for key, text in chunk.items():
+            if key == "stats":
+                continue
             if key == "documents":
                 if text:
                     _print_documents(console, text)
@@ -474,6 +554,7 @@ def _run_streaming(chain: Any, values: dict[str, str]) -> None:
             console.print(text if isinstance(text, str) else _shown(text), end="")
             console.file.flush()
     console.print()
+    return result
 
 
 @_command()
@@ -635,6 +716,7 @@ def batch(
         Path | None, typer.Option("--cache", help="SQLite cache of model calls.")
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run on this model.")] = None,
+    no_log: NoLogOption = False,
     allow_import: AllowImportOption = None,
     allow_endpoint: AllowEndpointOption = None,
     allow_key: AllowKeyOption = None,
@@ -664,8 +746,11 @@ def batch(
             resume=resume or retry_failed,
             retry_failed=retry_failed,
             on_row=on_row,
+            log=_run_log(no_log),
         )
     typer.echo(report.summary())
+    if report.unlogged is not None:
+        typer.echo(redact(f"warning: some rows were not logged: {report.unlogged}"), err=True)
     if report.failed:
         typer.echo(f"{report.failed} rows failed: their lines in {out} say why", err=True)
         raise typer.Exit(BATCH_ROWS_FAILED)
@@ -803,8 +888,11 @@ class _Chat:
     On a terminal, a turn's error is said and the conversation goes on; piped, it ends it.
     """
 
-    def __init__(self, chain: Any, session: str, allow_import: list[str] | None) -> None:
+    def __init__(
+        self, chain: Any, session: str, allow_import: list[str] | None, log: Any = None
+    ) -> None:
         self.chain = chain
+        self.log = log  # the run log's writer: each turn is a run (None: not logged)
         self.spec = chain.spec  # the chain file, compiled again on /model
         self.session = session
         self.allow_import = allow_import
@@ -894,14 +982,26 @@ class _Chat:
 
     def answer(self, line: str) -> None:
         console = self.console
-        for chunk in self.talk.stream({self.talk.main_input: line}):
-            text = chunk.get(self.chain.output_id)  # the answer step's tokens only
-            if isinstance(text, str):
-                console.print(text, end="")
-                console.file.flush()
-            elif text is not None:
-                console.print(_shown(text), end="")
-        console.print()
+        values = {self.talk.main_input: line}
+        with _logged(self.chain, values, self.log, kind="chat", session=self.session) as run:
+            result: dict[str, Any] = {}
+            for chunk in self.talk.stream(values, {"callbacks": [run.meter]}):
+                result.update(chunk)
+                text = chunk.get(self.chain.output_id)  # the answer step's tokens only
+                if isinstance(text, str):
+                    console.print(text, end="")
+                    console.file.flush()
+                elif text is not None:
+                    console.print(_shown(text), end="")
+            console.print()
+            run.result = self._whole(result)
+
+    def _whole(self, last: dict[str, Any]) -> dict[str, Any]:
+        """The turn's result for the log: its stats, and the answer as history keeps it."""
+        messages = self.talk.history.messages
+        answer = messages[-1].text if messages else None
+        steps = {s.id: last.get(s.id, answer) for s in self.chain.steps}
+        return {**steps, "output": answer, "stats": last["stats"]}
 
 
 @_command()
@@ -915,6 +1015,7 @@ def chat(
     allow_endpoint: AllowEndpointOption = None,
     allow_key: AllowKeyOption = None,
     allow_path: AllowPathOption = None,
+    no_log: NoLogOption = False,
 ) -> None:
     """Talk to a chain: each line you type is a turn; answers stream back and are remembered.
 
@@ -923,7 +1024,7 @@ def chat(
     """
     _prepare(allow_endpoint, allow_key, allow_path)
     chain = _open_chain(file, model, allow_import)
-    _Chat(chain, session, allow_import).run()
+    _Chat(chain, session, allow_import, _run_log(no_log)).run()
 
 
 @_command()
@@ -971,6 +1072,9 @@ def models() -> None:
     console = _console()
     console.print()
     console.print(table)
+
+
+app.add_typer(logs_app, name="logs")  # eslabon logs: the run log (interfaces/logs.py)
 
 
 def main() -> None:

@@ -117,6 +117,7 @@ class RunState:
     documents: list[dict[str, Any]] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     structured: Any = None
+    stats: dict[str, Any] | None = None  # tokens, time and cost per step, once the run ends
     error: str = ""
     done: bool = False
 
@@ -138,7 +139,9 @@ def run_chain(
         )
         for chunk in chain.stream(values):
             for key, value in chunk.items():
-                if key == "documents":
+                if key == "stats":
+                    state.stats = value
+                elif key == "documents":
                     state.documents += value
                 elif key == "tool_calls":
                     state.tool_calls += value
@@ -194,6 +197,26 @@ def _tools_markdown(calls: list[dict[str, Any]]) -> str:
     for call in calls:
         signature, result = call_summary(call)
         lines.append(f"- `{signature}` → {result}")
+    return "\n".join(lines)
+
+
+def _stats_markdown(stats: dict[str, Any] | None) -> str:
+    """Each step's model, tokens, time and cost, and the run's total, as a table."""
+    if not stats:
+        return ""
+    from eslabon.observe.record import cost_text, usage_text
+
+    def row(name: str, model: str, figures: dict[str, Any]) -> str:
+        time = f"{figures['latency_ms'] / 1000:.2f} s"
+        if figures.get("ttft_ms") is not None:
+            time += f" (first token {figures['ttft_ms'] / 1000:.2f} s)"
+        cells = (name, model, usage_text(figures), time, cost_text(figures.get("cost")))
+        return "| " + " | ".join(cells) + " |"
+
+    lines = ["| step | model | tokens (in → out) | time | cost |", "|---|---|---|---|---|"]
+    for step, figures in stats["steps"].items():
+        lines.append(row(f"`{step}`", str(figures.get("model") or ""), figures))
+    lines.append(row("**total**", ", ".join(stats.get("models", [])), stats))
     return "\n".join(lines)
 
 
@@ -283,6 +306,7 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         documents = gr.Markdown(elem_id="documents")
         tools = gr.Markdown(elem_id="tool-calls")
         structured = gr.JSON(label="Structured output", visible=False, elem_id="structured")
+        usage = gr.Markdown(elem_id="usage")
         with gr.Accordion("Provider payload (eslabon render)", open=False):
             with gr.Row():
                 provider_box = gr.Dropdown(
@@ -308,7 +332,7 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
         def run(name: str, model: str, *given: str) -> Iterator[list[Any]]:
             form = form_for(Path(name))
             if form.error:
-                yield [gr.update(value=form.error, visible=True), *[gr.update()] * (MAX_STEPS + 3)]
+                yield [gr.update(value=form.error, visible=True), *[gr.update()] * (MAX_STEPS + 4)]
                 return
             for state in run_chain(Path(name), form.values(given), model, allow_imports):
                 texts = [
@@ -321,12 +345,13 @@ def build_app(target: Path, allow_imports: list[str] | None = None) -> Any:
                     _documents_markdown(state.documents),
                     _tools_markdown(state.tool_calls),
                     gr.update(value=state.structured, visible=state.structured is not None),
+                    _stats_markdown(state.stats),
                 ]
 
         run_button.click(
             run,
             inputs=[chain_box, model_box, *fields],
-            outputs=[error_box, *panels, documents, tools, structured],
+            outputs=[error_box, *panels, documents, tools, structured, usage],
         )
 
         def show(name: str, provider: str, step: str | None, *given: str) -> Any:

@@ -145,6 +145,10 @@ def _compile(
         steps.append(CompiledStep(step.id, prompt, model_, origin_, own, structured, loop, history))
     compiled = CompiledChain(spec, steps, model_label=_label(chain_ref), retrieval=retrieval)
     compiled.compiled_with = {"model": model, "allow_imports": allow_imports, **settings_arg}
+    from eslabon.trust.project import load_project
+
+    compiled.project = load_project()  # [tracing] and [prices]: cost besides genai-prices
+    compiled.prices = compiled.project.prices
     compiled.recompile = compile_chain
     return compiled
 

@@ -40,6 +40,7 @@ from eslabon.chainfile.suggest import did_you_mean
 from eslabon.chat.modelspec import ModelSpec
 from eslabon.chat.provider_errors import translate_model_error
 from eslabon.errors import EslabonError, InputError
+from eslabon.observe.meter import Meter, find_meter
 from eslabon.running.history import ChainWithHistory, History, with_history
 from eslabon.running.runcore import Call, Emit, Flow, Stream, adrive, arun, drive, run
 from eslabon.running.structured import OutputSchema, as_json_text, result_model, structured_flow
@@ -285,6 +286,8 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         # compile_chain itself, set by it: the runtime never imports the builder
         self.recompile: Callable[..., CompiledChain] | None = None
         self._defaults = {n: d for n in self._inputs if (d := spec.input_default(n)) is not None}
+        self.prices: Any = None  # the project's [prices] (None: read when a run's cost is asked)
+        self.project: Any = None  # its eslabon.toml ([tracing]), set by compile_chain
 
     # -- variants -------------------------------------------------------------------------
     def with_model_settings(self, **settings: Any) -> CompiledChain:
@@ -314,6 +317,14 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         ``store``: None for the project's SQLite file, ``"memory"``, a path, or a callable
         (see :mod:`eslabon.running.history`)."""
         return with_history(self, session_id, store)
+
+    def with_log(self, path: str | Path | None = None) -> Any:
+        """This chain writing each run to the run log (``path``, else ``ESLABON_LOGS``, else
+        ``.eslabon/logs.sqlite`` under the project root): inputs, each step's messages and
+        output, usage, latency, cost, error. Python runs are logged only when asked."""
+        from eslabon.observe.record import LoggedChain
+
+        return LoggedChain(self, path)
 
     def with_cache(self, cache: Any) -> CompiledChain:
         """Model calls answered from ``cache`` (a LangChain ``BaseCache``, or a path for a
@@ -416,13 +427,14 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             )
         return values
 
-    def _result(self, values: dict[str, Any], extra: _Extras) -> dict[str, Any]:
+    def _result(self, values: dict[str, Any], extra: _Extras, stats: Any) -> dict[str, Any]:
         result = {s.id: extra.typed.get(s.id, values[s.id]) for s in self.steps}
         result["output"] = result[self.output_id]
         if self.retrieves:  # chains without a retriever keep their plain result
             result["documents"] = extra.documents
         if self.uses_tools:
             result["tool_calls"] = extra.tool_calls
+        result["stats"] = stats
         return result
 
     def _keep(self, step: CompiledStep, value: Any, values: dict[str, Any], extra: _Extras) -> None:
@@ -434,10 +446,12 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             values[step.id] = value
 
     # -- the run ------------------------------------------------------------------------
-    def _flow(self, given: Any, config: RunnableConfig, stream: bool) -> Flow[dict[str, Any]]:
+    def _flow(
+        self, given: Any, config: RunnableConfig, stream: bool, meter: Meter
+    ) -> Flow[dict[str, Any]]:
         """The whole run, for every way of running (see :mod:`eslabon.running.runcore`): the result,
         and with ``stream`` the chunks ``stream`` yields — documents first, each step's tokens
-        (or whole value) as it comes, then the output."""
+        (or whole value) as it comes, then the output, then the run's ``stats``."""
         values = self._values(given)
         extra = _Extras()
         if self.retrieval:
@@ -447,6 +461,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         elif self.retrieves:
             yield Emit({"documents": []})
         for step in self.steps:
+            meter.begin(step.id)
             step_values = values
             if step.retrieval:
                 step_values = {**values}  # this step's own {context}
@@ -459,11 +474,43 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             if calls:
                 yield Emit({"tool_calls": calls})
             self._keep(step, value, values, extra)
+            meter.end(step.id)
             if not tokens or not value:  # streamed tokens were given already
                 yield Emit({step.id: extra.typed.get(step.id, value)})
         if self.output_id != "output":
             yield Emit({"output": extra.typed.get(self.output_id, values[self.output_id])})
-        return self._result(values, extra)
+        meter.finish()
+        stats = meter.stats()
+        yield Emit({"stats": stats})
+        return self._result(values, extra, stats)
+
+    def _traced(self, config: RunnableConfig | None) -> RunnableConfig:
+        """``config`` with the tracing handler in its callbacks when tracing is configured
+        (:mod:`eslabon.observe.tracing`): before the chain run starts, so its span is the root."""
+        from eslabon.observe.tracing import tracing_handler
+
+        config = ensure_config(config)
+        tracer = tracing_handler(self.project)
+        if tracer is None:
+            return config
+        callbacks = config.get("callbacks")
+        if callbacks is None or isinstance(callbacks, list):
+            if tracer not in (callbacks or ()):
+                config["callbacks"] = [*(callbacks or ()), tracer]
+        elif tracer not in callbacks.handlers:  # an outer chain's run already traces this one
+            callbacks = callbacks.copy()
+            callbacks.add_handler(tracer, inherit=True)
+            config["callbacks"] = callbacks
+        return config
+
+    def _meter(self, callbacks: Any) -> Meter:
+        """This run's meter: the caller's (in its callbacks), else a new one added to them."""
+        meter = find_meter(callbacks)
+        if meter is None:
+            meter = Meter(self.prices)
+            callbacks.add_handler(meter)
+        meter.owner = self  # a chain run inside this one counts into it, with its own meter
+        return meter
 
     # -- the four doors ---------------------------------------------------------------------
     # invoke/ainvoke are written out rather than via Runnable._call_with_config: that helper
@@ -473,41 +520,49 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     def invoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        config = ensure_config(config)
+        config = self._traced(config)
         run_manager = get_callback_manager_for_config(config).on_chain_start(
             None,
             input,
             name=config.get("run_name") or self.get_name(),
             run_id=config.pop("run_id", None),
         )
+        callbacks = run_manager.get_child()
+        meter = self._meter(callbacks)
         try:
-            child = patch_config(config, callbacks=run_manager.get_child())
+            child = patch_config(config, callbacks=callbacks)
             with set_config_context(child) as context:
-                output: dict[str, Any] = context.run(run, self._flow(input, child, False))
+                output: dict[str, Any] = context.run(run, self._flow(input, child, False, meter))
         except BaseException as exc:
             run_manager.on_chain_error(exc)
             raise
+        finally:
+            meter.owner = None
         run_manager.on_chain_end(output)
         return output
 
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        config = ensure_config(config)
+        config = self._traced(config)
         run_manager = await get_async_callback_manager_for_config(config).on_chain_start(
             None,
             input,
             name=config.get("run_name") or self.get_name(),
             run_id=config.pop("run_id", None),
         )
+        callbacks = run_manager.get_child()
+        meter = self._meter(callbacks)
         try:
-            child = patch_config(config, callbacks=run_manager.get_child())
+            child = patch_config(config, callbacks=callbacks)
             with set_config_context(child) as context:
-                flow = self._flow(input, child, False)
+                flow = self._flow(input, child, False, meter)
                 output: dict[str, Any] = await coro_with_context(arun(flow), context)
         except BaseException as exc:
             await run_manager.on_chain_error(exc)
             raise
+        finally:
+            meter.owner = None
         await run_manager.on_chain_end(output)
         return output
 
@@ -526,7 +581,11 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> Iterator[dict[str, Any]]:
-        yield from drive(self._flow(self._merge(list(inputs)), config, True))
+        meter = self._meter(config["callbacks"])
+        try:
+            yield from drive(self._flow(self._merge(list(inputs)), config, True, meter))
+        finally:
+            meter.owner = None
 
     async def _achunks(
         self,
@@ -534,13 +593,20 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> AsyncIterator[dict[str, Any]]:
-        async for chunk in adrive(self._flow(self._merge([c async for c in inputs]), config, True)):
-            yield chunk
+        meter = self._meter(config["callbacks"])
+        try:
+            flow = self._flow(self._merge([c async for c in inputs]), config, True, meter)
+            async for chunk in adrive(flow):
+                yield chunk
+        finally:
+            meter.owner = None
 
     def transform(
         self, input: Iterator[dict[str, Any]], config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[dict[str, Any]]:
-        yield from self._transform_stream_with_config(input, self._chunks, config, run_type="chain")
+        yield from self._transform_stream_with_config(
+            input, self._chunks, self._traced(config), run_type="chain"
+        )
 
     def stream(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -554,7 +620,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         **kwargs: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         async for chunk in self._atransform_stream_with_config(
-            input, self._achunks, config, run_type="chain"
+            input, self._achunks, self._traced(config), run_type="chain"
         ):
             yield chunk
 

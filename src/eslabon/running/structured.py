@@ -93,6 +93,8 @@ def result_model(
         fields["documents"] = (list[dict[str, Any]], ...)
     if uses_tools:
         fields["tool_calls"] = (list[dict[str, Any]], ...)
+    # tokens, time, attempts and cost, per step and in total (eslabon.observe.meter)
+    fields["stats"] = (dict[str, Any], ...)
     model: type[BaseModel] = create_model(f"{name}_output", **fields)
     return model
 

@@ -18,6 +18,14 @@ imports = ["mypkg"]
 endpoints = ["http://gpu1.lan:8000"]
 keys = {VLLM_KEY = ["http://gpu1.lan:8000"]}
 paths = ["/data/models"]
+
+[tracing]                     # OpenTelemetry export (docs/observability.md)
+endpoint = "http://localhost:4318"   # the collector's OTLP/HTTP address
+capture_content = false       # true: prompts and replies in spans
+
+[logs]                        # the run log (docs/observability.md)
+enabled = true                # false: eslabon run, chat and batch keep no log
+path = ".eslabon/logs.sqlite" # relative to this file
 ```
 
 Only the standard library's ``tomllib`` is used, so ``eslabon validate`` stays fast.
@@ -37,12 +45,42 @@ from eslabon.chat.prices import Price
 from eslabon.errors import ChainConfigError, Problem, UserError
 from eslabon.trust.allow import Allow, Grant
 
-__all__ = ["PROJECT_FILE", "Project", "check_owner", "find_project", "find_root", "load_project"]
+__all__ = [
+    "PROJECT_FILE",
+    "LogSettings",
+    "Project",
+    "TracingConfig",
+    "check_owner",
+    "find_project",
+    "find_root",
+    "load_project",
+]
 
 PROJECT_FILE = "eslabon.toml"
-_KNOWN_TABLES = ("models", "prices", "allow")
+_KNOWN_TABLES = ("models", "prices", "allow", "tracing", "logs")
 _PRICE_KEYS = ("input", "output", "cached_input")
 _ALLOW_KEYS = ("imports", "endpoints", "keys", "paths")
+_TRACING_KEYS = ("endpoint", "capture_content", "service_name")
+_LOGS_KEYS = ("enabled", "path")
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """``[tracing]``: where to send OpenTelemetry spans and what they may hold. Headers are
+    not taken here (they often hold keys): ``OTEL_EXPORTER_OTLP_HEADERS`` in the environment."""
+
+    endpoint: str | None = None  # the collector's OTLP/HTTP base URL (/v1/traces is added)
+    capture_content: bool = False  # prompts, replies, tool arguments in spans
+    service_name: str | None = None  # the resource's service.name (default: eslabon)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """``[logs]``: whether ``eslabon run``, ``chat`` and ``batch`` keep the run log, and where
+    (``None``: ``.eslabon/logs.sqlite`` under the project root)."""
+
+    enabled: bool = True
+    path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +94,8 @@ class Project:
     allow: Allow = field(default_factory=Allow)
     prices: dict[str, Price] = field(default_factory=dict)  # [prices], by provider:model
     marked: bool = False
+    tracing: TracingConfig | None = None  # [tracing] (docs/observability.md)
+    logs: LogSettings = field(default_factory=LogSettings)  # [logs]
 
     @property
     def allow_imports(self) -> tuple[str, ...]:
@@ -154,8 +194,17 @@ def _parse(path: Path) -> Project:
             )
     allow = _parse_allow(path, data.get("allow", {}))
     prices = _parse_prices(path, data.get("prices", {}))
+    tracing = _parse_tracing(path, data["tracing"]) if "tracing" in data else None
+    logs = _parse_logs(path, data.get("logs", {}))
     return Project(
-        root=path.parent, file=path, models=dict(models), allow=allow, prices=prices, marked=True
+        root=path.parent,
+        file=path,
+        models=dict(models),
+        allow=allow,
+        prices=prices,
+        marked=True,
+        tracing=tracing,
+        logs=logs,
     )
 
 
@@ -190,6 +239,74 @@ def _parse_prices(path: Path, table: Any) -> dict[str, Price]:
             values[name] = Decimal(str(value))
         prices[model] = Price(**values)
     return prices
+
+
+def _parse_tracing(path: Path, table: Any) -> TracingConfig:
+    """``[tracing]``: ``endpoint`` (an http(s) URL), ``capture_content``, ``service_name``."""
+    example = 'e.g. endpoint = "http://localhost:4318"'
+    if not isinstance(table, dict):
+        raise _problem(path, "[tracing] must be a table", "tracing", example)
+    for name in table:
+        if name == "headers":  # a common guess, and where keys would end up in a shared file
+            raise _problem(
+                path,
+                "[tracing] does not take headers: they often hold keys, and eslabon.toml is shared",
+                "tracing.headers",
+                "set OTEL_EXPORTER_OTLP_HEADERS in the environment, e.g. "
+                "OTEL_EXPORTER_OTLP_HEADERS='x-api-key=...'",
+            )
+        _known(path, name, _TRACING_KEYS, f"unknown key '{name}' in [tracing]", "tracing", "keys")
+    endpoint = table.get("endpoint")
+    if endpoint is not None and (
+        not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))
+    ):
+        raise _problem(
+            path,
+            "[tracing] endpoint must be the collector's OTLP/HTTP address, an http(s) URL",
+            "tracing.endpoint",
+            example,
+        )
+    capture = table.get("capture_content", False)
+    if not isinstance(capture, bool):
+        raise _problem(
+            path,
+            "[tracing] capture_content must be true or false",
+            "tracing.capture_content",
+            "e.g. capture_content = true (prompts and replies in spans)",
+        )
+    service = table.get("service_name")
+    if service is not None and (not isinstance(service, str) or not service.strip()):
+        raise _problem(
+            path,
+            "[tracing] service_name must be a non-empty text",
+            "tracing.service_name",
+            'e.g. service_name = "mi-app"',
+        )
+    return TracingConfig(endpoint=endpoint, capture_content=capture, service_name=service)
+
+
+def _parse_logs(path: Path, table: Any) -> LogSettings:
+    """``[logs]``: ``enabled`` (true or false), ``path`` (relative to the project file)."""
+    if not isinstance(table, dict):
+        raise _problem(path, "[logs] must be a table", "logs", "e.g. [logs] enabled = false")
+    for name in table:
+        _known(path, name, _LOGS_KEYS, f"unknown key '{name}' in [logs]", f"logs.{name}", "keys")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _problem(
+            path, "[logs] enabled must be true or false", "logs.enabled", "e.g. enabled = false"
+        )
+    where = table.get("path")
+    if where is not None and (not isinstance(where, str) or not where.strip()):
+        raise _problem(
+            path,
+            "[logs] path must be the log file's path, as text",
+            "logs.path",
+            'e.g. path = ".eslabon/logs.sqlite"',
+        )
+    # relative to the project file, as paths in [models] and [allow] are
+    resolved = None if where is None else (path.parent / Path(where).expanduser()).resolve()
+    return LogSettings(enabled=enabled, path=resolved)
 
 
 def _strings(path: Path, value: Any, key: str, example: str) -> list[str]:

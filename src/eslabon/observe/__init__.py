@@ -1,0 +1,1 @@
+"""Seeing runs: usage and cost (meter), the run log (runlog), tracing (tracing)."""

@@ -1,0 +1,743 @@
+"""The run log: every ``eslabon run``, ``chat`` turn and ``batch`` row, kept in a SQLite file.
+
+Where: ``ESLABON_LOGS`` if set, else ``[logs] path`` in eslabon.toml, else
+``.eslabon/logs.sqlite`` under the project root (:func:`log_path`). ``eslabon logs`` reads it.
+A record is a plain dict (docs/observability.md, "The run log"): the chain and its file's hash,
+the inputs, each step's rendered messages, output, usage, latency and cost. Every string passes
+through :func:`~eslabon.trust.redaction.redact` before it is written: a key never reaches the
+file.
+
+Many processes and threads write at once: WAL, and each record is one short
+``BEGIN IMMEDIATE`` transaction that waits a bounded time for the lock. Any failure — a damaged
+file, a lock held too long, a read-only folder — is :class:`LogUnavailable` with a one-line
+reason: the caller warns, and the run never fails because of its log. Only the standard
+library's sqlite3 and json load here: this is on ``eslabon run``'s path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from eslabon.errors import UserError
+from eslabon.trust.redaction import redact
+
+if TYPE_CHECKING:
+    from eslabon.trust.project import Project
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "SCHEMA_VERSION",
+    "LogUnavailable",
+    "RunLog",
+    "log_path",
+    "logging_enabled",
+    "new_id",
+    "redacted",
+]
+
+ENV_VAR = "ESLABON_LOGS"
+BUSY_TIMEOUT_S = 1.5  # a run waits at most this long for a log another process holds
+SCHEMA_VERSION = 1  # PRAGMA user_version; each version's statements are in _MIGRATIONS
+
+# _MIGRATIONS[n] takes a log from version n to n + 1: a later schema appends, never edits.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # seq is the rowid: the full-text index and the steps point at it
+        """CREATE TABLE runs (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, started TEXT NOT NULL,
+            kind TEXT NOT NULL, chain TEXT, file TEXT, file_hash TEXT, model TEXT,
+            inputs TEXT, output TEXT, error TEXT, session TEXT, batch_row TEXT,
+            usage TEXT, input_tokens INTEGER, output_tokens INTEGER, total_tokens INTEGER,
+            latency_ms REAL, ttft_ms REAL, cost REAL, extra TEXT)""",
+        "CREATE INDEX runs_by_time ON runs (started)",
+        "CREATE INDEX runs_by_chain ON runs (chain, started)",
+        """CREATE TABLE steps (
+            run INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE, n INTEGER NOT NULL,
+            id TEXT, model TEXT, messages TEXT, output TEXT, error TEXT,
+            usage TEXT, input_tokens INTEGER, output_tokens INTEGER, total_tokens INTEGER,
+            latency_ms REAL, ttft_ms REAL, calls INTEGER, attempts INTEGER, cost REAL,
+            extra TEXT, PRIMARY KEY (run, n)) WITHOUT ROWID""",
+        # remove_diacritics 2: "estacion" finds "estación"
+        """CREATE VIRTUAL TABLE runs_text USING fts5 (
+            chain, inputs, output, messages, error,
+            tokenize = 'unicode61 remove_diacritics 2')""",
+    ),
+)
+
+# the record's keys that have columns; any other key is kept in `extra` (JSON) and given back
+_RUN_KEYS = (
+    "id",
+    "started",
+    "kind",
+    "chain",
+    "file",
+    "file_hash",
+    "model",
+    "inputs",
+    "output",
+    "error",
+    "session",
+    "row",
+    "usage",
+    "latency_ms",
+    "ttft_ms",
+    "cost",
+    "steps",
+)
+_STEP_KEYS = (
+    "id",
+    "model",
+    "messages",
+    "output",
+    "error",
+    "usage",
+    "latency_ms",
+    "ttft_ms",
+    "calls",
+    "attempts",
+    "cost",
+)
+_RUN_COLUMNS = (
+    "id, started, kind, chain, file, file_hash, model, inputs, output, error, session, "
+    "batch_row, usage, latency_ms, ttft_ms, cost, extra"
+)
+_STEP_COLUMNS = (
+    "id, model, messages, output, error, usage, latency_ms, ttft_ms, calls, attempts, cost, extra"
+)
+_T = TypeVar("_T")
+
+
+class LogUnavailable(Exception):
+    """The run log cannot be written or read; the message is one line saying why and the fix."""
+
+
+def log_path(project: Project | None = None) -> Path:
+    """The run log's file: ``ESLABON_LOGS``, else ``[logs] path``, else
+    ``<project root>/.eslabon/logs.sqlite``."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    if project is None:
+        from eslabon.trust.project import load_project
+
+        project = load_project()
+    if project.logs.path is not None:
+        return project.logs.path
+    return project.root / ".eslabon" / "logs.sqlite"
+
+
+def logging_enabled(project: Project | None = None) -> bool:
+    """``[logs] enabled`` (on unless eslabon.toml turns it off)."""
+    if project is None:
+        from eslabon.trust.project import load_project
+
+        project = load_project()
+    return project.logs.enabled
+
+
+def new_id(when: datetime | None = None) -> str:
+    """A run id: 8 hex digits of Unix seconds, then 12 random ones — ids sort by time, and a
+    few characters tell runs seconds apart (``eslabon logs show`` takes a unique prefix)."""
+    seconds = int((when or datetime.now(UTC)).timestamp())
+    return f"{seconds:08x}{os.urandom(6).hex()}"
+
+
+def _utc_text(when: datetime) -> str:
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _when(value: Any) -> datetime:
+    """A record's ``started`` (ISO 8601; no offset means UTC) as an aware datetime."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str) and value:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return datetime.now(UTC)  # a bad time must not cost the record
+    else:
+        return datetime.now(UTC)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def moment(value: datetime | str | None) -> str | None:
+    """A ``since``/``until`` bound as the log writes times (UTC, ms; no offset means UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+    return _utc_text(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+
+
+def _as_data(value: Any, seen: list[str], fix: Callable[[str], str] | None = None) -> Any:
+    """``value`` as JSON data, each string (mapping keys too) put in ``seen`` and passed
+    through ``fix``. Whatever is not JSON data is kept as its text."""
+    if isinstance(value, str):
+        seen.append(value)
+        return fix(value) if fix else value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {_as_data(str(k), seen, fix): _as_data(v, seen, fix) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_data(v, seen, fix) for v in value]
+    dump = getattr(value, "model_dump", None)  # a pydantic structured output
+    if callable(dump):
+        try:
+            return _as_data(dump(mode="json"), seen, fix)
+        except Exception:
+            pass  # its text is still worth keeping
+    return _as_data(str(value), seen, fix)
+
+
+def redacted(value: Any) -> Any:
+    """``value`` as JSON data with every string redacted (what is not JSON data, as its text)."""
+    seen: list[str] = []
+    data = _as_data(value, seen)
+    # one redact() over all the text rather than one per string (each call reads the
+    # environment): a secret inside any string is inside the text joined by newlines, which
+    # redact() never matches across, so unchanged text means no string holds one
+    text = "\n".join(seen)
+    if redact(text) == text:
+        return data
+    return _as_data(data, [], redact)
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """The text in cleaned data, for the full-text index (mapping values, not keys)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif value is not None and not isinstance(value, bool):
+        yield str(value)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _number(value: Any) -> float | None:
+    """A latency or cost as a float (a Decimal cost too); anything else is unknown."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _tokens(usage: Any) -> tuple[int | None, int | None, int | None]:
+    if not isinstance(usage, dict):
+        return None, None, None
+    tokens_in, tokens_out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+    total = _count(usage.get("total_tokens"))
+    if total is None and tokens_in is not None and tokens_out is not None:
+        total = tokens_in + tokens_out
+    return tokens_in, tokens_out, total
+
+
+def _extra(record: Mapping[str, Any], known: tuple[str, ...]) -> str | None:
+    rest = {k: v for k, v in record.items() if k not in known}
+    return _json(rest) if rest else None
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class _Prepared:
+    """A record turned into rows (redacted, JSON-encoded), before any lock is taken."""
+
+    def __init__(self, given: Mapping[str, Any]) -> None:
+        record = redacted(dict(given))  # from here on, every string is redacted
+        when = _when(record.get("started"))
+        self.id = str(record.get("id") or new_id(when))
+        kind = record.get("kind")
+        inputs, output = record.get("inputs"), record.get("output")
+        error, chain = _optional_text(record.get("error")), _optional_text(record.get("chain"))
+        usage = record.get("usage")
+        self.run = (
+            self.id,
+            _utc_text(when),
+            str(kind or "run"),  # run, chat, batch or python
+            chain,
+            _optional_text(record.get("file")),
+            _optional_text(record.get("file_hash")),
+            _optional_text(record.get("model")),
+            _json(inputs),
+            _json(output),
+            error,
+            _optional_text(record.get("session")),
+            _optional_text(record.get("row")),
+            _json(usage),
+            *_tokens(usage),
+            _number(record.get("latency_ms")),
+            _number(record.get("ttft_ms")),
+            _number(record.get("cost")),
+            _extra(record, _RUN_KEYS),
+        )
+        self.steps = []
+        messages: list[str] = []
+        for step in record.get("steps") or ():
+            if not isinstance(step, dict):
+                continue  # not a step: nothing of it can be shown
+            said = step.get("messages")
+            messages.extend(_texts(said))
+            step_usage = step.get("usage")
+            self.steps.append(
+                (
+                    _optional_text(step.get("id")),
+                    _optional_text(step.get("model")),
+                    _json(said),
+                    _json(step.get("output")),
+                    _optional_text(step.get("error")),
+                    _json(step_usage),
+                    *_tokens(step_usage),
+                    _number(step.get("latency_ms")),
+                    _number(step.get("ttft_ms")),
+                    _count(step.get("calls")),
+                    _count(step.get("attempts")),
+                    _number(step.get("cost")),
+                    _extra(step, _STEP_KEYS),
+                )
+            )
+        self.text = (
+            chain,
+            "\n".join(_texts(inputs)),
+            "\n".join(_texts(output)),
+            "\n".join(messages),
+            error,
+        )
+
+
+_RUN_INSERT = (
+    "INSERT INTO runs (id, started, kind, chain, file, file_hash, model, inputs, output, error,"
+    " session, batch_row, usage, input_tokens, output_tokens, total_tokens, latency_ms, ttft_ms,"
+    " cost, extra) VALUES (" + ", ".join("?" * 20) + ")"
+)
+_STEP_INSERT = (
+    "INSERT INTO steps (run, n, id, model, messages, output, error, usage, input_tokens,"
+    " output_tokens, total_tokens, latency_ms, ttft_ms, calls, attempts, cost, extra)"
+    " VALUES (" + ", ".join("?" * 17) + ")"
+)
+_TEXT_INSERT = (
+    "INSERT INTO runs_text (rowid, chain, inputs, output, messages, error)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Put the log in WAL mode (readers never wait for a writer; the mode stays with the file).
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite does not wait for it the
+    way it waits for a transaction's: processes that make the log at the same moment would
+    fail at once. So: only when the file is not in WAL mode yet, retried until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002 + (os.getpid() % 7) / 1000)  # apart from the other processes
+
+
+# connections a fork copied into a child: never used nor closed there (closing one would drop
+# the child's own locks on the file), only kept from the garbage collector
+_LEFT_BEHIND: list[sqlite3.Connection] = []
+
+
+class RunLog:
+    """The run log in the SQLite file ``path`` (created, with its folder, on the first record).
+
+    One instance may be shared by threads; each process opens its own connection."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"RunLog({str(self.path)!r})"
+
+    # -- writing
+
+    def record(self, record: Mapping[str, Any]) -> str:
+        """Write one run; return its id. Raises :class:`LogUnavailable` on any failure."""
+        try:
+            rows = _Prepared(record)
+            with self._lock:
+                db = self._connection(create=True)
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._migrate(db)
+                    seq = db.execute(_RUN_INSERT, rows.run).lastrowid
+                    db.executemany(_STEP_INSERT, [(seq, n, *s) for n, s in enumerate(rows.steps)])
+                    db.execute(_TEXT_INSERT, (seq, *rows.text))
+                    db.execute("COMMIT")
+                except BaseException:
+                    self._rollback(db)
+                    raise
+        except LogUnavailable:
+            raise
+        except sqlite3.IntegrityError:
+            raise LogUnavailable(
+                f"the run log {self.path} already holds a run with id {rows.id}"
+            ) from None
+        except Exception as exc:  # whatever it is, the run must not fail for it
+            self.close()  # a damaged or replaced file: the next record opens it afresh
+            raise LogUnavailable(self._why(exc)) from None
+        return rows.id
+
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the connection is dropped next; SQLite rolls back what it did not commit
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION`, inside the caller's write transaction."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        self._check_version(version)
+        for statements in _MIGRATIONS[version:]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise LogUnavailable(
+                f"the run log {self.path} was written by a newer eslabon (log format {version}):"
+                " upgrade eslabon, or set ESLABON_LOGS to another file"
+            )
+
+    def _connection(self, create: bool) -> sqlite3.Connection:
+        if self._db is not None and self._pid != os.getpid():  # forked: a connection of its own
+            _LEFT_BEHIND.append(self._db)
+            self._db = None
+        if self._db is None:
+            self._pid = os.getpid()
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode (isolation_level=None): transactions are the explicit BEGINs
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            try:
+                _wal(db)
+                # NORMAL in WAL mode: a commit waits for no disk flush; a power cut may lose the
+                # last records, never damage the file
+                db.execute("PRAGMA synchronous = NORMAL")
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        """Close this process's connection (the next use opens another)."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None and self._pid == os.getpid():
+            with suppress(sqlite3.Error):  # a broken connection: nothing left in it to save
+                db.close()
+
+    def _why(self, exc: BaseException) -> str:
+        """One line: what is wrong with the log file, and what to do about it."""
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        text = reason.lower()
+        where = f"the run log {self.path}"
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            why = f"{where} is damaged ({reason}): move it away, and a new one is made"
+        elif "locked" in text or "busy" in text:
+            why = f"{where} is locked by another program ({reason})"
+        elif isinstance(exc, PermissionError | NotADirectoryError | FileExistsError) or any(
+            word in text for word in ("readonly", "read-only", "unable to open", "permission")
+        ):
+            why = (
+                f"{where} cannot be written ({reason}): check the permissions of the file and"
+                " its folder, or point ESLABON_LOGS (or [logs] path in eslabon.toml) at another"
+                " file"
+            )
+        elif isinstance(exc, sqlite3.Error | OSError):
+            why = f"{where} cannot be used ({reason})"
+        else:
+            why = f"{where} cannot be used ({type(exc).__name__}: {reason})"
+        return redact(" ".join(why.split()))  # one line, whatever the reason held
+
+    # -- reading
+
+    def _read(self, work: Callable[[sqlite3.Connection], _T], empty: _T) -> _T:
+        """``work`` on the log; ``empty`` when there is no log yet (reading never creates it)."""
+        if not self.path.exists():
+            return empty
+        try:
+            with self._lock:
+                db = self._connection(create=False)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    return empty  # made, but no run was ever written
+                if version != SCHEMA_VERSION:
+                    self._check_version(version)
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._migrate(db)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        self._rollback(db)
+                        raise
+                return work(db)
+        except (LogUnavailable, UserError):
+            raise
+        except Exception as exc:  # one clear line, whatever broke
+            self.close()
+            raise LogUnavailable(self._why(exc)) from None
+
+    def runs(
+        self,
+        limit: int = 20,
+        query: str | None = None,
+        chain: str | None = None,
+        since: datetime | str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` runs (without their steps), newest first: those whose text
+        matches ``query`` (full-text: every word, accents ignored, ``word*`` a prefix), of
+        ``chain``, started at or after ``since``."""
+        where: list[str] = []
+        args: list[Any] = []
+        if query and query.strip():
+            where.append("seq IN (SELECT rowid FROM runs_text WHERE runs_text MATCH ?)")
+            args.append(_match(query))
+        if chain:
+            where.append("chain = ?")
+            args.append(chain)
+        if since is not None:
+            where.append("started >= ?")
+            args.append(moment(since))
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started DESC,"
+        sql += " seq DESC LIMIT ?"
+
+        def work(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [_run_dict(row) for row in db.execute(sql, (*args, limit))]
+
+        return self._read(work, [])
+
+    def get(self, id_or_prefix: str) -> dict[str, Any] | None:
+        """One run with its steps, by its id or the id's first characters; ``None`` if no run
+        has it. A prefix several runs share is a :class:`~eslabon.errors.UserError`."""
+        key = id_or_prefix.strip()
+        if not key:
+            raise UserError("give a run's id, or its first characters (`eslabon logs` lists them)")
+
+        def work(db: sqlite3.Connection) -> dict[str, Any] | None:
+            rows = db.execute(f"SELECT seq, {_RUN_COLUMNS} FROM runs WHERE id = ?", (key,))
+            found = (
+                rows.fetchall()
+                or db.execute(
+                    f"SELECT seq, {_RUN_COLUMNS} FROM runs WHERE id > ? AND id < ? ORDER BY id"
+                    " LIMIT 6",
+                    (key, key + "\U0010ffff"),  # every text that starts with key sorts in between
+                ).fetchall()
+            )
+            if not found:
+                return None
+            if len(found) > 1:
+                ids = ", ".join(row[1] for row in found[:5]) + (", ..." if len(found) > 5 else "")
+                raise UserError(
+                    f"'{key}' starts the ids of several runs ({ids})\n    fix: give more of the id"
+                )
+            run = _run_dict(found[0][1:])
+            steps = db.execute(
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE run = ? ORDER BY n", (found[0][0],)
+            )
+            run["steps"] = [_step_dict(row) for row in steps]
+            return run
+
+        return self._read(work, None)
+
+    def short_ids(self, ids: list[str], minimum: int = 8) -> dict[str, str]:
+        """Each id's shortest prefix (at least ``minimum`` characters) no other run's id
+        shares, as ``eslabon logs`` shows them."""
+
+        def work(db: sqlite3.Connection) -> dict[str, str]:
+            short = {}
+            for run_id in ids:
+                before = db.execute(
+                    "SELECT id FROM runs WHERE id < ? ORDER BY id DESC LIMIT 1", (run_id,)
+                ).fetchone()
+                after = db.execute(
+                    "SELECT id FROM runs WHERE id > ? ORDER BY id LIMIT 1", (run_id,)
+                ).fetchone()
+                shared = max(_shared(run_id, row[0]) if row else 0 for row in (before, after))
+                short[run_id] = run_id[: max(minimum, shared + 1)]
+            return short
+
+        return self._read(work, {i: i[:minimum] for i in ids})
+
+    def stats(
+        self, since: datetime | str | None = None, until: datetime | str | None = None
+    ) -> dict[str, Any]:
+        """Totals for the runs started in ``[since, until)``: per model (from the steps: the
+        model each step ran on), per chain, and in all. ``cost`` sums the known costs (``None``
+        when none is known); ``unknown_cost`` counts the steps (per model) or runs whose price
+        is unknown — never counted as 0."""
+        where: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            where.append("r.started >= ?")
+            args.append(moment(since))
+        if until is not None:
+            where.append("r.started < ?")
+            args.append(moment(until))
+        cond = " WHERE " + " AND ".join(where) if where else ""
+        sums = (
+            "SUM(r.error IS NOT NULL), SUM(r.input_tokens), SUM(r.output_tokens),"
+            " SUM(r.cost), SUM(r.cost IS NULL)"
+        )
+        per_model = (
+            "SELECT COALESCE(s.model, r.model), COUNT(DISTINCT s.run), COUNT(*),"
+            " SUM(COALESCE(s.calls, 1)), SUM(s.error IS NOT NULL), SUM(s.input_tokens),"
+            " SUM(s.output_tokens), SUM(s.cost), SUM(s.cost IS NULL)"
+            f" FROM steps s JOIN runs r ON r.seq = s.run{cond}"
+            " GROUP BY 1 ORDER BY 2 DESC, 1"
+        )
+        per_chain = (
+            f"SELECT r.chain, COUNT(*), {sums} FROM runs r{cond} GROUP BY 1 ORDER BY 2 DESC, 1"
+        )
+        total = f"SELECT COUNT(*), {sums} FROM runs r{cond}"
+        model_keys = ("model", "runs", "steps", "calls", "errors", *_SUM_KEYS)
+
+        def work(db: sqlite3.Connection) -> dict[str, Any]:
+            return {
+                "models": [_totals(model_keys, row) for row in db.execute(per_model, args)],
+                "chains": [
+                    _totals(("chain", "runs", "errors", *_SUM_KEYS), row)
+                    for row in db.execute(per_chain, args)
+                ],
+                "total": _totals(
+                    ("runs", "errors", *_SUM_KEYS), db.execute(total, args).fetchone()
+                ),
+            }
+
+        empty = {
+            "models": [],
+            "chains": [],
+            "total": _totals(("runs", "errors", *_SUM_KEYS), (0, 0, 0, 0, None, 0)),
+        }
+        return {"since": moment(since), "until": moment(until), **self._read(work, empty)}
+
+
+_SUM_KEYS = ("input_tokens", "output_tokens", "cost", "unknown_cost")
+
+
+def _totals(keys: tuple[str, ...], row: Any) -> dict[str, Any]:
+    """A row of sums as a dict: counts and tokens are 0 when nothing was counted; ``cost``
+    stays ``None`` when no price was known."""
+    out = dict(zip(keys, row, strict=True))
+    for key in keys:
+        if key not in ("model", "chain", "cost") and out[key] is None:
+            out[key] = 0
+    return out
+
+
+def _shared(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _match(text: str) -> str:
+    """The user's search words as an FTS5 query: each a quoted term (their punctuation is text,
+    not query syntax), all of them required; a trailing ``*`` makes a word a prefix."""
+    terms = []
+    for word in text.split():
+        prefix = len(word) > 1 and word.endswith("*")
+        word = word.rstrip("*") if prefix else word
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    return " ".join(terms)
+
+
+def _with_extra(data: dict[str, Any], extra: str | None) -> dict[str, Any]:
+    if extra:
+        data.update({k: v for k, v in json.loads(extra).items() if k not in data})
+    return data
+
+
+def _run_dict(row: Any) -> dict[str, Any]:
+    (run_id, started, kind, chain, file, file_hash, model, inputs, output, error, session) = row[
+        :11
+    ]
+    batch_row, usage, latency, ttft, cost, extra = row[11:]
+    data = {
+        "id": run_id,
+        "started": started,
+        "kind": kind,
+        "chain": chain,
+        "file": file,
+        "file_hash": file_hash,
+        "model": model,
+        "inputs": _loads(inputs),
+        "output": _loads(output),
+        "error": error,
+        "session": session,
+        "row": batch_row,
+        "usage": _loads(usage),
+        "latency_ms": latency,
+        "ttft_ms": ttft,
+        "cost": cost,
+    }
+    return _with_extra(data, extra)
+
+
+def _step_dict(row: Any) -> dict[str, Any]:
+    step_id, model, messages, output, error, usage, latency, ttft, calls, attempts, cost, extra = (
+        row
+    )
+    data = {
+        "id": step_id,
+        "model": model,
+        "messages": _loads(messages),
+        "output": _loads(output),
+        "error": error,
+        "usage": _loads(usage),
+        "latency_ms": latency,
+        "ttft_ms": ttft,
+        "calls": calls,
+        "attempts": attempts,
+        "cost": cost,
+    }
+    return _with_extra(data, extra)

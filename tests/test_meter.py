@@ -1,0 +1,285 @@
+"""Every run's stats: tokens, time, calls, attempts, cost — per step and in total, on every way
+of running, counted independently by LangChain's own usage callback where it can be."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import get_usage_metadata_callback
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+
+from eslabon import KeyRejectedError, load_chain
+from eslabon.chat.fake import FakeChatModel
+from eslabon.chat.prices import cost
+from eslabon.interfaces.batch import run_batch
+from eslabon.observe.meter import Meter
+from eslabon.observe.record import cost_text, summary_line
+from helpers import CHAINS, ROOT, timeless, unmetered_chunks, write
+from wire_server import WireServer
+
+CANONICAL = CHAINS / "analizar_planificar_resolver.yaml"
+STEPS = ("analisis", "plan", "solucion")
+
+
+def langchain_count(run: Any) -> dict[str, int]:
+    """LangChain's own count of a run's tokens (``UsageMetadataCallbackHandler``), all models."""
+    with get_usage_metadata_callback() as counted:
+        run()
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    for usage in counted.usage_metadata.values():
+        for key in totals:
+            totals[key] += usage[key]  # type: ignore[literal-required]
+    return totals
+
+
+def tokens(usage: dict[str, Any]) -> dict[str, int]:
+    return {k: usage[k] for k in ("input_tokens", "output_tokens", "total_tokens")}
+
+
+def test_a_result_carries_each_steps_figures_and_their_sum() -> None:
+    chain = load_chain(CANONICAL, model="fake:echo")
+    holder: dict[str, Any] = {}
+    counted = langchain_count(lambda: holder.update(chain.invoke({"problema": "dos más dos"})))
+    stats = holder["stats"]
+    assert list(stats["steps"]) == list(STEPS)
+    assert tokens(stats["usage"]) == counted  # the same as LangChain's own count
+    for field in ("input_tokens", "output_tokens"):
+        assert stats["usage"][field] == sum(s["usage"][field] for s in stats["steps"].values())
+    for step in stats["steps"].values():
+        assert step["model"] == "fake:echo" and step["calls"] == step["attempts"] == 1
+        assert step["cost"] == 0.0 and step["ttft_ms"] is None  # not streamed
+        assert 0 <= step["latency_ms"] <= stats["latency_ms"]
+    assert (stats["calls"], stats["attempts"], stats["cost"]) == (3, 3, 0.0)
+    assert stats["models"] == ["fake:echo"]
+    # fake:echo answers with its prompt, and counts words and punctuation as tokens
+    assert (
+        stats["steps"]["analisis"]["usage"]["output_tokens"] == 6
+    )  # Analiza el problema : dos más dos
+
+
+def test_every_way_of_running_reports_the_same_figures() -> None:
+    chain = load_chain(CANONICAL, model="fake:echo")
+    given = {"problema": "p"}
+
+    async def both() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return await chain.ainvoke(given), [c async for c in chain.astream(given)]
+
+    invoked = chain.invoke(given)["stats"]
+    streamed = list(chain.stream(given))
+    unmetered_chunks(streamed)  # the stats close the stream, alone
+    ainvoked, astreamed = asyncio.run(both())
+    batched = chain.batch([given, given])
+    ways = [invoked, streamed[-1]["stats"], ainvoked["stats"], astreamed[-1]["stats"]]
+    ways += [r["stats"] for r in batched]
+    assert all(timeless(s) == timeless(invoked) for s in ways)
+    # the time to the first token is known when tokens streamed, and only then
+    assert streamed[-1]["stats"]["ttft_ms"] is not None and invoked["ttft_ms"] is None
+    assert all(s["ttft_ms"] is not None for s in streamed[-1]["stats"]["steps"].values())
+
+
+def test_a_tool_loop_counts_every_model_call(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "inputs: {pregunta: x}\nprompt: '{pregunta}'\ntools: [eslabon.tools:calculadora]\n",
+    )
+    call = AIMessage(
+        "", tool_calls=[{"name": "calculadora", "args": {"expresion": "17*23"}, "id": "c1"}]
+    )
+    chain = load_chain(path, model=FakeChatModel(responses=[call, "391"]))
+    holder: dict[str, Any] = {}
+    counted = langchain_count(lambda: holder.update(chain.invoke({"pregunta": "17*23?"})))
+    step = holder["stats"]["steps"]["output"]
+    assert (step["calls"], step["attempts"]) == (2, 2)  # the tool call, then the answer
+    assert tokens(step["usage"]) == counted
+
+
+def test_structured_output_retries_count_every_call(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "prompt: dame un número\n"
+        "output_schema: {type: object, properties: {n: {type: integer}}, required: [n]}\n",
+    )
+    chain = load_chain(path, model=FakeChatModel(responses=["no sé", '{"n": 3}']))
+    holder: dict[str, Any] = {}
+    counted = langchain_count(lambda: holder.update(chain.invoke({})))
+    assert holder["output"] == {"n": 3}
+    step = holder["stats"]["steps"]["output"]
+    assert (step["calls"], step["attempts"]) == (2, 2)  # the invalid answer, then the fixed one
+    assert tokens(step["usage"]) == counted
+
+
+@pytest.fixture
+def openai(server: WireServer, monkeypatch: pytest.MonkeyPatch) -> WireServer:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-meter-test-key-123456")
+    return server
+
+
+def openai_chain(tmp_path: Path, server: WireServer, extra: str = "", own: bool = False) -> Any:
+    """A chain on the loopback server: as OpenAI itself (``openai_api_base``, the caller's
+    setting: priced by genai-prices), or as a compatible server (``base_url`` in the file)."""
+    if own:
+        model = f"{{provider: openai, name: gpt-4o-mini, base_url: '{server.url}/v1'}}"
+        return load_chain(write(tmp_path, f"model: {model}\n{extra}prompt: hola\n"))
+    itself = {"provider": "openai", "name": "gpt-4o-mini", "openai_api_base": server.url + "/v1"}
+    return load_chain(write(tmp_path, f"{extra}prompt: hola\n"), model=itself)
+
+
+def test_a_retry_is_an_attempt_and_the_fallback_is_the_model_that_answered(
+    openai: WireServer, tmp_path: Path
+) -> None:
+    chain = openai_chain(tmp_path, openai, "retry: {attempts: 3, backoff: 0}\n", own=True)
+    openai.fail_next("server")
+    step = chain.invoke({})["stats"]["steps"]["output"]
+    assert (step["attempts"], step["calls"], step["model"]) == (2, 1, "openai:gpt-4o-mini")
+    assert summary_line(chain.invoke({})["stats"], 1).count("failed attempt") == 0
+    fallback = "fallbacks: [{provider: fake, responses: [respaldo]}]\n"
+    chain = openai_chain(tmp_path, openai, fallback, own=True)
+    openai.fail_next("server")
+    result = chain.invoke({})
+    step = result["stats"]["steps"]["output"]
+    assert result["output"] == "respaldo"
+    assert (step["attempts"], step["calls"], step["model"]) == (2, 1, "fake")
+    assert result["stats"]["models"] == ["fake"]
+    assert "1 failed attempt" in summary_line(result["stats"], 1)
+
+
+def test_what_openai_calls_cost_on_every_path(openai: WireServer, tmp_path: Path) -> None:
+    chain = openai_chain(tmp_path, openai)
+    invoked = chain.invoke({})["stats"]
+    streamed = list(chain.stream({}))[-1]["stats"]  # usage in a stream too (stream_usage)
+    assert timeless(streamed) == timeless(invoked)
+    expected = cost("openai", "gpt-4o-mini", invoked["usage"])
+    assert expected is not None and expected > 0
+    assert invoked["cost"] == float(expected)
+    # a compatible server's model is not OpenAI's: unknown, never a guess
+    assert openai_chain(tmp_path, openai, own=True).invoke({})["stats"]["cost"] is None
+
+
+def test_the_projects_prices_price_a_compatible_server(
+    openai: WireServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "eslabon.toml").write_text(
+        '[prices]\n"openai:gpt-4o-mini" = {input = 1.5, output = 6}\n', encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    stats = openai_chain(tmp_path, openai, own=True).invoke({})["stats"]
+    usage = stats["usage"]
+    own = (Decimal(usage["input_tokens"]) * Decimal("1.5") + usage["output_tokens"] * 6) / 10**6
+    assert stats["cost"] == float(own) > 0
+
+
+def test_a_model_that_reports_no_usage_is_not_counted_as_zero(tmp_path: Path) -> None:
+    model = GenericFakeChatModel(messages=iter([AIMessage("hola")]))
+    stats = load_chain(write(tmp_path, "prompt: x\n"), model=model).invoke({})["stats"]
+    assert stats["usage"] is None and stats["cost"] is None
+    # a model built by the caller: known by LangChain's own name for its provider
+    assert stats["steps"]["output"]["model"] == model._get_ls_params()["ls_provider"]
+    line = summary_line(stats, 1)
+    assert "tokens not reported" in line and "cost unknown" in line
+
+
+def test_a_meter_of_ones_own_sees_a_failed_run(openai: WireServer, tmp_path: Path) -> None:
+    chain = openai_chain(tmp_path, openai)
+    meter = Meter()
+    openai.fail_next("auth")
+    with pytest.raises(KeyRejectedError):
+        chain.invoke({}, {"callbacks": [meter]})
+    stats = meter.stats()
+    assert (stats["attempts"], stats["calls"]) == (1, 0)
+    assert stats["steps"]["output"]["model"] == "openai:gpt-4o-mini"
+    assert meter.owner is None  # free for another run
+
+
+def test_summary_line() -> None:
+    stats = {
+        "usage": {"input_tokens": 412, "output_tokens": 268, "total_tokens": 680},
+        "latency_ms": 1834.0,
+        "calls": 3,
+        "attempts": 3,
+        "cost": 0.00021,
+    }
+    assert summary_line(stats, 3) == "3 steps · 412 → 268 tokens · 1.8 s · $0.00021"
+    assert summary_line({**stats, "latency_ms": 40.2, "cost": 0.0}, 1).endswith("40 ms · $0")
+    assert cost_text(0.5) == "$0.5" and cost_text(1.23456) == "$1.2346"
+    assert cost_text(0.0000153) == "$0.000015" and cost_text(None) == "cost unknown"
+
+
+@pytest.mark.model
+def test_the_local_model_reports_usage_when_streaming_too() -> None:
+    chain = load_chain(CHAINS / "traductor.yaml", model={"provider": "local", "temperature": 0})
+    invoked = chain.invoke({"frase": "buenas noches"})["stats"]
+    streamed = list(chain.stream({"frase": "buenas noches"}))[-1]["stats"]
+    assert invoked["usage"]["output_tokens"] > 0 and invoked["cost"] == 0.0
+    assert tokens(streamed["usage"]) == tokens(invoked["usage"])
+    assert streamed["ttft_ms"] is not None
+    assert invoked["models"] == ["local:smollm2-135m-instruct"]  # the bundled model's name
+
+
+# -- the command line --------------------------------------------------------------------------
+def eslabon(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "eslabon"
+    return subprocess.run(
+        [str(exe), *args], cwd=cwd, capture_output=True, text=True, input=input, timeout=120
+    )
+
+
+def test_run_prints_a_summary_line_after_the_output_and_json_has_the_stats(
+    tmp_path: Path,
+) -> None:
+    args = ("run", str(CANONICAL), "-m", "fake:echo", "-i", "problema=hola", "--no-log")
+    done = eslabon(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("3 steps · ") and last.endswith(" · $0") and "→" in last
+    assert "tokens" not in done.stdout  # piped output stays the answer alone
+    streamed = eslabon(*args, "--stream", cwd=tmp_path)
+    assert streamed.stderr.strip().splitlines()[-1].startswith("3 steps · ")
+    assert "stats" not in streamed.stdout
+    as_json = json.loads(eslabon(*args, "--json", cwd=tmp_path).stdout)
+    assert set(as_json["stats"]["steps"]) == set(STEPS)
+    assert as_json["stats"]["usage"]["output_tokens"] > 0 and as_json["stats"]["cost"] == 0
+
+
+def test_batch_rows_carry_their_stats_and_the_report_adds_them_up(tmp_path: Path) -> None:
+    chain = load_chain(CANONICAL, model="fake:echo")
+    rows = [{"id": n, "problema": f"problema {n}"} for n in range(5)]
+    out = tmp_path / "out.jsonl"
+    report = run_batch(chain, rows, out, concurrency=2)
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert all(set(r["stats"]["steps"]) == set(STEPS) for r in records)
+    assert report.stats is not None
+    assert report.stats["usage"]["output_tokens"] == sum(
+        r["stats"]["usage"]["output_tokens"] for r in records
+    )
+    assert report.stats["calls"] == 15 and report.stats["cost"] == 0.0
+    assert "tokens" in report.summary() and "$0" in report.summary()
+
+
+def test_the_batch_command_prints_the_totals(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"problema": "uno"}\n{"problema": "dos"}\n', encoding="utf-8")
+    done = eslabon(
+        "batch", str(CANONICAL), str(rows), "-o", str(tmp_path / "o.jsonl"), "-m", "fake:echo",
+        "--no-log", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 done, 0 failed" in done.stdout and "tokens · $0" in done.stdout
+
+
+def test_the_root_package_names_no_run_log_unless_asked() -> None:
+    # a library does not write files unasked: a plain run opens no log
+    code = (
+        "import sys\nfrom eslabon import load_chain\n"
+        f"load_chain({str(CANONICAL)!r}, model='fake:echo').invoke({{'problema': 'x'}})\n"
+        "assert 'eslabon.observe.runlog' not in sys.modules, 'the run log was opened'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,588 @@
+"""The run log's store (eslabon.observe.runlog): what goes in comes out, searchable, totalled;
+no secret reaches the file; many processes write at once; a broken log is one clear reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eslabon.errors import ChainConfigError, UserError
+from eslabon.observe import runlog
+from eslabon.observe.runlog import (
+    BUSY_TIMEOUT_S,
+    SCHEMA_VERSION,
+    LogUnavailable,
+    RunLog,
+    log_path,
+    logging_enabled,
+)
+from eslabon.trust import redaction
+from eslabon.trust.project import load_project
+from helpers import ROOT
+
+
+def step(step_id: str, model: str | None = "openai:gpt-4o-mini", **over: Any) -> dict[str, Any]:
+    data = {
+        "id": step_id,
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "Eres un traductor."},
+            {"role": "user", "content": f"Paso {step_id}: traduce «buenas noches»"},
+        ],
+        "output": f"salida de {step_id}",
+        "usage": {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120},
+        "latency_ms": 900.5,
+        "ttft_ms": None,
+        "calls": 1,
+        "attempts": 1,
+        "cost": 0.0001,
+        "error": None,
+    }
+    return {**data, **over}
+
+
+def record(**over: Any) -> dict[str, Any]:
+    data = {
+        "started": "2026-11-27T05:01:02.345Z",
+        "kind": "run",
+        "chain": "traductor",
+        "file": "/abs/chains/traductor.yaml",
+        "file_hash": "ab" * 32,
+        "model": "rapido (openai:gpt-4o-mini)",
+        "inputs": {"frase": "buenas noches"},
+        "output": "Good night",
+        "error": None,
+        "session": None,
+        "row": None,
+        "usage": {
+            "input_tokens": 412,
+            "output_tokens": 268,
+            "total_tokens": 680,
+            "input_token_details": {"cache_read": 0},
+            "output_token_details": {"reasoning": 0},
+        },
+        "latency_ms": 1834.2,
+        "ttft_ms": 210.5,
+        "cost": 0.00021,
+        "steps": [step("analisis"), step("respuesta")],
+    }
+    return {**data, **over}
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> RunLog:
+    return RunLog(tmp_path / "nested" / "logs.sqlite")
+
+
+def test_a_record_comes_back_whole_with_its_steps(log: RunLog) -> None:
+    given = record(extra_note={"retriever": "chroma:curso"})
+    run_id = log.record(given)
+    assert log.path.exists()  # the folder and the file are made on the first record
+    back = log.get(run_id)
+    assert back is not None
+    assert back == {**given, "id": run_id}
+    assert [s["id"] for s in back["steps"]] == ["analisis", "respuesta"]
+
+
+def test_ids_are_made_sortable_by_time_or_kept_when_given(log: RunLog) -> None:
+    made = log.record(record())
+    assert len(made) == 20 and int(made, 16) >= 0
+    # the first 8 hex digits are the start's Unix seconds: ids sort by time
+    assert int(made[:8], 16) == 1795755662
+    earlier = log.record(record(started="2025-01-01T00:00:00Z"))
+    assert earlier < made
+    assert log.record(record(id="mi-id-propio")) == "mi-id-propio"
+    assert log.get("mi-id-propio") is not None
+
+
+def test_times_are_kept_in_utc_with_milliseconds(log: RunLog) -> None:
+    a = log.record(record(started="2026-11-27T06:01:02.345678+01:00"))
+    b = log.record(record(started="2026-11-27T05:01:03"))  # no offset: UTC, as records say
+    assert log.get(a)["started"] == "2026-11-27T05:01:02.345Z"  # type: ignore[index]
+    assert log.get(b)["started"] == "2026-11-27T05:01:03.000Z"  # type: ignore[index]
+    c = log.record(record(started=None))  # a missing or bad time: now, not a lost record
+    assert log.get(c)["started"].endswith("Z")  # type: ignore[index]
+
+
+def test_a_unique_prefix_finds_a_run_and_a_shared_one_says_so(log: RunLog) -> None:
+    for run_id in ("0a1b2c3d0000000000aa", "0a1b2c3d0000000000bb", "0a1b2c3e1111111111cc"):
+        log.record(record(id=run_id))
+    assert log.get("0a1b2c3e")["id"] == "0a1b2c3e1111111111cc"  # type: ignore[index]
+    assert log.get("0a1b2c3d0000000000b")["id"] == "0a1b2c3d0000000000bb"  # type: ignore[index]
+    with pytest.raises(UserError, match="several runs") as caught:
+        log.get("0a1b2c3d")
+    assert "0a1b2c3d0000000000aa" in str(caught.value) and "fix:" in str(caught.value)
+    assert log.get("ffff") is None
+    with pytest.raises(UserError):
+        log.get("  ")
+    assert log.short_ids(["0a1b2c3d0000000000aa", "0a1b2c3e1111111111cc"]) == {
+        "0a1b2c3d0000000000aa": "0a1b2c3d0000000000a",
+        "0a1b2c3e1111111111cc": "0a1b2c3e",  # never shorter than 8
+    }
+
+
+def test_the_newest_come_first_filtered_by_chain_and_time(log: RunLog) -> None:
+    log.record(record(started="2026-11-20T10:00:00Z", chain="resumen"))
+    log.record(record(started="2026-11-27T10:00:00Z"))
+    log.record(record(started="2026-11-25T10:00:00Z"))
+    assert [r["started"][:10] for r in log.runs()] == ["2026-11-27", "2026-11-25", "2026-11-20"]
+    assert "steps" not in log.runs()[0]  # a listing leaves the steps out
+    assert len(log.runs(limit=2)) == 2
+    assert {r["chain"] for r in log.runs(chain="resumen")} == {"resumen"}
+    assert len(log.runs(since="2026-11-24")) == 2
+    assert len(log.runs(since="2026-11-27T11:00:00+01:00")) == 1  # 10:00 UTC: included
+
+
+def test_search_ignores_accents_and_reads_inputs_outputs_prompts_errors(log: RunLog) -> None:
+    accent = log.record(record(inputs={"frase": "¿Dónde está la estación de tren?"}))
+    prompt = log.record(
+        record(steps=[step("s", messages=[{"role": "user", "content": "Camión rojo"}])])
+    )
+    answer = log.record(record(output={"respuesta": "el AVIÓN sale a las 5"}))
+    failed = log.record(record(error="RateLimitedError: límite de peticiones", output=None))
+
+    def found(query: str) -> set[str]:
+        return {r["id"] for r in log.runs(query=query)}
+
+    assert found("estacion") == found("ESTACIÓN") == found("estación") == {accent}
+    assert found("tren estacion") == {accent}  # every word
+    assert found("tren avion") == set()
+    assert found("estac*") == {accent}  # a prefix
+    assert found("camion") == {prompt}
+    assert found("avion") == {answer}
+    assert found("limite peticiones") == {failed}
+    assert len(found("traductor")) == 4  # the chain's name
+    # the user's punctuation is text, not query syntax
+    for odd in ('gpt-4o "cita', "a OR b NOT", "(", "*", "col:umna", "¿?"):
+        assert isinstance(log.runs(query=odd), list)
+    assert found("   ") == {accent, prompt, answer, failed}  # no words: no filter
+
+
+def test_stats_per_model_and_per_chain_count_unknown_costs_apart(log: RunLog) -> None:
+    gpt, local, own = "openai:gpt-4o-mini", "local", "openai:qwen2.5-7b"
+    log.record(record(started="2026-11-27T10:00:00Z", cost=0.0002))
+    log.record(
+        record(
+            started="2026-11-27T11:00:00Z",
+            chain="resumen",
+            cost=None,  # one step's price is unknown: so is the run's
+            steps=[step("a", model=local, cost=0.0), step("b", model=own, cost=None, calls=3)],
+        )
+    )
+    log.record(
+        record(
+            started="2026-11-27T12:00:00Z",
+            chain="resumen",
+            cost=None,
+            error="boom",
+            steps=[step("b", model=own, cost=None, error="boom")],
+        )
+    )
+    log.record(record(started="2026-11-01T00:00:00Z", cost=5.0))  # outside the period below
+    totals = log.stats(since="2026-11-27", until="2026-11-28")
+    models = {m["model"]: m for m in totals["models"]}
+    assert models[gpt] == {
+        "model": gpt,
+        "runs": 1,
+        "steps": 2,
+        "calls": 2,
+        "errors": 0,
+        "input_tokens": 200,
+        "output_tokens": 40,
+        "cost": pytest.approx(0.0002),
+        "unknown_cost": 0,
+    }
+    assert models[local]["cost"] == 0.0 and models[local]["unknown_cost"] == 0  # free, known
+    assert models[own]["cost"] is None  # never a guess, never 0
+    assert (models[own]["unknown_cost"], models[own]["calls"], models[own]["errors"]) == (2, 4, 1)
+    chains = {c["chain"]: c for c in totals["chains"]}
+    assert chains["traductor"]["cost"] == pytest.approx(0.0002)
+    assert chains["resumen"] == {
+        "chain": "resumen",
+        "runs": 2,
+        "errors": 1,
+        "input_tokens": 824,
+        "output_tokens": 536,
+        "cost": None,
+        "unknown_cost": 2,
+    }
+    assert totals["total"]["runs"] == 3 and totals["total"]["unknown_cost"] == 2
+    assert totals["total"]["cost"] == pytest.approx(0.0002)
+    assert totals["since"] == "2026-11-27T00:00:00.000Z"
+    assert log.stats()["total"]["cost"] == pytest.approx(5.0002)
+
+
+def test_values_that_are_not_json_are_kept_as_data_or_text(log: RunLog) -> None:
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        texto: str
+
+    run_id = log.record(
+        record(
+            cost=Decimal("0.00021"),
+            output=Answer(texto="hola"),
+            inputs={"cuando": time, "tupla": (1, 2)},
+            steps=[step("s", latency_ms=Decimal("12.5")), "not a step"],
+        )
+    )
+    back = log.get(run_id)
+    assert back is not None
+    assert back["cost"] == 0.00021 and back["output"] == {"texto": "hola"}
+    assert back["inputs"]["tupla"] == [1, 2] and "module 'time'" in back["inputs"]["cuando"]
+    assert [s["latency_ms"] for s in back["steps"]] == [12.5]
+
+
+def _files(log: RunLog) -> bytes:
+    return b"".join(
+        p.read_bytes() for p in log.path.parent.iterdir() if p.name.startswith(log.path.name)
+    )
+
+
+def test_no_secret_reaches_the_file(log: RunLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "sk-test-" + os.urandom(12).hex()
+    handed = "hx" + os.urandom(3).hex()  # a short key eslabon handed to a client
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    monkeypatch.setattr(redaction, "_SECRETS", set())
+    redaction.add_secret(handed)
+    leaky = f"Authorization: Bearer {key} / {handed}"
+    run_id = log.record(
+        record(
+            id=f"run-{key}",
+            inputs={"frase": leaky, key: "as a key", "lista": [leaky]},
+            output={"respuesta": leaky},
+            error=f"ProviderError: 401 for key {key}",
+            model=f"openai:gpt-4o-mini?key={key}",
+            file=f"/tmp/{handed} /chain.yaml",
+            extra_field=leaky,
+            steps=[
+                step(
+                    "s",
+                    messages=[{"role": "user", "content": [{"type": "text", "text": leaky}]}],
+                    output=leaky,
+                    error=leaky,
+                    model=f"https://user:{key}@example.org/v1",
+                )
+            ],
+        )
+    )
+    assert run_id == "run-***"
+    # the WAL holds the record until a checkpoint: the file and its -wal are read
+    assert (log.path.parent / (log.path.name + "-wal")).stat().st_size > 0
+    raw = _files(log)
+    assert key.encode() not in raw and handed.encode() not in raw
+    back = log.get(run_id)
+    assert back is not None and "***" in back["inputs"]["frase"]
+    assert back["steps"][0]["model"] == "https://***@example.org/v1"
+    assert log.runs(query="Bearer")  # the rest is still searchable
+    log.close()  # the last connection checkpoints the WAL into the file
+    raw = _files(log)
+    assert key.encode() not in raw and handed.encode() not in raw and b"Bearer" in raw
+
+
+def test_a_damaged_log_is_a_reason_not_a_crash(log: RunLog) -> None:
+    log.path.parent.mkdir(parents=True)
+    log.path.write_bytes(b"these bytes are not a database; " * 200)
+    with pytest.raises(LogUnavailable) as caught:
+        log.record(record())
+    reason = str(caught.value)
+    assert "\n" not in reason and str(log.path) in reason
+    assert "damaged" in reason and "move it away" in reason
+    with pytest.raises(LogUnavailable, match="damaged"):
+        log.runs()
+    log.path.unlink()  # the user's fix: a new log is made
+    assert log.get(log.record(record())) is not None
+
+
+def test_a_log_damaged_after_it_was_written(log: RunLog) -> None:
+    log.record(record())
+    log.close()
+    with log.path.open("r+b") as file:  # the header and every page after it
+        file.seek(0)
+        file.write(os.urandom(log.path.stat().st_size))
+    with pytest.raises(LogUnavailable, match=r"damaged|cannot be used"):
+        log.record(record())
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["wal log", "a file another made"])
+def test_a_locked_log_gives_up_within_its_timeout(log: RunLog, existing: bool) -> None:
+    if existing:
+        log.record(record())
+    else:
+        log.path.parent.mkdir(parents=True)
+    other = sqlite3.connect(log.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # on a new file: a rollback-journal database, locked
+    try:
+        start = time.perf_counter()
+        with pytest.raises(LogUnavailable, match="locked") as caught:
+            log.record(record())
+        waited = time.perf_counter() - start
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert BUSY_TIMEOUT_S * 0.8 <= waited <= BUSY_TIMEOUT_S + 1.5
+    assert "\n" not in str(caught.value)
+    log.record(record())  # the lock gone, the same log writes again
+    assert len(log.runs()) == (2 if existing else 1)
+
+
+READ_ONLY = """
+import sys
+from pathlib import Path
+from eslabon.observe.runlog import LogUnavailable, RunLog
+base = Path(sys.argv[1])
+cases = {
+    "a new log": base / "ro" / "logs.sqlite",
+    "a new folder": base / "ro" / "sub" / "logs.sqlite",
+    "a log in a read-only folder": base / "ro-with-log" / "logs.sqlite",
+    "a read-only log": base / "ro-file" / "logs.sqlite",
+}
+for case, path in cases.items():
+    try:
+        RunLog(path).record({"chain": "x"})
+        print(case, "-> written")
+    except LogUnavailable as exc:
+        print(case, "->", exc)
+"""
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix that runs without root's power to write through permissions."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("root writes through permissions, and setpriv is not here to drop that")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_a_read_only_folder_or_file(tmp_path: Path) -> None:
+    for name in ("ro-with-log", "ro-file"):
+        made = RunLog(tmp_path / name / "logs.sqlite")
+        made.record(record())
+        made.close()  # its -wal and -shm go: writing again must make them
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro-file" / "logs.sqlite").chmod(0o444)
+    for name in ("ro", "ro-with-log"):
+        (tmp_path / name).chmod(0o555)
+    try:
+        done = subprocess.run(
+            [*_unprivileged(), sys.executable, "-c", READ_ONLY, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            timeout=60,
+        )
+    finally:
+        for name in ("ro", "ro-with-log"):
+            (tmp_path / name).chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4, done.stdout
+    for line in lines:
+        assert "cannot be written" in line and "ESLABON_LOGS" in line, line
+
+
+def test_a_file_where_the_folder_should_be(tmp_path: Path) -> None:
+    (tmp_path / "eslabon-folder").write_text("a file\n")
+    log = RunLog(tmp_path / "eslabon-folder" / "logs.sqlite")
+    with pytest.raises(LogUnavailable, match="cannot be written") as caught:
+        log.record(record())
+    assert "\n" not in str(caught.value)
+    assert log.runs() == []  # nothing to read there either
+
+
+def test_reading_a_missing_log_creates_nothing(log: RunLog) -> None:
+    assert log.runs() == [] and log.get("abc") is None
+    assert log.stats()["total"] == {
+        "runs": 0,
+        "errors": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost": None,
+        "unknown_cost": 0,
+    }
+    assert not log.path.parent.exists()
+
+
+def test_the_schema_is_versioned(log: RunLog) -> None:
+    log.record(record())
+    with sqlite3.connect(log.path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    fresh = RunLog(log.path)
+    with pytest.raises(LogUnavailable, match="newer eslabon"):
+        fresh.record(record())
+    with pytest.raises(LogUnavailable, match="newer eslabon"):
+        fresh.runs()
+
+
+def test_every_migration_is_in_the_table_of_migrations() -> None:
+    # a later schema appends a migration: the version is their count
+    assert len(runlog._MIGRATIONS) == SCHEMA_VERSION
+
+
+WRITER = """
+import sys, threading, time
+from eslabon.observe.runlog import RunLog
+path, process, threads, each, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \\
+    int(sys.argv[4]), float(sys.argv[5])
+log = RunLog(path)  # one instance shared by the threads, as eslabon batch shares it
+ids, failures = [], []
+def write(thread):
+    for n in range(each):
+        chat = n % 2 == 0  # chat turns and batch rows, interleaved
+        try:
+            ids.append(log.record({
+                "kind": "chat" if chat else "batch", "chain": "concurrente",
+                "session": f"p{process}" if chat else None,
+                "row": None if chat else f"p{process}-t{thread}-{n}",
+                "inputs": {"q": f"p{process} t{thread} n{n}"}, "output": "ok",
+                "steps": [{"id": "a", "model": "fake:echo", "messages": [
+                    {"role": "user", "content": f"p{process} t{thread} n{n}"}]}],
+            }))
+        except Exception as exc:
+            failures.append(repr(exc))
+time.sleep(max(0.0, start - time.time()))  # every process begins at once
+workers = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+for w in workers: w.start()
+for w in workers: w.join()
+print("\\n".join(ids))
+print("\\n".join(failures), file=sys.stderr)
+sys.exit(1 if failures else 0)
+"""
+
+
+def test_many_processes_and_threads_write_without_losing_a_row(tmp_path: Path) -> None:
+    path = tmp_path / ".eslabon" / "logs.sqlite"  # not made yet: the writers race to make it
+    processes, threads, each = 4, 5, 10  # 200 records
+    start = time.time() + 1.5
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(p), str(threads), str(each), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for p in range(processes)
+    ]
+    ids = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        ids.extend(out.split())
+    assert len(ids) == len(set(ids)) == 200
+    with sqlite3.connect(path) as db:
+        logged = [row[0] for row in db.execute("SELECT id FROM runs")]
+        inputs = [row[0] for row in db.execute("SELECT inputs FROM runs")]
+        assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 200
+        assert db.execute("SELECT COUNT(*) FROM runs_text").fetchone()[0] == 200
+    assert sorted(logged) == sorted(ids)  # every row exactly once
+    assert len({json.loads(i)["q"] for i in inputs}) == 200
+    log = RunLog(path)
+    assert len(log.runs(limit=500, query="concurrente")) == 200
+    assert {s["chain"]: s["runs"] for s in log.stats()["chains"]} == {"concurrente": 200}
+
+
+def test_one_log_shared_by_threads_and_a_forked_process(log: RunLog) -> None:
+    log.record(record())
+    threads = [threading.Thread(target=lambda: log.record(record())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's connection is not for it
+        code = 1
+        try:
+            log.record(record(kind="batch"))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    log.record(record())  # the parent's connection still works
+    assert len(log.runs(limit=50)) == 11
+    assert len(log.runs(limit=50, query="traductor")) == 11
+
+
+def test_where_the_log_is_and_whether_it_is_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ESLABON_LOGS", raising=False)
+    (tmp_path / ".git").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert log_path() == tmp_path / ".eslabon" / "logs.sqlite"
+    assert logging_enabled()
+    (tmp_path / "eslabon.toml").write_text('[logs]\nenabled = false\npath = "registro/l.db"\n')
+    assert log_path() == tmp_path / "registro" / "l.db"
+    assert not logging_enabled()
+    assert log_path(load_project(tmp_path)) == tmp_path / "registro" / "l.db"
+    monkeypatch.setenv("ESLABON_LOGS", str(tmp_path / "otro.sqlite"))
+    assert log_path() == tmp_path / "otro.sqlite"
+
+
+@pytest.mark.parametrize(
+    ("table", "message", "hint"),
+    [
+        ("[logs]\nenable = false\n", "unknown key 'enable' in [logs]", "enabled"),
+        ('[logs]\nenabled = "no"\n', "enabled must be true or false", "enabled = false"),
+        ("[logs]\npath = 3\n", "path must be the log file's path", "path ="),
+        ("logs = 1\n", "[logs] must be a table", "enabled = false"),
+    ],
+)
+def test_a_wrong_logs_table_is_a_clear_error(
+    tmp_path: Path, table: str, message: str, hint: str
+) -> None:
+    (tmp_path / "eslabon.toml").write_text(table)
+    with pytest.raises(ChainConfigError) as caught:
+        load_project(tmp_path)
+    [problem] = caught.value.problems
+    assert message in problem.message and hint in (problem.hint or "")
+    assert problem.file == str(tmp_path / "eslabon.toml") and problem.path.startswith("logs")
+
+
+def test_recording_stays_cheap(log: RunLog) -> None:
+    """The budget is 5 ms per run (bench/logging_overhead.py measures it); here, only a loose
+    bound that a loaded machine still meets."""
+    log.record(record())
+    times = []
+    for _ in range(30):
+        start = time.perf_counter()
+        log.record(record())
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[15] < 0.05
+
+
+def test_the_logging_benchmark_runs_and_prints_its_figure_last() -> None:
+    env = {**os.environ, "BENCH_QUICK": "1"}
+    env.pop("ESLABON_MODEL", None)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "logging_overhead.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert re.fullmatch(r"log_overhead_ms=-?\d+\.\d{2}", lines[-1])
+    for label in ("RunLog.record", "import eslabon.observe.runlog", "log on:", "log off:"):
+        assert any(label in line for line in lines), label
