@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages.ai import UsageMetadata, add_usage
+
+from eslabon.chat.prices import cost as price_of
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
-    from langchain_core.messages.ai import UsageMetadata
     from langchain_core.outputs import LLMResult
 
     from eslabon.chat.modelspec import ModelSpec
@@ -96,13 +98,11 @@ class _Call:
     def cost(self, prices: Mapping[str, Price] | None) -> Decimal | None:
         """What the call cost (worked out once: a step's figures and the run's both ask)."""
         if self._cost is None:
-            from eslabon.chat.prices import cost
-
             own = "own" if self.own_endpoint else None
             found = (
                 None
                 if self.usage is None
-                else cost(self.provider, self.name, self.usage, prices, own)
+                else price_of(self.provider, self.name, self.usage, prices, own)
             )
             self._cost = (found,)
         return self._cost[0]
@@ -115,8 +115,6 @@ def _ms(seconds: float) -> float:
 def _sum_usage(calls: list[_Call]) -> dict[str, Any] | None:
     """The calls' usage added up (LangChain's ``add_usage``); None when a call that answered
     reported none: a partial count is not the run's usage."""
-    from langchain_core.messages.ai import add_usage
-
     total: Any = None
     for call in calls:
         if call.failed:
@@ -299,8 +297,6 @@ def _usage_of(response: LLMResult) -> UsageMetadata | None:
     output = response.llm_output or {}
     counts = output.get("token_usage") or output.get("usage")
     if isinstance(counts, Mapping) and "prompt_tokens" in counts:
-        from langchain_core.messages.ai import UsageMetadata
-
         inputs = int(counts.get("prompt_tokens") or 0)
         outputs = int(counts.get("completion_tokens") or 0)
         return UsageMetadata(
@@ -323,8 +319,6 @@ def find_meter(callbacks: Any) -> Meter | None:
 def add_stats(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
     """Two runs' totals added (batch totals, chat sessions): usage, latency, calls, attempts,
     and cost (None if either is unknown)."""
-    from langchain_core.messages.ai import add_usage
-
     usages = (first.get("usage"), second.get("usage"))
     usage = None if None in usages else _ordered(add_usage(*usages))
     costs = (first.get("cost"), second.get("cost"))
