@@ -50,6 +50,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, _run_log: Path) -> Iterator[None
     monkeypatch.delenv("ESLABON_MODEL", raising=False)
     # commands the tests run keep their run log here, never in the repository's .eslabon/
     monkeypatch.setenv("ESLABON_LOGS", str(_run_log))
+    # a developer's own tracing setup (OTEL_EXPORTER_OTLP_ENDPOINT, ...) is not the tests'
+    import os
+
+    for name in [n for n in os.environ if n.startswith(("OTEL_", "LANGSMITH_", "LANGCHAIN_"))]:
+        monkeypatch.delenv(name)
     for info in PROVIDERS.values():
         if info.env_var:
             monkeypatch.delenv(info.env_var, raising=False)

@@ -15,7 +15,9 @@ def write(tmp_path: Path, text: str, name: str = "chain.yaml") -> Path:
     return path
 
 
-STAT_KEYS = {"usage", "latency_ms", "ttft_ms", "calls", "attempts", "cost", "models", "steps"}
+STAT_KEYS = {
+    *("usage", "latency_ms", "ttft_ms", "calls", "attempts", "cached", "cost", "models", "steps")
+}
 
 
 def unmetered(result: dict) -> dict:  # type: ignore[type-arg]

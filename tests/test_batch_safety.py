@@ -31,7 +31,12 @@ from wire_server import ToolCall, WireServer
 SECRET = "sk-safety-SECRET-0123456789abcdef"
 CHAIN = "inputs: {q: La pregunta}\nprompt: '{q}'\nretry: {attempts: 10, backoff: 0.01}\n"
 EXE = str(Path(sys.executable).parent / "eslabon")
-ENV = {**os.environ, "OPENAI_API_KEY": SECRET}
+
+
+def env() -> dict[str, str]:
+    """The commands' environment, read when they start: conftest's ESLABON_LOGS (the test
+    session's run log, never the repository's) is set only once the tests run."""
+    return {**os.environ, "OPENAI_API_KEY": SECRET}
 
 
 class HeldServer(WireServer):
@@ -96,7 +101,7 @@ def batch_args(tmp_path: Path, server: WireServer, out: Path, n: int = 20) -> li
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run(args, env=env(), capture_output=True, text=True, timeout=120)
 
 
 # -- one batch per output file ----------------------------------------------------------------
@@ -107,7 +112,7 @@ def test_a_second_batch_on_the_same_output_is_refused(
 ) -> None:
     out = tmp_path / "out.jsonl"
     first = subprocess.Popen(
-        batch_args(tmp_path, held, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        batch_args(tmp_path, held, out), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert held.arrived.wait(60), "the first batch never called its model"
@@ -133,7 +138,7 @@ def test_the_lock_of_a_batch_killed_with_dash_nine_does_not_block_resume(
 ) -> None:
     out = tmp_path / "out.jsonl"
     first = subprocess.Popen(
-        batch_args(tmp_path, held, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        batch_args(tmp_path, held, out), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert held.arrived.wait(60), "the first batch never called its model"
     lock = tmp_path / "out.jsonl.lock"
@@ -194,7 +199,7 @@ def test_two_processes_sharing_a_cache_fail_no_row(server: WireServer, tmp_path:
         for name in ("one.jsonl", "two.jsonl")
     ]
     procs = [
-        subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for args in both
     ]
     # both finish (or are killed) before any assertion: a process left running would leak

@@ -283,3 +283,67 @@ def test_the_root_package_names_no_run_log_unless_asked() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_meter_shared_by_concurrent_and_repeated_runs_counts_one_run() -> None:
+    chain = load_chain(CANONICAL, model="fake:echo")
+    given = {"problema": "p"}
+    alone = chain.invoke(given)["stats"]
+    shared = Meter()
+    batched = chain.batch([given] * 4, config={"callbacks": [shared]})
+    assert [timeless(r["stats"]) for r in batched] == [timeless(alone)] * 4
+    assert shared.owner is None and shared.stats()["calls"] == 3  # one run's, not four
+
+    async def gathered() -> list[dict[str, Any]]:
+        one = Meter()
+        runs = [chain.ainvoke(given, {"callbacks": [one]}) for _ in range(3)]
+        return list(await asyncio.gather(*runs))
+
+    assert [r["stats"]["calls"] for r in asyncio.run(gathered())] == [3, 3, 3]
+    again = Meter()
+    first = chain.invoke(given, {"callbacks": [again]})["stats"]
+    second = chain.invoke(given, {"callbacks": [again]})["stats"]
+    assert timeless(first) == timeless(second) == timeless(alone)  # from zero on each run
+
+
+def test_a_chain_run_as_a_tool_counts_in_the_step_that_ran_it(tmp_path: Path) -> None:
+    write(tmp_path, "inputs: {texto: x}\nprompt: 'resume {texto}'\n", "inner.yaml")
+    write(
+        tmp_path,
+        "from pathlib import Path\n"
+        "from eslabon import load_chain\n"
+        "INNER = load_chain(Path(__file__).parent / 'inner.yaml', model='fake:echo')\n"
+        "def resumir(texto: str) -> str:\n"
+        '    """Resume un texto.\n\n    Args:\n        texto: el texto\n    """\n'
+        "    return INNER.invoke({'texto': texto})['output']\n",
+        "mis_herramientas.py",
+    )
+    path = write(
+        tmp_path,
+        "inputs: {pregunta: x}\n"
+        "steps:\n  - {id: agente, prompt: '{pregunta}', tools: ['mis_herramientas:resumir']}\n",
+    )
+    call = AIMessage("", tool_calls=[{"name": "resumir", "args": {"texto": "hola"}, "id": "c1"}])
+    outer = load_chain(
+        path,
+        model=FakeChatModel(responses=[call, "listo"]),
+        allow_imports=["mis_herramientas"],
+    )
+    holder: dict[str, Any] = {}
+    counted = langchain_count(lambda: holder.update(outer.invoke({"pregunta": "q"})))
+    stats = holder["stats"]
+    step = stats["steps"]["agente"]
+    assert (step["calls"], tokens(step["usage"])) == (3, counted)  # 2 turns + the inner chain's
+    assert tokens(stats["usage"]) == counted and "fake:echo" in stats["models"]
+
+
+def test_a_cache_hit_costs_nothing(openai: WireServer, tmp_path: Path) -> None:
+    from langchain_core.caches import InMemoryCache
+
+    chain = openai_chain(tmp_path, openai).with_cache(InMemoryCache())
+    paid = chain.invoke({})["stats"]
+    cached = chain.invoke({})["stats"]
+    assert len(openai.requests) == 1
+    assert paid["cost"] and paid["cached"] == 0
+    assert (cached["cost"], cached["cached"], cached["calls"]) == (0.0, 1, 1)
+    assert "total_cost" not in cached["usage"]  # LangChain's cache mark is not a token count

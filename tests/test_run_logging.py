@@ -80,10 +80,12 @@ def test_a_run_is_logged_with_each_steps_messages_output_and_figures(project: Pa
     assert run["output"] == run["steps"][-1]["output"]
     assert run["usage"]["output_tokens"] == sum(s["usage"]["output_tokens"] for s in run["steps"])
     # streamed runs too; --no-log keeps nothing
-    args = ("run", str(CANONICAL), "-m", "fake:echo", "-i", "problema=x")
+    args = ("run", str(CANONICAL), "-m", "fake:echo", "-i", "problema=tres manzanas")
     assert eslabon(*args, "--stream", cwd=project, log=log).returncode == 0
     assert eslabon(*args, "--no-log", cwd=project, log=log).returncode == 0
-    assert len(runs(log)) == 2
+    streamed, invoked = runs(log)  # newest first; streamed tokens are logged whole
+    assert [s["output"] for s in streamed["steps"]] == [s["output"] for s in invoked["steps"]]
+    assert streamed["output"] == invoked["output"]
 
 
 def test_logs_enabled_false_in_the_project_keeps_nothing(project: Path) -> None:
@@ -221,3 +223,26 @@ def test_a_log_that_cannot_be_written_is_a_warning_in_python(tmp_path: Path) -> 
         logged.flush()
     assert result["output"]
     assert [w.category for w in caught] == [RunNotLogged]
+
+
+def test_a_chat_turn_is_logged_whole(project: Path) -> None:
+    log = project / "logs.sqlite"
+    path = write(
+        project,
+        "inputs: {mensaje: x}\nsteps:\n"
+        "  - {id: borrador, prompt: 'borrador para {mensaje}'}\n"
+        "  - {id: final, history: true, prompt: 'mejora esto: {borrador}'}\n",
+    )
+    done = eslabon(
+        "chat", str(path), "-m", "fake:echo", "-s", "s", cwd=project, log=log, input="hola amigo\n"
+    )
+    assert done.returncode == 0, done.stderr
+    [turn] = runs(log)
+    assert turn["kind"] == "chat" and turn["session"] == "s"
+    steps = {s["id"]: s["output"] for s in turn["steps"]}
+    # fake:echo answers with its prompt: every token of each step, not the last one
+    assert steps == {
+        "borrador": "borrador para hola amigo",
+        "final": "mejora esto: borrador para hola amigo",
+    }
+    assert turn["output"] == steps["final"]

@@ -338,19 +338,19 @@ def run(
     chain = _open_chain(file, model, allow_import)
     _check_input_names(chain.spec, values)
     _read_stdin_input(chain.spec, values)
+    # the answer is printed inside the block: the log is written after it, never before
     with _logged(chain, values, _run_log(no_log)) as run:
         config: Any = {"callbacks": [run.meter]}
         if stream and not as_json:
             run.result = _run_streaming(chain, values, config)
         else:
             run.result = chain.invoke(values, config)
-    result = run.result
-    if as_json:
-        typer.echo(json.dumps(_json_result(chain, result), ensure_ascii=False, indent=2))
-        return
-    if not stream:
-        _print_steps(chain, result)
-    _print_summary(result["stats"], len(chain.steps))
+        if as_json:
+            typer.echo(json.dumps(_json_result(chain, run.result), ensure_ascii=False, indent=2))
+        else:
+            if not stream:
+                _print_steps(chain, run.result)
+            _print_summary(run.result["stats"], len(chain.steps))
 
 
 def _json_result(chain: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -981,12 +981,14 @@ class _Chat:
             typer.echo(redact(f"error: {exc}"), err=True)
 
     def answer(self, line: str) -> None:
+        from eslabon.observe.record import gather
+
         console = self.console
         values = {self.talk.main_input: line}
         with _logged(self.chain, values, self.log, kind="chat", session=self.session) as run:
             result: dict[str, Any] = {}
             for chunk in self.talk.stream(values, {"callbacks": [run.meter]}):
-                result.update(chunk)
+                gather(result, chunk)
                 text = chunk.get(self.chain.output_id)  # the answer step's tokens only
                 if isinstance(text, str):
                     console.print(text, end="")
@@ -996,12 +998,10 @@ class _Chat:
             console.print()
             run.result = self._whole(result)
 
-    def _whole(self, last: dict[str, Any]) -> dict[str, Any]:
-        """The turn's result for the log: its stats, and the answer as history keeps it."""
-        messages = self.talk.history.messages
-        answer = messages[-1].text if messages else None
-        steps = {s.id: last.get(s.id, answer) for s in self.chain.steps}
-        return {**steps, "output": answer, "stats": last["stats"]}
+    def _whole(self, streamed: dict[str, Any]) -> dict[str, Any]:
+        """The turn's result for the log: each step's whole output, the answer, the stats."""
+        steps = {s.id: streamed.get(s.id) for s in self.chain.steps}
+        return {**steps, "output": streamed.get("output"), "stats": streamed["stats"]}
 
 
 @_command()

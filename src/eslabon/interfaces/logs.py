@@ -68,7 +68,10 @@ def _moment(text: str | None, option: str) -> datetime | None:
 
     period = text.strip().lower()
     if len(period) > 1 and period[-1] in _UNITS and period[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(period[:-1]) * _UNITS[period[-1]])
+        try:
+            return datetime.now(UTC) - timedelta(seconds=int(period[:-1]) * _UNITS[period[-1]])
+        except OverflowError:  # before year 1: every run
+            return datetime.min.replace(tzinfo=UTC)
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -116,7 +119,9 @@ def _print_json(data: Any) -> None:
 @_guarded
 def recent(
     ctx: typer.Context,
-    count: Annotated[int, typer.Option("-n", "--count", min=1, help="How many runs.")] = 20,
+    count: Annotated[
+        int, typer.Option("-n", "--count", min=1, max=1_000_000, help="How many runs.")
+    ] = 20,
     query: Annotated[
         str | None,
         typer.Option("-q", "--query", help="Only runs whose text has these words (any accents)."),
@@ -231,14 +236,9 @@ def _money(cost: Any, unknown: int = 0) -> str:
     price is said, never shown as $0."""
     if cost is None:
         return "unknown" if unknown else "-"
-    if cost == 0:
-        shown = "$0"
-    else:
-        import math
+    from eslabon.observe.record import cost_text  # as `eslabon run`'s summary line says it
 
-        decimals = max(2, 1 - math.floor(math.log10(abs(cost))))
-        shown = "$" + f"{cost:.{decimals}f}".rstrip("0").rstrip(".")
-    return shown + (f" + {unknown} unknown" if unknown else "")
+    return cost_text(cost) + (f" + {unknown} unknown" if unknown else "")
 
 
 @app.command()

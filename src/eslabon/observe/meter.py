@@ -15,6 +15,7 @@ Which model answered: eslabon tags each model it builds with its ``provider:name
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from decimal import Decimal
 from time import perf_counter, time
@@ -63,6 +64,7 @@ class _Call:
 
     __slots__ = (
         "_cost",
+        "cached",
         "ended",
         "failed",
         "first",
@@ -91,6 +93,7 @@ class _Call:
         self.ended: float | None = None
         self.usage: UsageMetadata | None = None
         self.failed = False
+        self.cached = False  # answered from LangChain's cache: no request, no cost
         self.messages: list[BaseMessage] | None = None
         self.reply: str | None = None
         self._cost: tuple[Decimal | None] | None = None
@@ -100,7 +103,9 @@ class _Call:
         if self._cost is None:
             own = "own" if self.own_endpoint else None
             found = (
-                None
+                Decimal(0)
+                if self.cached
+                else None
                 if self.usage is None
                 else price_of(self.provider, self.name, self.usage, prices, own)
             )
@@ -150,34 +155,68 @@ class Meter(BaseCallbackHandler):
     """Counts a run's model calls. Pass one in ``config={"callbacks": [meter]}`` to read a run's
     figures even when it fails (``meter.stats()``); a compiled chain otherwise makes its own
     and puts ``stats()`` in its result under ``"stats"``. ``capture_messages`` keeps each
-    step's first prompt (for the run log)."""
+    step's first prompt (for the run log).
+
+    A meter measures one chain run at a time: the run that claims it (:meth:`claim`: the
+    first to start while it is free; it starts again from zero then). It counts the calls that
+    descend from that run — a chain used as a tool inside a step counts in that step — and
+    none of another run's that shares its callbacks (``batch`` with one config)."""
 
     run_inline = True  # in the calling thread: the figures are complete when a call returns
+    _claims = threading.Lock()
 
     def __init__(
         self, prices: Mapping[str, Price] | None = None, capture_messages: bool = False
     ) -> None:
         self.prices = prices
         self.capture_messages = capture_messages
+        self.owner: UUID | None = None  # the chain run this meter measures
+        self._reset()
+
+    def _reset(self) -> None:
         self.started = perf_counter()
         self.wall = time()  # when the run began, for the log
         self.ended: float | None = None
-        self.owner: object | None = None  # the chain whose run this meter measures
         self._calls: dict[UUID, _Call] = {}
         self._steps: dict[str, list[float]] = {}  # step id -> [began, ended?]
+        self._step: str | None = None  # the step in progress
+        self._parents: dict[UUID, UUID | None] = {}  # run id -> its parent's, to trace lineage
 
-    # LangChain's callback protocol: only model calls matter here
-    @property
-    def ignore_chain(self) -> bool:
+    def claim(self, run_id: UUID) -> bool:
+        """Measure the chain run ``run_id`` from now on, if no other run is being measured."""
+        with self._claims:
+            if self.owner is not None:
+                return False
+            self.owner = run_id
+        self._reset()
         return True
 
-    @property
-    def ignore_retriever(self) -> bool:
-        return True
+    def release(self, run_id: UUID) -> None:
+        if self.owner == run_id:
+            self.owner = None
 
-    @property
-    def ignore_agent(self) -> bool:
-        return True
+    def _ours(self, parent: UUID | None) -> bool:
+        """Whether a call whose parent run is ``parent`` belongs to the run being measured."""
+        if self.owner is None:  # not claimed: used on a plain LangChain runnable
+            return True
+        for _ in range(256):  # a bound: lineage is never this deep
+            if parent is None:
+                return False
+            if parent == self.owner:
+                return True
+            parent = self._parents.get(parent)
+        return False
+
+    def _started(
+        self, *args: Any, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        self._parents[run_id] = parent_run_id
+
+    # LangChain's callback protocol: model calls, and the runs between them and the chain's
+    # (retry and fallback wrappers, tools, retrievers) to know whose calls they are
+    on_chain_start = _started
+    on_tool_start = _started
+    on_retriever_start = _started
 
     @property
     def ignore_retry(self) -> bool:
@@ -193,11 +232,17 @@ class Meter(BaseCallbackHandler):
         messages: list[list[BaseMessage]],
         *,
         run_id: UUID,
+        parent_run_id: UUID | None = None,
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        metadata = metadata or {}
-        call = _Call(metadata.get("eslabon_step"), metadata)
+        if not self._ours(parent_run_id):
+            return
+        self._parents[run_id] = parent_run_id
+        # steps run one after another: a call belongs to the step in progress (a chain run as
+        # a tool inside it included); without a chain, LangChain's step tag says
+        step = self._step if self.owner is not None else (metadata or {}).get("eslabon_step")
+        call = _Call(step, metadata or {})
         if self.capture_messages and messages:
             call.messages = messages[0]
         self._calls[run_id] = call
@@ -212,7 +257,11 @@ class Meter(BaseCallbackHandler):
         if call is None:
             return
         call.ended = perf_counter()
-        call.usage = _usage_of(response)
+        usage = _usage_of(response)
+        if usage is not None and "total_cost" in usage:  # LangChain's mark of a cache hit
+            call.cached = usage["total_cost"] == 0  # type: ignore[typeddict-item]
+            usage = {k: v for k, v in usage.items() if k != "total_cost"}  # type: ignore[assignment]
+        call.usage = usage
         if self.capture_messages and response.generations and response.generations[0]:
             call.reply = response.generations[0][0].text
 
@@ -225,10 +274,12 @@ class Meter(BaseCallbackHandler):
     # -- told by the chain ------------------------------------------------------------------
     def begin(self, step: str) -> None:
         self._steps[step] = [perf_counter()]
+        self._step = step
 
     def end(self, step: str) -> None:
         if (times := self._steps.get(step)) is not None:
             times.append(perf_counter())
+        self._step = None
 
     def finish(self) -> None:
         self.ended = perf_counter()
@@ -245,6 +296,7 @@ class Meter(BaseCallbackHandler):
             "ttft_ms": _ms(min(firsts) - began) if firsts else None,
             "calls": len(answered),
             "attempts": len(calls),
+            "cached": sum(1 for c in answered if c.cached),
             "cost": _sum_cost(calls, self._prices()),
         }
 
@@ -306,7 +358,7 @@ def _usage_of(response: LLMResult) -> UsageMetadata | None:
 
 
 def find_meter(callbacks: Any) -> Meter | None:
-    """A Meter the caller passed in ``config["callbacks"]`` (a list or a manager), if any."""
+    """A free Meter the caller passed in ``config["callbacks"]`` (a list or a manager)."""
     if callbacks is None:
         return None
     handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", ())
@@ -327,5 +379,6 @@ def add_stats(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, 
         "latency_ms": round(first.get("latency_ms", 0) + second.get("latency_ms", 0), 1),
         "calls": first.get("calls", 0) + second.get("calls", 0),
         "attempts": first.get("attempts", 0) + second.get("attempts", 0),
+        "cached": first.get("cached", 0) + second.get("cached", 0),
         "cost": None if None in costs else round(costs[0] + costs[1], 12),  # type: ignore[operator]
     }

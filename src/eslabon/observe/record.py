@@ -110,15 +110,20 @@ class RunWriter:
         from eslabon.observe.runlog import RunLog, log_path
 
         self.log = RunLog(path or log_path())
+        self._said: set[str] = set()
 
     def write(self, record: dict[str, Any]) -> str | None:
-        """None when written, else why not."""
+        """None when written, else why not — once per reason (a chat's every turn, a batch's
+        every row would repeat it)."""
         from eslabon.observe.runlog import LogUnavailable
 
         try:
             self.log.record(record)
         except LogUnavailable as exc:
-            return str(exc)
+            reason = str(exc)
+            if reason not in self._said:
+                self._said.add(reason)
+                return reason
         return None
 
 
@@ -154,20 +159,18 @@ class LoggedChain(Runnable[dict[str, Any], dict[str, Any]]):
         self._pool.submit(lambda: None).result()
 
     def _start(self, input: Any, given: RunnableConfig | None) -> tuple[Meter, RunnableConfig]:
-        from eslabon.observe.meter import find_meter
-
+        """This run's own meter, first in its callbacks: the chain claims the first free one,
+        and a caller's meter shared by concurrent runs must not be the one the log reads."""
         config: RunnableConfig = {**(given or {})}
+        meter = Meter(getattr(self.chain, "prices", None), capture_messages=True)
         callbacks = config.get("callbacks")
-        meter = find_meter(callbacks)
-        if meter is None:
-            meter = Meter(getattr(self.chain, "prices", None), capture_messages=True)
-            if callbacks is None or isinstance(callbacks, list):
-                config["callbacks"] = [*(callbacks or []), meter]
-            else:
-                callbacks = callbacks.copy()
-                callbacks.add_handler(meter)
-                config["callbacks"] = callbacks
-        meter.capture_messages = True
+        if callbacks is None or isinstance(callbacks, list):
+            config["callbacks"] = [meter, *(callbacks or [])]
+        else:
+            manager = callbacks.copy()
+            manager.handlers.insert(0, meter)
+            manager.inheritable_handlers.insert(0, meter)
+            config["callbacks"] = manager
         return meter, config
 
     def _record(
@@ -236,8 +239,11 @@ def gather(result: dict[str, Any], chunk: dict[str, Any]) -> None:
     """A streamed run's result, chunk by chunk: tokens add up, whole values replace."""
     for key, value in chunk.items():
         before: Any = result.get(key)
-        if type(before) in (str, list) and type(before) is type(value):
+        # tokens are str subclasses (LangChain's TextAccessor): isinstance, not type() ==
+        if isinstance(before, str) and isinstance(value, str):
             result[key] = before + value
+        elif isinstance(before, list) and isinstance(value, list):
+            result[key] = [*before, *value]
         else:
             result[key] = value
 

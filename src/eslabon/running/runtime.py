@@ -260,10 +260,11 @@ class _Extras:
 
 class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
     """A compiled chain. Input: a dict of the chain's inputs (or a string, when it has exactly
-    one). Output: ``{step_id: text, ..., "output": text}``.
+    one). Output: ``{step_id: text, ..., "output": text, "stats": {...}}`` (``stats``: tokens,
+    time, calls, attempts and cost, per step and in total: :mod:`eslabon.observe.meter`).
 
     ``stream`` / ``astream`` yield ``{step_id: token}`` chunks as each step's tokens arrive,
-    then ``{"output": text}`` once.
+    then ``{"output": text}`` once, then ``{"stats": {...}}``.
     """
 
     def __init__(
@@ -503,13 +504,15 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             config["callbacks"] = callbacks
         return config
 
-    def _meter(self, callbacks: Any) -> Meter:
-        """This run's meter: the caller's (in its callbacks), else a new one added to them."""
+    def _meter(self, callbacks: Any, run_id: Any) -> Meter:
+        """The meter of run ``run_id``: the caller's (in its callbacks) if free, else a new one
+        added to them. (A chain run inside this one, as a tool, gets its own: this one is
+        claimed; its calls count here too, in the step that ran it.)"""
         meter = find_meter(callbacks)
-        if meter is None:
+        if meter is None or not meter.claim(run_id):
             meter = Meter(self.prices)
+            meter.claim(run_id)
             callbacks.add_handler(meter)
-        meter.owner = self  # a chain run inside this one counts into it, with its own meter
         return meter
 
     # -- the four doors ---------------------------------------------------------------------
@@ -528,7 +531,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             run_id=config.pop("run_id", None),
         )
         callbacks = run_manager.get_child()
-        meter = self._meter(callbacks)
+        meter = self._meter(callbacks, run_manager.run_id)
         try:
             child = patch_config(config, callbacks=callbacks)
             with set_config_context(child) as context:
@@ -537,7 +540,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             run_manager.on_chain_error(exc)
             raise
         finally:
-            meter.owner = None
+            meter.release(run_manager.run_id)
         run_manager.on_chain_end(output)
         return output
 
@@ -552,7 +555,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             run_id=config.pop("run_id", None),
         )
         callbacks = run_manager.get_child()
-        meter = self._meter(callbacks)
+        meter = self._meter(callbacks, run_manager.run_id)
         try:
             child = patch_config(config, callbacks=callbacks)
             with set_config_context(child) as context:
@@ -562,7 +565,7 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
             await run_manager.on_chain_error(exc)
             raise
         finally:
-            meter.owner = None
+            meter.release(run_manager.run_id)
         await run_manager.on_chain_end(output)
         return output
 
@@ -581,11 +584,11 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> Iterator[dict[str, Any]]:
-        meter = self._meter(config["callbacks"])
+        meter = self._meter(config["callbacks"], run_manager.run_id)
         try:
             yield from drive(self._flow(self._merge(list(inputs)), config, True, meter))
         finally:
-            meter.owner = None
+            meter.release(run_manager.run_id)
 
     async def _achunks(
         self,
@@ -593,13 +596,13 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> AsyncIterator[dict[str, Any]]:
-        meter = self._meter(config["callbacks"])
+        meter = self._meter(config["callbacks"], run_manager.run_id)
         try:
             flow = self._flow(self._merge([c async for c in inputs]), config, True, meter)
             async for chunk in adrive(flow):
                 yield chunk
         finally:
-            meter.owner = None
+            meter.release(run_manager.run_id)
 
     def transform(
         self, input: Iterator[dict[str, Any]], config: RunnableConfig | None = None, **kwargs: Any
