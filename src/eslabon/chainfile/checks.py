@@ -282,6 +282,81 @@ def _rule_output(chain: ChainData, out: _Collector) -> None:
         )
 
 
+def _rule_tests(chain: ChainData, out: _Collector) -> None:
+    """``tests``: each case's inputs are the chain's (the required ones given), each check's
+    ``step`` is a step, its ``regex`` runs on RE2, and a file of cases exists in the folder."""
+    tests = chain.data.get("tests")
+    if not isinstance(tests, list):
+        return
+    ids = ["output"] if chain.shape == "single" else [s for s in chain.ids if s]
+    required = [n for n in chain.input_names if not _has_default(chain.data, n)]
+    for i, case in enumerate(tests):
+        if not isinstance(case, dict):
+            continue  # the schema check says what is wrong
+        if "file" in case:
+            _check_test_file(out, case["file"], ("tests", i, "file"), chain.base_dir)
+            continue
+        given = case.get("inputs")
+        inputs: dict[Any, Any] = given if isinstance(given, dict) else {}
+        for name in inputs:
+            if isinstance(name, str) and name not in chain.input_names:
+                hint = did_you_mean(name, chain.input_names)
+                out.add(
+                    ("tests", i, "inputs", name),
+                    f"the chain has no input '{name}'",
+                    (hint + " " if hint else "")
+                    + f"its inputs: {', '.join(chain.input_names) or 'none'}",
+                    at_key=True,
+                )
+        if missing := [n for n in required if n not in inputs]:
+            out.add(
+                ("tests", i, "inputs"),
+                f"this case does not give the input {', '.join(repr(n) for n in missing)}",
+                "give it in the case's inputs (or a default in the chain's inputs)",
+            )
+        for j, check in enumerate(case.get("expect") or []):
+            if isinstance(check, dict):
+                _check_assertion(out, check, ("tests", i, "expect", j), ids)
+
+
+def _has_default(data: dict[str, Any], name: str) -> bool:
+    spec = (data.get("inputs") or {}).get(name)
+    return isinstance(spec, dict) and spec.get("default") is not None
+
+
+def _check_assertion(out: _Collector, check: dict[str, Any], path: PathT, ids: list[str]) -> None:
+    step = check.get("step")
+    if isinstance(step, str) and _NAME.match(step) and step not in ids:
+        hint = did_you_mean(step, ids)
+        out.add(
+            (*path, "step"),
+            f"no step '{step}'",
+            (hint + " " if hint else "") + f"step ids: {', '.join(ids)}",
+        )
+    regex = check.get("regex")
+    if isinstance(regex, str):
+        from eslabon.chainfile.patterns import pattern_problem
+
+        if (message := pattern_problem(regex, "regex")) is not None:
+            out.add((*path, "regex"), message)
+
+
+def _check_test_file(out: _Collector, name: Any, path: PathT, base_dir: Path) -> None:
+    if not isinstance(name, str):
+        return
+    from eslabon.trust.paths import PathNotAllowedError, confine
+
+    try:
+        found = confine(name, base_dir, "tests file")
+    except PathNotAllowedError as exc:
+        out.add(path, str(exc))
+        return
+    if found.suffix.lower() not in (".jsonl", ".yaml", ".yml", ".csv"):
+        out.add(path, f"unsupported tests file type '{found.suffix}'", "use .jsonl, .yaml or .csv")
+    elif not found.is_file():
+        out.add(path, f"tests file not found: {name}", "paths are relative to the chain file")
+
+
 RULES: tuple[tuple[str, Rule], ...] = (
     ("chain model", _rule_chain_model),
     ("embeddings", _rule_embeddings),
@@ -293,6 +368,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("steps", _rule_steps),
     ("inputs used", _rule_inputs_used),
     ("output", _rule_output),
+    ("tests", _rule_tests),
 )
 """Every semantic check, by name, in the order their problems are listed."""
 

@@ -267,7 +267,7 @@ def _union_tag(e: _Error) -> _Said | None:
 
 
 def _pattern(e: _Error) -> _Said:
-    if "tools" in e.path or (e.path and e.path[-1] == "pydantic"):
+    if "tools" in e.path or (e.path and e.path[-1] in ("pydantic", "python")):
         return _Said(
             f"{e.short} is not an import path",
             "write 'package.module:name', e.g. 'eslabon.tools:calculadora'",

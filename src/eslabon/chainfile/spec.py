@@ -28,13 +28,16 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from eslabon.chainfile.schema_errors import problems_from_validation
 from eslabon.errors import ChainConfigError
 
 __all__ = [
+    "ASSERTION_KINDS",
     "SCHEMA_URL_COMMENT",
+    "Assertion",
     "Chain",
     "ExampleFile",
     "ExamplePair",
@@ -45,6 +48,8 @@ __all__ = [
     "Retry",
     "Selector",
     "Step",
+    "TestCase",
+    "TestFile",
     "json_schema",
 ]
 
@@ -448,6 +453,143 @@ class HistorySpec(_Strict):
     )
 
 
+# -- tests inside the chain file (run by `eslabon test`: eslabon.evaluate) --------------------
+ASSERTION_KINDS = (
+    "contains",
+    "not_contains",
+    "regex",
+    "equals",
+    "schema",
+    "max_tokens",
+    "max_latency_ms",
+    "max_cost",
+    "judge",
+    "similar",
+    "calls_tool",
+    "python",
+)
+# which options each kind takes (besides step, field, weight, which all take)
+ASSERTION_OPTIONS: dict[str, tuple[str, ...]] = {
+    "contains": ("case",),
+    "not_contains": ("case",),
+    "judge": ("model", "threshold"),
+    "similar": ("threshold",),
+    "calls_tool": ("args",),
+}
+
+
+class Assertion(_Strict):
+    """One check of a test case: exactly one kind (``contains``, ``regex``, ``judge``, ...),
+    optionally on one step's output (``step``) or a field of a structured output (``field``)."""
+
+    contains: str | None = Field(None, description="The text includes this (any case).")
+    not_contains: str | None = Field(None, description="The text does not include this.")
+    regex: str | None = Field(None, description="The text matches this RE2 pattern somewhere.")
+    equals: Any = Field(None, description="The output (or its field) is exactly this value.")
+    json_schema: dict[str, Any] | None = Field(
+        None, alias="schema", description="The output (or its field) is valid in this schema."
+    )
+    max_tokens: int | None = Field(None, gt=0, description="Output tokens of the run, at most.")
+    max_latency_ms: float | None = Field(None, gt=0, description="The run's time, at most.")
+    max_cost: float | None = Field(None, ge=0, description="The run's cost in USD, at most.")
+    judge: str | None = Field(None, description="A yes/no question a model answers about it.")
+    similar: str | None = Field(
+        None, description="Meaning close to this text (embedding similarity >= threshold)."
+    )
+    calls_tool: Name | None = Field(None, description="A tool the run called.")
+    python: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="A function 'package.module:name' (needs an import allowance).",
+    )
+    # options
+    step: Name | None = Field(None, description="Check this step's output (default: the output).")
+    field: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_0-9][\w]*)*$",
+        description="A field of a structured output, dotted: persona.edad.",
+    )
+    case: bool | None = Field(None, description="contains / not_contains: match case exactly.")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="similar: least similarity (default 0.8)."
+    )
+    weight: float | None = Field(None, gt=0, description="Its share of the case's score.")
+    model: ModelRef | None = Field(None, description="judge: the model that judges.")
+    args: dict[str, Any] | None = Field(None, description="calls_tool: arguments it was given.")
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @property
+    def kind(self) -> str:
+        """Which check this is (validated: exactly one)."""
+        given = self.model_fields_set
+        return next(k for k in ASSERTION_KINDS if ("json_schema" if k == "schema" else k) in given)
+
+    @property
+    def expected(self) -> Any:
+        return getattr(self, "json_schema" if self.kind == "schema" else self.kind)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Assertion:
+        given = self.model_fields_set
+        kinds = [k for k in ASSERTION_KINDS if ("json_schema" if k == "schema" else k) in given]
+        if len(kinds) != 1:
+            raise ValueError(
+                ("one check per item, not " + " and ".join(kinds))
+                if kinds
+                else f"no check given; one of: {', '.join(ASSERTION_KINDS)}"
+            )
+        kind = kinds[0]
+        allowed = ASSERTION_OPTIONS.get(kind, ())
+        for option in ("case", "threshold", "model", "args"):
+            if option in given and option not in allowed:
+                users = [k for k, v in ASSERTION_OPTIONS.items() if option in v]
+                raise ValueError(f"'{option}' goes with {' or '.join(users)}, not with {kind}")
+        return self
+
+
+class TestCase(_Strict):
+    """A test of the chain: its inputs, and what its answer must satisfy."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class, whatever its name says
+
+    name: str | None = Field(None, description="Shown in reports (default: its number).")
+    inputs: dict[Name, str] = Field(default_factory=dict, description="The chain's inputs.")
+    expect: list[Assertion] = Field(
+        default_factory=list, max_length=100, description="Checks; all must pass."
+    )
+    repeat: int | None = Field(None, ge=1, le=100, description="Runs; reports the pass rate.")
+    pass_score: float | None = Field(
+        None, gt=0, le=1, description="Pass when the weighted score reaches this (default: 1)."
+    )
+
+
+class TestFile(_Strict):
+    """Cases in a file beside the chain: .jsonl / .yaml / .csv rows of inputs and checks."""
+
+    __test__: ClassVar[bool] = False
+
+    file: str = Field(description=".jsonl, .yaml/.yml or .csv; relative path.")
+
+
+TestRef = Annotated[
+    Annotated[TestCase, Tag("case")] | Annotated[TestFile, Tag("file")],
+    Discriminator(
+        lambda v: (
+            ("file" if "file" in v else "case")
+            if isinstance(v, dict)
+            else "file"
+            if isinstance(v, TestFile)
+            else "case"
+            if isinstance(v, TestCase)
+            else None
+        ),
+        custom_error_type="test_ref",
+        custom_error_message="expected {inputs, expect} or {file: path}",
+    ),
+]
+
+
 class _ChainWide(_Strict):
     """Keys a chain gives all its steps, and a step may give itself instead."""
 
@@ -515,6 +657,9 @@ class Chain(_Prompted):
     embeddings: str | None = Field(
         None, description="Embeddings for retrievers and selectors: 'local' or 'provider:model'."
     )
+    tests: list[TestRef] | None = Field(
+        None, max_length=1000, description="Test cases `eslabon test` runs (docs/chains.md)."
+    )
 
     _source: Path | None = PrivateAttr(default=None)
     _file: str | None = PrivateAttr(default=None)  # the file as the user named it, for messages
@@ -542,6 +687,10 @@ class Chain(_Prompted):
     def to_data(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
         data = {"schema_version": 1, **data}
+        if self.tests:  # as written: `schema:` (an alias), and an `equals: null` kept
+            data["tests"] = [
+                t.model_dump(mode="json", by_alias=True, exclude_unset=True) for t in self.tests
+            ]
         if self.inputs:
             data["inputs"] = {
                 k: (v if isinstance(v, str) else v.model_dump(exclude_none=True))
