@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROBLEMA ?= Tengo 3 manzanas y me como una. ¿Cuántas me quedan?
 
-.PHONY: run test lint typecheck unit bench schema docs clean
+.PHONY: run test lint typecheck unit chains bench schema docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ typecheck: $(VENV)/.stamp-dev
 unit: $(VENV)/.stamp-dev
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck unit
+# the example chains' own tests (`tests:` in each file), on the bundled model
+chains: $(VENV)/.stamp-dev
+	$(BIN)/eslabon test chains/ --models local --no-log
+
+test: lint typecheck unit chains
 
 bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/overhead.py

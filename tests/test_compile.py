@@ -13,6 +13,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 
 from eslabon import Chain, CompiledChain, FakeChatModel, InputError, Step, load_chain
 from eslabon.chainfile.loader import spec_from_yaml
+from eslabon.chainfile.spec import Assertion, TestCase
 from eslabon.running.compile import compile_chain
 from helpers import CHAINS, timeless, unmetered, unmetered_chunks, write
 
@@ -305,6 +306,18 @@ def test_chain_built_in_code_matches_the_file() -> None:
             Step(id="solucion", prompt="Resuelve paso a paso siguiendo este plan:\n{plan}"),
         ],
         output="solucion",
+        tests=[
+            TestCase(
+                name="manzanas",
+                inputs={"problema": "Tengo 3 manzanas y me como una. ¿Cuántas me quedan?"},
+                expect=[
+                    Assertion(regex="\\w", step="analisis"),
+                    Assertion(regex="\\w", step="plan"),
+                    Assertion(regex="\\w"),
+                    Assertion(max_tokens=768),
+                ],
+            )
+        ],
     )
     assert spec.to_data() == spec_from_yaml(CANONICAL).to_data()
     a = compile_chain(spec, model="fake:echo").invoke({"problema": "x"})

@@ -130,6 +130,11 @@ MOVED = {
     "record": "observe",
     "runlog": "observe",
     "tracing": "observe",
+    # evaluate (new: no former flat path; listed so that the layout test checks them)
+    "cases": "evaluate",
+    "assertions": "evaluate",
+    "runner": "evaluate",
+    "reports": "evaluate",
 }
 
 

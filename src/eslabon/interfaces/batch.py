@@ -30,7 +30,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from eslabon.errors import InputError, UserError
 from eslabon.interfaces.outfile import LineSink, finished_ids, output_lock, prepare_output
 from eslabon.trust.redaction import redact
 
-__all__ = ["BatchReport", "Rows", "arun_batch", "read_rows", "run_batch"]
+__all__ = ["BatchReport", "Rows", "arun_batch", "read_rows", "run_batch", "run_sync"]
 
 ROW_FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -351,9 +351,14 @@ def run_batch(
     **options: Any,
 ) -> BatchReport:
     """:func:`arun_batch` from synchronous code (on one background event loop per process)."""
-    future = asyncio.run_coroutine_threadsafe(
-        arun_batch(chain, rows, out, **options), _background_loop()
-    )
+    report: BatchReport = run_sync(arun_batch(chain, rows, out, **options))
+    return report
+
+
+def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """``coroutine``'s result, run on the batch runner's background event loop (the one loop
+    every batch of the process uses; ``eslabon test`` runs its batches there too)."""
+    future = asyncio.run_coroutine_threadsafe(coroutine, _background_loop())
     try:
         return future.result()
     except KeyboardInterrupt:

@@ -757,7 +757,7 @@ def batch(
 
 
 @contextmanager
-def _batch_progress(total: int) -> Iterator[Any]:
+def _batch_progress(total: int, label: str = "batch") -> Iterator[Any]:
     """A rich progress bar on a terminal; a plain line every 5% otherwise (logs, CI)."""
     console = _console()
     if not console.is_terminal:
@@ -783,14 +783,14 @@ def _batch_progress(total: int) -> Iterator[Any]:
     )
 
     columns = (
-        TextColumn("batch"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} failed · {task.fields[rate]} rows/s"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("batch", total=total, failed=0, rate="0.0")
+        task = bar.add_task(label, total=total, failed=0, rate="0.0")
 
         def fancy(record: dict[str, Any], report: Any) -> None:
             bar.update(
@@ -801,6 +801,154 @@ def _batch_progress(total: int) -> Iterator[Any]:
             )
 
         yield fancy
+
+
+TESTS_FAILED = 1  # eslabon test: some case failed on some model (0: all passed; 2: a mistake)
+
+
+@_command(interrupted=_Interrupted("\ninterrupted: no report was written"))
+def test(
+    paths: Annotated[list[Path], typer.Argument(help="Chain files, or folders of them.")],
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            "-m",
+            help="Comma-separated models: provider:model, aliases, local, fake:echo, '{...}'. "
+            "Default: each file's own.",
+        ),
+    ] = None,
+    repeat: Annotated[
+        int | None, typer.Option("--repeat", min=1, max=100, help="Run every case N times.")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Runs at a time, per model.")
+    ] = 8,
+    rate: Annotated[
+        str | None, typer.Option("--rate", help="Requests per second per model: 5, 300/min.")
+    ] = None,
+    match: Annotated[
+        str | None, typer.Option("--filter", "-k", help="Only cases whose name contains this.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write everything as JSON to this file.")
+    ] = None,
+    junit_out: Annotated[
+        Path | None, typer.Option("--junit", help="Write JUnit XML (for CI) to this file.")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="SQLite cache of model calls.")
+    ] = None,
+    no_log: NoLogOption = False,
+    allow_import: AllowImportOption = None,
+    allow_endpoint: AllowEndpointOption = None,
+    allow_key: AllowKeyOption = None,
+    allow_path: AllowPathOption = None,
+) -> None:
+    """Run the tests inside chain files on one or more models, and show the matrix.
+
+    Exit code: 0 every case passed, 1 some case failed, 2 a mistake in the files.
+    See docs/testing.md.
+    """
+    _prepare(allow_endpoint, allow_key, allow_path)
+    from eslabon.evaluate.reports import json_text, junit_report, print_report, write_report
+    from eslabon.evaluate.runner import run_tests
+
+    per_second = _rate_option(rate)
+    refs = [_model_option(m) for m in _split_models(models)] if models is not None else None
+    shared_cache = None
+    if cache is not None:
+        from eslabon.running.runtime import sqlite_cache
+
+        shared_cache = sqlite_cache(cache)  # one cache for every model and chain
+    options = {"allow_imports": allow_import, "match": match, "repeat": repeat}
+    plans, skipped = _test_plans(paths, refs, cache=shared_cache, **options)
+    if not plans:
+        raise UserError(
+            "no tests to run: "
+            + (", ".join(skipped) or "no chain files")
+            + " "
+            + ("has" if len(skipped) == 1 else "have")
+            + " no tests\n"
+            "    fix: add tests: [{inputs: {...}, expect: [...]}] to the chain file "
+            "(docs/testing.md)"
+        )
+    if match and not any(p.cases for p in plans):
+        raise UserError(f"--filter {match!r}: no case's name contains it")
+    total = sum(p.rows for p in plans)
+    with _batch_progress(total, "test") as on_row:
+        run = run_tests(
+            plans, concurrency=concurrency, rate=per_second, on_row=on_row, log=_run_log(no_log)
+        )
+    run.skipped = skipped
+    print_report(run, _console())
+    if json_out is not None:
+        write_report(json_out, json_text(run))
+    if junit_out is not None:
+        write_report(junit_out, junit_report(run))
+    if run.unlogged is not None:
+        typer.echo(redact(f"warning: some runs were not logged: {run.unlogged}"), err=True)
+    if not run.passed:
+        raise typer.Exit(TESTS_FAILED)
+
+
+def _test_plans(paths: list[Path], refs: Any, **options: Any) -> tuple[list[Any], list[str]]:
+    """Each chain file with tests, loaded, its cases read and compiled on each model, before
+    anything runs (a mistake in any file costs no request); and the files without tests."""
+    from eslabon.chainfile.loader import load_spec
+    from eslabon.evaluate.runner import plan
+
+    plans, skipped = [], []
+    for file in _chain_files(paths):
+        if _is_cases_file(file):
+            continue
+        spec = load_spec(file)
+        if spec.tests:
+            plans.append(plan(spec, refs, **options))
+        else:
+            skipped.append(str(file))
+    return plans, skipped
+
+
+def _split_models(text: str) -> list[str]:
+    """``--models``: references split at the commas outside braces, brackets and quotes
+    (``fake:echo,{provider: fake, responses: [a, b]}`` is two)."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
+    for c in text:
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(c)
+    parts.append("".join(current).strip())
+    if not all(parts):
+        raise UserError(f"--models {text!r}: an empty model between commas")
+    return parts
+
+
+def _is_cases_file(path: Path) -> bool:
+    """A file of test cases written as ``{tests: [...]}`` beside the chains of a folder."""
+    import yaml
+
+    from eslabon.chainfile.yamlsafe import MAX_FILE_BYTES, YamlLimitError, load_bounded
+
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+            return False
+        data = load_bounded(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, YamlLimitError):
+        return False  # loading it as a chain reports what is wrong
+    return isinstance(data, dict) and set(data) == {"tests"}
 
 
 @_command()
