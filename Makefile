@@ -50,6 +50,7 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/local_speed.py
 	$(BIN)/python bench/batch_throughput.py
 	$(BIN)/python bench/logging_overhead.py
+	$(BIN)/python bench/test_runner.py
 
 schema: $(VENV)/.stamp-dev
 	$(BIN)/eslabon schema > docs/chain.schema.json

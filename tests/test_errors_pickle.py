@@ -64,6 +64,7 @@ CONSTRUCTORS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "eslabon.running.structured._Invalid": _MESSAGE,
     "eslabon.running.toolcalls.NoAnswerError": _MESSAGE,
     "eslabon.observe.record.RunNotLogged": _MESSAGE,
+    "eslabon.evaluate.pytest_plugin.CaseFailedError": _MESSAGE,
     "eslabon.observe.runlog.LogUnavailable": _MESSAGE,
     "eslabon.chainfile.yamlsafe.YamlLimitError": (
         ("too deep", "flatten it"),

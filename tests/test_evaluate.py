@@ -169,10 +169,11 @@ def test_python_checks_only_with_an_allowance(checks_module: Path) -> None:
         verdict({"python": "mischecks:nothing"}, run, context=context)
 
 
-def test_judge_and_similar_say_they_are_not_built_yet() -> None:
-    for data in ({"judge": "¿Es una traducción?"}, {"similar": "hola", "threshold": 0.5}):
-        result = verdict(data, run_of("hola"))
-        assert not result.passed and "not supported yet" in result.reason
+def test_judge_and_similar_are_built() -> None:  # more in test_evaluate_judge.py
+    judge = {"judge": "¿Es un saludo?", "model": {"provider": "fake", "responses": ["SÍ"]}}
+    assert verdict(judge, run_of("hola")).passed
+    result = verdict({"similar": "hola", "threshold": 0.5}, run_of("hola"))
+    assert result.passed and result.score == 1.0
 
 
 # -- cases ----------------------------------------------------------------------------------------

@@ -135,6 +135,7 @@ MOVED = {
     "assertions": "evaluate",
     "runner": "evaluate",
     "reports": "evaluate",
+    "pytest_plugin": "evaluate",
 }
 
 

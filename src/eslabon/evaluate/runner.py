@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eslabon.evaluate.assertions import Context, Verdict, check, failed_run
+from eslabon.evaluate.assertions import CALLING, Context, Verdict, acheck, check, failed_run
 from eslabon.evaluate.cases import Case, expand_cases, shown_path
 
 __all__ = [
@@ -180,7 +180,12 @@ def plan(
     if repeat is not None:
         cases = [replace(c, repeat=repeat) for c in cases]
     folder = spec.source.parent if spec.source is not None else None
-    context = Context(allow_imports=allow_imports, folder=folder)
+    context = Context(
+        allow_imports=allow_imports,
+        folder=folder,
+        embeddings=spec.embeddings,
+        retry=spec.retry.model_dump() if spec.retry is not None else None,
+    )
     for case in cases:  # a python check that cannot be imported is a mistake: before any run
         for assertion in case.expect:
             if assertion.kind == "python":
@@ -197,8 +202,44 @@ def plan(
             label, n = f"{base} #{n}", n + 1
         labels.add(label)
         compiled.append((label, chain))
+        context.add_model_under_test(label, chain)
+    _prepare_calling_checks(spec, cases, context, [label for label, _ in compiled])
     file = shown_path(spec.source) if spec.source is not None else "<chain>"
     return ChainPlan(file, spec.name or Path(file).stem, cases, compiled, context)
+
+
+def _prepare_calling_checks(
+    spec: Any, cases: list[Case], context: Context, labels: list[str]
+) -> None:
+    """Every judge model and the embeddings ``similar`` checks need, built before any run (a
+    bad reference, a key the file may not send, a missing embeddings model cost no request)."""
+    from eslabon.chainfile.loader import problems_in
+
+    kinds = {a.kind for case in cases for a in case.expect}
+    if "similar" in kinds:
+        with problems_in(spec):
+            context.embedder()
+    if "judge" not in kinds:
+        return
+    import re
+    from dataclasses import replace
+
+    from eslabon.errors import ChainConfigError
+
+    with problems_in(spec):
+        for case in cases:
+            # 'chain.yaml tests[0]', 'casos.jsonl line 3': the file, and where in it
+            found = re.match(r"^(.*) ((?:tests\[\d+\]|line \d+|row \d+).*)$", case.where)
+            file, at = (found[1], found[2]) if found else (None, case.where)
+            for n, assertion in enumerate(case.expect):
+                if assertion.kind != "judge":
+                    continue
+                for label in labels:
+                    try:
+                        context.judge(assertion, label, where=f"{at}.expect[{n}]")
+                    except ChainConfigError as exc:
+                        named = [p if p.file else replace(p, file=file) for p in exc.problems]
+                        raise ChainConfigError(named) from None
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -283,14 +324,32 @@ async def _run_model(
     began = time.perf_counter()
     await arun_batch(chain, rows, out, concurrency=concurrency, rate=rate, on_row=on_row, log=log)
     records = {str(r["id"]): r for r in _records(out)}
-    results = []
-    for case in chain_plan.cases:
-        attempts = [
-            _attempt(case, records.get(f"{case.index}.{k}"), chain_plan.context)
-            for k in range(case.repeat)
+    context = chain_plan.context
+    if not any(a.kind in CALLING for case in chain_plan.cases for a in case.expect):
+        results = [
+            CaseResult(
+                case,
+                [
+                    _attempt(case, records.get(f"{case.index}.{k}"), context, label)
+                    for k in range(case.repeat)
+                ],
+            )
+            for case in chain_plan.cases
         ]
-        results.append(CaseResult(case, attempts))
-    return ModelRun(label, results, time.perf_counter() - began)
+        return ModelRun(label, results, time.perf_counter() - began)
+    # judge and similar checks call a model: awaited, at most `concurrency` at a time
+    limit = asyncio.Semaphore(concurrency)
+
+    async def checked(case: Case, k: int) -> Attempt:
+        async with limit:
+            return await _aattempt(case, records.get(f"{case.index}.{k}"), context, label)
+
+    async def case_result(case: Case) -> CaseResult:
+        attempts = await asyncio.gather(*(checked(case, k) for k in range(case.repeat)))
+        return CaseResult(case, list(attempts))
+
+    checked_cases = await asyncio.gather(*(case_result(c) for c in chain_plan.cases))
+    return ModelRun(label, list(checked_cases), time.perf_counter() - began)
 
 
 def _records(out: Path) -> list[dict[str, Any]]:
@@ -301,22 +360,55 @@ def _records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line]
 
 
-def _attempt(case: Case, record: dict[str, Any] | None, context: Context) -> Attempt:
-    """A finished row's record, checked: each check's verdict, the weighted score."""
-    if record is None:  # cannot happen unless the batch was cut short
-        record = {"error": {"type": "NotRun", "message": "the run did not finish"}, "stats": {}}
+def _run_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The run a check reads: each step's value, the output, the stats, tool calls, documents."""
+    return {
+        **(record.get("steps") or {}),
+        "output": record.get("output"),
+        "stats": record.get("stats") or {},
+        **{k: record[k] for k in ("tool_calls", "documents") if k in record},
+    }
+
+
+_NOT_RUN = {"error": {"type": "NotRun", "message": "the run did not finish"}, "stats": {}}
+
+
+def _attempt(
+    case: Case, record: dict[str, Any] | None, context: Context, label: str | None = None
+) -> Attempt:
+    """A finished row's record, checked: each check's verdict, the weighted score. A
+    ``judge`` or ``similar`` check calls its model synchronously (:func:`_aattempt` awaits)."""
+    record = record or _NOT_RUN  # None cannot happen unless the batch was cut short
     error = record.get("error")
-    stats = record.get("stats") or {}
     if error is not None:
         verdicts = [failed_run(a, error) for a in case.expect]
     else:
-        run = {
-            **(record.get("steps") or {}),
-            "output": record.get("output"),
-            "stats": stats,
-            **{k: record[k] for k in ("tool_calls", "documents") if k in record},
-        }
-        verdicts = [check(a, run, context) for a in case.expect]
+        run = _run_of(record)
+        verdicts = [
+            check(a, run, context, inputs=case.inputs, under_test=label) for a in case.expect
+        ]
+    return _scored(case, record, verdicts)
+
+
+async def _aattempt(
+    case: Case, record: dict[str, Any] | None, context: Context, label: str | None = None
+) -> Attempt:
+    """:func:`_attempt`, awaiting the checks that call a model."""
+    record = record or _NOT_RUN
+    error = record.get("error")
+    if error is not None:
+        verdicts = [failed_run(a, error) for a in case.expect]
+    else:
+        run = _run_of(record)
+        verdicts = [
+            await acheck(a, run, context, inputs=case.inputs, under_test=label) for a in case.expect
+        ]
+    return _scored(case, record, verdicts)
+
+
+def _scored(case: Case, record: dict[str, Any], verdicts: list[Verdict]) -> Attempt:
+    error = record.get("error")
+    stats = record.get("stats") or {}
     weights = [a.weight or 1.0 for a in case.expect]
     score = (
         sum(w * v.score for w, v in zip(weights, verdicts, strict=True)) / sum(weights)

@@ -836,6 +836,18 @@ def test(
     junit_out: Annotated[
         Path | None, typer.Option("--junit", help="Write JUnit XML (for CI) to this file.")
     ] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained page: outputs side by side, chart."),
+    ] = None,
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare",
+            metavar="PREVIOUS.json",
+            help="What changed since a previous --json report: broke, fixed, cost, latency.",
+        ),
+    ] = None,
     cache: Annotated[
         Path | None, typer.Option("--cache", help="SQLite cache of model calls.")
     ] = None,
@@ -851,10 +863,11 @@ def test(
     See docs/testing.md.
     """
     _prepare(allow_endpoint, allow_key, allow_path)
-    from eslabon.evaluate.reports import json_text, junit_report, print_report, write_report
+    from eslabon.evaluate import reports
     from eslabon.evaluate.runner import run_tests
 
     per_second = _rate_option(rate)
+    previous = reports.load_report(compare) if compare is not None else None  # before any run
     refs = [_model_option(m) for m in _split_models(models)] if models is not None else None
     shared_cache = None
     if cache is not None:
@@ -881,11 +894,16 @@ def test(
             plans, concurrency=concurrency, rate=per_second, on_row=on_row, log=_run_log(no_log)
         )
     run.skipped = skipped
-    print_report(run, _console())
+    data = reports.json_report(run)  # --json and --html show the same data
+    if previous is not None:
+        data["comparison"] = reports.compare_reports(previous, data, str(compare))
+    reports.print_report(run, _console(), data.get("comparison"))
     if json_out is not None:
-        write_report(json_out, json_text(run))
+        reports.write_report(json_out, reports.json_text(data))
     if junit_out is not None:
-        write_report(junit_out, junit_report(run))
+        reports.write_report(junit_out, reports.junit_report(run))
+    if html_out is not None:
+        reports.write_report(html_out, reports.html_report(data))
     if run.unlogged is not None:
         typer.echo(redact(f"warning: some runs were not logged: {run.unlogged}"), err=True)
     if not run.passed:

@@ -26,6 +26,9 @@ capture_content = false       # true: prompts and replies in spans
 [logs]                        # the run log (docs/observability.md)
 enabled = true                # false: eslabon run, chat and batch keep no log
 path = ".eslabon/logs.sqlite" # relative to this file
+
+[tests]                       # eslabon test (docs/testing.md)
+judge_model = "rapido"        # the model of judge checks that name none: an alias, provider:model
 ```
 
 Only the standard library's ``tomllib`` is used, so ``eslabon validate`` stays fast.
@@ -49,6 +52,7 @@ __all__ = [
     "PROJECT_FILE",
     "LogSettings",
     "Project",
+    "TestSettings",
     "TracingConfig",
     "check_owner",
     "find_project",
@@ -57,11 +61,12 @@ __all__ = [
 ]
 
 PROJECT_FILE = "eslabon.toml"
-_KNOWN_TABLES = ("models", "prices", "allow", "tracing", "logs")
+_KNOWN_TABLES = ("models", "prices", "allow", "tracing", "logs", "tests")
 _PRICE_KEYS = ("input", "output", "cached_input")
 _ALLOW_KEYS = ("imports", "endpoints", "keys", "paths")
 _TRACING_KEYS = ("endpoint", "capture_content", "service_name")
 _LOGS_KEYS = ("enabled", "path")
+_TESTS_KEYS = ("judge_model",)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,17 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class TestSettings:
+    """``[tests]``: settings of ``eslabon test``. ``judge_model`` is the model of ``judge``
+    checks that name none (a reference as written: ``provider:model``, an alias or a mapping;
+    None: the model under test judges)."""
+
+    __test__ = False  # not a pytest test class, whatever its name says
+
+    judge_model: str | dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Project:
     """What ``eslabon.toml`` says. ``root`` is the project root (the folder of eslabon.toml or
     of ``.git``; the working directory without either); ``marked`` says one was found."""
@@ -96,6 +112,7 @@ class Project:
     marked: bool = False
     tracing: TracingConfig | None = None  # [tracing] (docs/observability.md)
     logs: LogSettings = field(default_factory=LogSettings)  # [logs]
+    tests: TestSettings = field(default_factory=TestSettings)  # [tests]
 
     @property
     def allow_imports(self) -> tuple[str, ...]:
@@ -196,6 +213,7 @@ def _parse(path: Path) -> Project:
     prices = _parse_prices(path, data.get("prices", {}))
     tracing = _parse_tracing(path, data["tracing"]) if "tracing" in data else None
     logs = _parse_logs(path, data.get("logs", {}))
+    tests = _parse_tests(path, data.get("tests", {}))
     return Project(
         root=path.parent,
         file=path,
@@ -205,6 +223,7 @@ def _parse(path: Path) -> Project:
         marked=True,
         tracing=tracing,
         logs=logs,
+        tests=tests,
     )
 
 
@@ -307,6 +326,27 @@ def _parse_logs(path: Path, table: Any) -> LogSettings:
     # relative to the project file, as paths in [models] and [allow] are
     resolved = None if where is None else (path.parent / Path(where).expanduser()).resolve()
     return LogSettings(enabled=enabled, path=resolved)
+
+
+def _parse_tests(path: Path, table: Any) -> TestSettings:
+    """``[tests]``: ``judge_model`` (a "provider:model", an alias, or an inline table). The
+    reference is resolved when a judge check needs it (an alias may be defined in [models])."""
+    example = 'e.g. judge_model = "openai:gpt-4o-mini"'
+    if not isinstance(table, dict):
+        raise _problem(path, "[tests] must be a table", "tests", example)
+    for name in table:
+        _known(path, name, _TESTS_KEYS, f"unknown key '{name}' in [tests]", f"tests.{name}", "keys")
+    judge = table.get("judge_model")
+    if judge is not None and not (
+        (isinstance(judge, str) and judge.strip()) or isinstance(judge, dict)
+    ):
+        raise _problem(
+            path,
+            '[tests] judge_model must be a model: "provider:model", an alias, or an inline table',
+            "tests.judge_model",
+            example + ', or judge_model = {provider = "ollama", name = "qwen2.5"}',
+        )
+    return TestSettings(judge_model=judge)
 
 
 def _strings(path: Path, value: Any, key: str, example: str) -> list[str]:
