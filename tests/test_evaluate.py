@@ -321,3 +321,39 @@ def test_case_files_are_confined_bounded_and_utf8(
     (inside / "casos.jsonl").write_bytes(b'{"inputs": {"frase": "\xe9"}}\n')
     with pytest.raises(ChainConfigError, match="not UTF-8 text"):
         expand_cases(spec)
+
+
+def test_a_schema_check_never_reads_a_file_or_calls_a_host(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    secret = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    secret.write_text('{"const": "TOPSECRET-outside-folder"}', encoding="utf-8")
+    outside = f"file://{secret}"
+    for ref in (outside, "http://127.0.0.1:9/x.json"):
+        path = write(
+            tmp_path,
+            "model: fake:echo\ninputs: {x: x}\nprompt: '{x}'\n"
+            f"tests:\n  - inputs: {{x: hola}}\n    expect:\n      - schema: {{$ref: '{ref}'}}\n",
+        )
+        exe = Path(sys.executable).parent / "eslabon"
+        done = subprocess.run(
+            [str(exe), "test", str(path), "--no-log"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2, done.stdout + done.stderr  # refused before any run
+        assert "TOPSECRET" not in done.stdout + done.stderr
+    # and the validator itself resolves nothing outside the schema, whoever calls it
+    from eslabon.chainfile.patterns import validator_for
+
+    with pytest.raises(Exception, match=r"Unresolvable|PointerToNowhere|cannot"):
+        list(validator_for({"$ref": outside}).iter_errors("x"))
+
+
+def test_equals_reads_a_json_text_answer() -> None:
+    from eslabon.chainfile.spec import Assertion
+    from eslabon.evaluate.assertions import check
+
+    for expected, answer in ((30, "30"), ({"a": 1}, '{"a": 1}'), (True, " true\n")):
+        verdict = check(Assertion(equals=expected), {"output": answer, "stats": {}})
+        assert verdict.passed, verdict
+    assert not check(Assertion(equals=30), {"output": "treinta", "stats": {}}).passed

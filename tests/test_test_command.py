@@ -222,9 +222,9 @@ def test_the_cache_answers_a_second_run_with_no_request(openai: WireServer, tmp_
 def test_runs_are_logged_unless_no_log(tmp_path: Path) -> None:
     path = write(tmp_path, "model: fake:echo\n" + TRADUCE)
 
-    def logged() -> int:
-        shown = CliRunner().invoke(cli.app, ["logs", "-n", "100"]).stdout
-        return sum(" traduce " in line for line in shown.splitlines())
+    def logged() -> int:  # the test runs of this chain, as `eslabon logs` lists them
+        shown = CliRunner().invoke(cli.app, ["logs", "-n", "100", "--chain", "traduce"]).stdout
+        return sum(" test " in line for line in shown.splitlines())
 
     before = logged()
     assert eslabon(str(path)).exit_code == 0  # --no-log

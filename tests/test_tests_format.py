@@ -93,7 +93,10 @@ def test_cases_are_checked_against_the_chain(tmp_path: Path) -> None:
         '      - regex: "(?<=a)b"\n'
         "  - file: ../../etc/passwd\n"
         "  - file: nada.jsonl\n"
-        "  - file: casos.txt\n",
+        "  - file: casos.txt\n"
+        "  - inputs: {frase: x}\n"
+        "    expect:\n"
+        "      - schema: {$ref: 'file:///etc/passwd'}\n",
     )
     assert found == [
         "tests[0].inputs: this case does not give the input 'frase'"
@@ -106,7 +109,9 @@ def test_cases_are_checked_against_the_chain(tmp_path: Path) -> None:
         found[4],
         "tests[2].file: tests file not found: nada.jsonl | paths are relative to the chain file",
         "tests[3].file: unsupported tests file type '.txt' | use .jsonl, .yaml or .csv",
+        found[7],
     ]
+    assert found[7].startswith("tests[4].expect[0].schema.$ref: ")
     assert "lookbehind" in found[3] and "outside the chain's folder" in found[4]
 
 

@@ -339,6 +339,9 @@ def _check_assertion(out: _Collector, check: dict[str, Any], path: PathT, ids: l
 
         if (message := pattern_problem(regex, "regex")) is not None:
             out.add((*path, "regex"), message)
+    # a schema check's $ref never reads a file or calls a host (as output_schema's)
+    for where, message in external_refs(check.get("schema"), (*path, "schema")):
+        out.add(where, message)
 
 
 def _check_test_file(out: _Collector, name: Any, path: PathT, base_dir: Path) -> None:

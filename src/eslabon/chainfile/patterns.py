@@ -478,5 +478,9 @@ def _validator_class() -> Any:
 
 
 def validator_for(schema: Any) -> Any:
-    """A Draft 2020-12 jsonschema validator for ``schema`` whose regexes run on RE2."""
-    return _validator_class()(schema)
+    """A Draft 2020-12 jsonschema validator for ``schema`` whose regexes run on RE2, and whose
+    ``$ref``s resolve inside ``schema`` only: with no registry, jsonschema would fetch a URL or
+    read a ``file://`` a schema in a chain file names (an empty registry resolves nothing)."""
+    from referencing import Registry
+
+    return _validator_class()(schema, registry=Registry())

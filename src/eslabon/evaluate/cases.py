@@ -130,8 +130,11 @@ def _check_checks(
 def _schema_problem(schema: Any) -> str | None:
     from jsonschema.exceptions import SchemaError
 
+    from eslabon.chainfile.checks import external_refs
     from eslabon.chainfile.patterns import validator_for, without_patterns
 
+    if outside := external_refs(schema):  # never a file read or a host called for a $ref
+        return "; ".join(f"{'.'.join(map(str, path))}: {message}" for path, message in outside)
     try:
         # patterns are checked on RE2 apart: the meta-schema would compile them with Python's re
         type(validator_for({})).check_schema(without_patterns(schema))

@@ -174,6 +174,15 @@ def plan(
 
     from eslabon.running.compile import compile_chain
 
+    if "id" in spec.input_names():
+        from eslabon.errors import UserError
+
+        # each case runs as a batch row, and a row's "id" names it: it would replace the input
+        raise UserError(
+            f"{spec.source or 'the chain'}: eslabon test cannot run a chain with an input named "
+            "'id' yet (the batch rows it runs on use 'id' as their name)\n"
+            "    fix: rename the input (e.g. 'ident')"
+        )
     cases = expand_cases(spec)
     if match:
         cases = [c for c in cases if match.casefold() in c.name.casefold()]
@@ -322,7 +331,16 @@ async def _run_model(
         for k in range(case.repeat)
     ]
     began = time.perf_counter()
-    await arun_batch(chain, rows, out, concurrency=concurrency, rate=rate, on_row=on_row, log=log)
+    await arun_batch(
+        chain,
+        rows,
+        out,
+        concurrency=concurrency,
+        rate=rate,
+        on_row=on_row,
+        log=log,
+        log_kind="test",
+    )
     records = {str(r["id"]): r for r in _records(out)}
     context = chain_plan.context
     if not any(a.kind in CALLING for case in chain_plan.cases for a in case.expect):

@@ -180,13 +180,15 @@ async def arun_batch(
     retry_failed: bool = False,
     on_row: Callable[[dict[str, Any], BatchReport], None] | None = None,
     log: Any = None,
+    log_kind: str = "batch",
 ) -> BatchReport:
     """Run ``chain`` over ``rows``, appending one JSON line per finished row to ``out``.
 
     ``rate`` caps model requests per second (all steps' calls count). ``on_row`` is called
     after each row is written (progress bars). ``out`` is locked while the batch runs: a second
     batch on it is refused (:mod:`eslabon.interfaces.outfile`). ``log``: a run-log writer
-    (:class:`eslabon.observe.record.RunWriter`) each row is written to, or None.
+    (:class:`eslabon.observe.record.RunWriter`) each row is written to, or None; ``log_kind``:
+    what the log calls those runs (``eslabon test`` logs its rows as ``test``).
     """
     if concurrency < 1:
         raise UserError("concurrency must be at least 1")
@@ -213,7 +215,8 @@ async def arun_batch(
             chain = chain.with_rate_limit(rate)
         sink = LineSink(target)
         try:
-            await _run_rows(chain, todo, sink, concurrency, report, on_row, log)
+            logged = (log, log_kind) if log is not None else None
+            await _run_rows(chain, todo, sink, concurrency, report, on_row, logged)
         finally:
             sink.close()
     return report
@@ -236,7 +239,7 @@ async def _run_rows(
     concurrency: int,
     report: BatchReport,
     on_row: Callable[[dict[str, Any], BatchReport], None] | None,
-    log: Any = None,
+    log: tuple[Any, str] | None = None,
 ) -> None:
     inputs_of = chain.spec.input_names()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -269,7 +272,11 @@ async def _run_rows(
 
 
 async def _run_row(
-    chain: Any, row: dict[str, Any], inputs_of: list[str], report: BatchReport, log: Any = None
+    chain: Any,
+    row: dict[str, Any],
+    inputs_of: list[str],
+    report: BatchReport,
+    log: tuple[Any, str] | None = None,
 ) -> dict[str, Any]:
     """One row run: its OUT record (counted in ``report``; written to ``log`` if given)."""
     from eslabon.observe.meter import Meter
@@ -279,7 +286,7 @@ async def _run_row(
     began = time.perf_counter()
     record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
     # the row's own meter: a failed row's attempts are counted too (they may have cost)
-    meter = Meter(chain.prices, capture_messages=log is not None)
+    meter = Meter(chain.prices, capture_messages=log is not None)  # log: (writer, kind)
     result: dict[str, Any] | None = None
     error: Exception | None = None
     try:
@@ -311,7 +318,7 @@ async def _run_row(
 
 
 async def _log_row(
-    log: Any,
+    log: tuple[Any, str],
     chain: Any,
     inputs: dict[str, Any],
     meter: Any,
@@ -323,8 +330,9 @@ async def _log_row(
     """The row as a run in the run log, written off the event loop (other rows go on)."""
     from eslabon.observe.record import run_record
 
-    entry = run_record(chain, inputs, meter, result, error, kind="batch", row=row_id)
-    if (reason := await asyncio.to_thread(log.write, entry)) is not None:
+    writer, kind = log
+    entry = run_record(chain, inputs, meter, result, error, kind=kind, row=row_id)
+    if (reason := await asyncio.to_thread(writer.write, entry)) is not None:
         report.unlogged = reason
 
 

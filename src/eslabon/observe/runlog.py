@@ -284,7 +284,7 @@ class _Prepared:
         self.run = (
             self.id,
             _utc_text(when),
-            str(kind or "run"),  # run, chat, batch or python
+            str(kind or "run"),  # run, chat, batch, test or python
             chain,
             _optional_text(record.get("file")),
             _optional_text(record.get("file_hash")),
