@@ -760,6 +760,8 @@ def batch(
 def _batch_progress(total: int, label: str = "batch") -> Iterator[Any]:
     """A rich progress bar on a terminal; a plain line every 5% otherwise (logs, CI)."""
     console = _console()
+    # a test's rows are runs of its cases; one that fails is an error (its checks fail apart)
+    unit, bad = ("rows", "failed") if label == "batch" else ("runs", "errors")
     if not console.is_terminal:
         step = max(1, total // 20)
 
@@ -767,8 +769,8 @@ def _batch_progress(total: int, label: str = "batch") -> Iterator[Any]:
             finished = report.done + report.failed
             if finished % step == 0 or finished + report.skipped == total:
                 typer.echo(
-                    f"{finished + report.skipped}/{total} rows ({report.failed} failed, "
-                    f"{report.rate:.1f} rows/s)",
+                    f"{finished + report.skipped}/{total} {unit} ({report.failed} {bad}, "
+                    f"{report.rate:.1f} {unit}/s)",
                     err=True,
                 )
 
@@ -786,7 +788,7 @@ def _batch_progress(total: int, label: str = "batch") -> Iterator[Any]:
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed · {task.fields[rate]} rows/s"),
+        TextColumn(f"{{task.fields[failed]}} {bad} · {{task.fields[rate]}} {unit}/s"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
