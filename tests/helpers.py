@@ -44,3 +44,24 @@ def timeless(stats: dict) -> dict:  # type: ignore[type-arg]
             for s, figures in stats["steps"].items()
         },
     }
+
+
+# a chain file with two test cases, for the `eslabon test` tests; RIGHT passes both of them
+TRADUCE = """\
+name: traduce
+inputs: {frase: a phrase}
+prompt: "{frase}"
+tests:
+  - name: noche
+    inputs: {frase: good night}
+    expect:
+      - contains: NIGHT
+      - max_tokens: 50
+  - name: estacion
+    inputs: {frase: where is the station}
+    expect:
+      - regex: "(?i)station"
+      - not_contains: "{"
+"""
+# scripted answers, in turn: right for 'noche', right for 'estacion'
+RIGHT = "{provider: fake, responses: ['good night to you', 'the station is there']}"

@@ -12,28 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from eslabon.interfaces import cli
-from helpers import write
+from helpers import RIGHT, TRADUCE, write
 from wire_server import WireServer
 
-TRADUCE = """\
-name: traduce
-inputs: {frase: a phrase}
-prompt: "{frase}"
-tests:
-  - name: noche
-    inputs: {frase: good night}
-    expect:
-      - contains: NIGHT
-      - max_tokens: 50
-  - name: estacion
-    inputs: {frase: where is the station}
-    expect:
-      - regex: "(?i)station"
-      - not_contains: "{"
-"""
 # answers in turn, cycling: the first right for 'noche', the second wrong for 'estacion'
 HALF = "{provider: fake, responses: ['good night', 'no idea']}"
-RIGHT = "{provider: fake, responses: ['good night to you', 'the station is there']}"
 
 
 def eslabon(*args: str) -> Any:

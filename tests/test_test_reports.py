@@ -16,31 +16,14 @@ from typer.testing import CliRunner
 
 from eslabon.evaluate.reports import compare_reports, html_report
 from eslabon.interfaces import cli
-from helpers import write
+from helpers import RIGHT, TRADUCE, write
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-TRADUCE = """\
-name: traduce
-inputs: {frase: a phrase}
-prompt: "{frase}"
-tests:
-  - name: noche
-    inputs: {frase: good night}
-    expect:
-      - contains: NIGHT
-      - max_tokens: 50
-  - name: estacion
-    inputs: {frase: where is the station}
-    expect:
-      - regex: "(?i)station"
-      - not_contains: "{"
-"""
 # the scripted fakes answer the cases in order (run with -c 1): the second answer is untrusted
 # markup that tries to run a script in whoever opens the page
 ATTACK = "<script>window.pwned = 1</script><img src=x onerror='window.pwned = 2'>"
 HALF = f'{{provider: fake, responses: ["good night", "{ATTACK}"]}}'
-RIGHT = "{provider: fake, responses: ['good night to you', 'the station is there']}"
 
 
 def eslabon(*args: str) -> Any:
