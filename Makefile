@@ -36,8 +36,10 @@ typecheck: $(VENV)/.stamp-dev
 unit: $(VENV)/.stamp-dev
 	$(BIN)/python -m pytest -q
 
-# the example chains' own tests (`tests:` in each file), on the bundled model
+# the example chains' own tests (`tests:` in each file), on the bundled model; rag_curso reads
+# the course document's index (idempotent: unchanged files add nothing)
 chains: $(VENV)/.stamp-dev
+	$(BIN)/eslabon index chains/docs --into chroma:curso
 	$(BIN)/eslabon test chains/ --models local --no-log
 
 test: lint typecheck unit chains

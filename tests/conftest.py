@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,38 +70,75 @@ def server() -> Iterator[WireServer]:
         yield wire
 
 
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import shutil
-    import socket
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serving(args: list[str], ready: str, name: str, log: Path) -> Iterator[None]:
+    """``args`` run as a server until the block ends; ``ready``: a URL that answers once it
+    serves (waited for, at most 60 s; its output, in ``log``, says why it did not start)."""
     import subprocess
-    import sys
     import time
     import urllib.request
 
-    exe = Path(sys.executable).parent / "chroma"
-    if not exe.exists() and shutil.which("chroma") is None:
-        pytest.skip("the chroma CLI is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    folder = tmp_path_factory.mktemp("chroma_server")
-    proc = subprocess.Popen(
-        [str(exe), "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+                urllib.request.urlopen(ready, timeout=1).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("chroma run did not start") from None
+                    raise RuntimeError(f"{name} did not start:\n{log.read_text()}") from None
                 time.sleep(0.2)
-        yield port
+        yield
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # it would not stop: no server outlives the tests
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).parent / "chroma"
+    if not exe.exists() and shutil.which("chroma") is None:
+        pytest.skip("the chroma CLI is not installed")
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("chroma_server")
+    args = [str(exe), "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+    ready = f"http://127.0.0.1:{port}/api/v2/heartbeat"
+    with _serving(args, ready, "chroma run", folder.parent / "chroma_server.log"):
+        yield port
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real OpenAI-compatible server: llama_cpp.server serving the bundled GGUF on
+    127.0.0.1; its ``/v1`` URL."""
+    import os
+    import sys
+
+    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
+    from eslabon.chat.local import bundled_model_path
+
+    port = _free_port()
+    args = [
+        *(sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path())),
+        *("--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"),
+        *("--n_threads", str(os.cpu_count() or 1)),
+    ]
+    url = f"http://127.0.0.1:{port}/v1"
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with _serving(args, f"{url}/models", "llama_cpp.server", log):
+        yield url

@@ -65,3 +65,57 @@ tests:
 """
 # scripted answers, in turn: right for 'noche', right for 'estacion'
 RIGHT = "{provider: fake, responses: ['good night to you', 'the station is there']}"
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    """A Markdown page's fenced blocks in ``language`` ("" for plain ones: quoted output)."""
+    import textwrap
+
+    found: list[str] = []
+    inside: str | None = None  # the open block's language
+    lines: list[str] = []
+    for line in text.splitlines():
+        fence = line.strip()
+        if inside is None:
+            if fence.startswith("```"):
+                inside, lines = fence[3:], []
+        elif fence == "```":
+            if inside == language:
+                found.append(textwrap.dedent("\n".join(lines)) + "\n")
+            inside = None
+        else:
+            lines.append(line)
+    return found
+
+
+def command_problems(text: str) -> tuple[int, list[str]]:
+    """The ``eslabon`` lines of a page's bash blocks, parsed as the command line parses them
+    (without running them): how many, and what is wrong with any (a command or an option
+    that does not exist)."""
+    import shlex
+
+    import typer
+
+    from eslabon.interfaces.cli import app
+
+    root = typer.main.get_command(app)
+    lines = [
+        line.split("  #")[0].strip()
+        for block in fenced_blocks(text, "bash")
+        for line in block.splitlines()
+        if line.strip().startswith("eslabon ")
+    ]
+    problems = []
+    for line in lines:
+        words = shlex.split(line)[1:]
+        command = root
+        while words and words[0] in getattr(command, "commands", {}):
+            command = command.commands[words.pop(0)]  # type: ignore[attr-defined]
+        if hasattr(command, "commands") and words and not words[0].startswith("-"):
+            problems.append(f"{line!r}: no command {words[0]!r}")
+            continue
+        try:  # typer vendors its own click: its UsageError is not click's
+            command.make_context(f"eslabon {command.name}", words)
+        except Exception as exc:
+            problems.append(f"{line!r} does not parse: {exc}")
+    return len(lines), problems

@@ -314,6 +314,9 @@ def test_chain_built_in_code_matches_the_file() -> None:
                     Assertion(regex="\\w", step="analisis"),
                     Assertion(regex="\\w", step="plan"),
                     Assertion(regex="\\w"),
+                    Assertion(received="problema", step="analisis"),
+                    Assertion(received="analisis", step="plan"),
+                    Assertion(received="plan"),
                     Assertion(max_tokens=768),
                 ],
             )

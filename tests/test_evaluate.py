@@ -357,3 +357,87 @@ def test_equals_reads_a_json_text_answer() -> None:
         verdict = check(Assertion(equals=expected), {"output": answer, "stats": {}})
         assert verdict.passed, verdict
     assert not check(Assertion(equals=30), {"output": "treinta", "stats": {}}).passed
+
+
+def test_received_looks_for_a_steps_answer_or_an_input_in_a_prompt() -> None:
+    run = {"analisis": {"pasos": [1, 2]}, "plan": "  haz\nesto ", "output": "ok", "stats": {}}
+    prompts = {"plan": 'human: Análisis: {"pasos": [1, 2]}', "output": "human: haz esto\n\nya"}
+    got = verdict({"received": "analisis", "step": "plan"}, run, prompts=prompts)
+    assert got.passed  # structured data as JSON text, whatever its spacing
+    assert verdict({"received": "plan"}, run, prompts=prompts).passed  # whitespace ignored
+    inputs = {"tema": "ya"}
+    assert verdict({"received": "tema"}, run, prompts=prompts, inputs=inputs).passed
+    missed = verdict({"received": "tema", "step": "plan"}, run, prompts=prompts, inputs=inputs)
+    assert (
+        not missed.passed
+        and missed.reason == "the prompt of step 'plan' does not include input 'tema'"
+    )
+    empty = {**run, "plan": " "}
+    said = verdict({"received": "plan"}, empty, prompts=prompts)
+    assert (
+        not said.passed
+        and said.reason == "the answer of step 'plan' is empty: nothing shows it was passed on"
+    )
+    # a run checked without its prompts cannot pass
+    assert verdict({"received": "plan"}, run).reason == "the run's prompts were not recorded"
+
+
+def test_received_must_name_an_input_or_an_earlier_step(tmp_path: Path) -> None:
+    chain = """\
+inputs: {problema: x}
+steps:
+  - {id: analisis, prompt: "{problema}"}
+  - {id: plan, prompt: "{analisis}"}
+tests:
+  - inputs: {problema: y}
+    expect:
+      - {received: plan, step: analisis}
+      - {received: plan}
+      - {received: analisys, step: plan}
+      - {received: problema, step: nada}
+retriever: {type: bm25, documents: docs}
+"""
+    with pytest.raises(ChainConfigError) as caught:
+        load_spec(write(tmp_path, chain))
+    text = str(caught.value)
+    assert "tests[0].expect[0].received" in text
+    assert "step 'plan' runs after step 'analisis': it cannot have received it" in text
+    assert "step 'plan' cannot receive its own answer" in text
+    assert "no step or input 'analisys'" in text and "did you mean 'analisis'?" in text
+    assert text.count("nada") == 1  # the unknown step, said once
+    # a field inside a prompt means nothing; the passages are not a step
+    chain = chain.replace("{received: plan}", "{received: plan, field: a.b}")
+    chain = chain.replace(
+        "{received: problema, step: nada}", "{received: problema, step: documents}"
+    )
+    with pytest.raises(ChainConfigError) as caught:
+        load_spec(write(tmp_path, chain))
+    text = str(caught.value)
+    assert "'field' goes with checks on a value, not with received" in text
+    assert "received looks at a step's prompt: 'documents' are the retrieved passages" in text
+
+
+def test_received_context_means_every_retrieved_passage_reached_the_prompt() -> None:
+    docs = [{"content": "el rol system", "step": None}, {"content": "few  shot", "step": None}]
+    run = {"output": "ok", "stats": {}, "documents": docs}
+    prompts = {"output": "system: usa el contexto\n\nhuman: [1] el rol system\n[2] few shot"}
+    assert verdict({"received": "context"}, run, prompts=prompts).passed
+    short = {"output": "human: [1] el rol system"}
+    missed = verdict({"received": "context"}, run, prompts=short)
+    assert missed.reason == "the prompt of the output step lacks retrieved passage(s) 2 of 2"
+    none = verdict({"received": "context"}, {**run, "documents": []}, prompts=prompts)
+    assert not none.passed and none.reason == "no passages were retrieved"
+
+
+def test_received_reads_defaults_and_the_checked_steps_own_passages() -> None:
+    context = Context(output_step="respuesta", defaults={"idioma": "inglés"})
+    run = {"output": "ok", "stats": {}, "respuesta": "ok"}
+    prompts = {"respuesta": "human: traduce al inglés"}
+    assert verdict({"received": "idioma"}, run, context=context, prompts=prompts).passed
+    # the output step's own retriever's passages, not the chain's
+    docs = [{"content": "de la cadena", "step": None}, {"content": "del paso", "step": "respuesta"}]
+    own = {"respuesta": "human: [1] del paso"}
+    checked = verdict(
+        {"received": "context"}, {**run, "documents": docs}, context=context, prompts=own
+    )
+    assert checked.passed, checked.reason

@@ -405,3 +405,33 @@ def test_each_text_is_embedded_once() -> None:
     for output in ("a b c", "a b c", "d e f"):
         check(Assertion.model_validate({"similar": REFERENCE}), run_of(output), context)
     assert calls == [["a b c", REFERENCE], ["d e f"]]
+
+
+def test_the_judges_calls_are_priced_counted_and_kept_to_the_rate(
+    openai: WireServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # a self-hosted judge: its price is the project's own
+    (tmp_path / "eslabon.toml").write_text(
+        '[prices]\n"openai:juez-1" = {input = 1.0, output = 2.0}\n', encoding="utf-8"
+    )
+    check = f"[{{judge: 'ok?', model: {judge_on(openai)}}}]"
+    cases = "".join(f"  - {{inputs: {{frase: {w}}}, expect: {check}}}\n" for w in ("a", "b", "c"))
+    path = write(tmp_path, "inputs: {frase: x}\nprompt: '{frase}'\ntests:\n" + cases)
+    openai.replies.extend(["PASS", "PASS", "PASS"])
+    out = tmp_path / "r.json"
+    args = ("-m", "fake:echo", "--allow-endpoint", openai.url, "--json", str(out))
+    result = eslabon(str(path), *args, "--rate", "4")
+    assert result.exit_code == 0, result.output
+    # three judge calls, at most 4 a second: spaced by about 1/4 s (LangChain's limiter)
+    times = [r.at for r in openai.requests]
+    assert len(times) == 3 and times[2] - times[0] >= 0.4
+    model = json.loads(out.read_text())["chains"][0]["models"][0]
+    judging = model["judging"]
+    usage = [c["usage"] for case in model["cases"] for c in case["runs"][0]["checks"]]
+    tokens = sum(u["total_tokens"] for u in usage)
+    expected = sum(u["input_tokens"] * 1.0 + u["output_tokens"] * 2.0 for u in usage) / 1e6
+    assert judging["calls"] == 3 and judging["tokens"] == tokens > 0
+    assert judging["cost"] == pytest.approx(expected)
+    assert model["cost"] == 0  # the runs' own cost (fake:echo) is apart from the judging
+    assert f"fake:echo: 3 judge calls · {tokens:,} tokens · $" in result.stdout

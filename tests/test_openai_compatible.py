@@ -1,18 +1,12 @@
 """A real OpenAI-compatible server: llama_cpp.server serving the bundled GGUF on 127.0.0.1.
 
 The same chain file runs on it through ``provider: openai`` + ``base_url``, as it would on vLLM,
-LM Studio or TGI: multi-step, streaming, params, and an OpenAI-style error for a too-long prompt.
+LM Studio or TGI: multi-step, streaming, params, a key from the environment, structured output.
+The server is the session's (``llama_server`` in conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,56 +18,9 @@ from helpers import CHAINS, unmetered_chunks, write
 pytestmark = pytest.mark.model
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
-    from eslabon.chat.local import bundled_model_path
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(bundled_model_path()),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                "1024",
-                "--n_threads",
-                str(os.cpu_count() or 1),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"llama_cpp.server did not start:\n{log.read_text()}"
-                    ) from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def server_url(llama_server: str) -> str:
+    return llama_server
 
 
 def model(url: str, **extra: Any) -> dict[str, Any]:

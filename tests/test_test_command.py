@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -200,6 +201,12 @@ def test_the_cache_answers_a_second_run_with_no_request(openai: WireServer, tmp_
     assert len(openai.requests) == sent
     model_data = json.loads(out.read_text())["chains"][0]["models"][0]
     assert all(c["runs"][0]["stats"]["cached"] == 1 for c in model_data["cases"])
+    assert "warning" not in second.stderr
+    # repeats on a cache: said, since their pass rate then shows no variation
+    third = eslabon(str(path), "-m", model, "--cache", str(cache), "--repeat", "3")
+    assert third.exit_code == 0, third.output
+    assert "warning: --cache with repeated cases" in third.stderr
+    assert len(openai.requests) == sent  # every repeat answered from the cache
 
 
 def test_runs_are_logged_unless_no_log(tmp_path: Path) -> None:
@@ -215,3 +222,66 @@ def test_runs_are_logged_unless_no_log(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli.app, ["test", str(path)])
     assert result.exit_code == 0, result.output
     assert logged() == before + 2  # each case's run
+
+
+# three steps; the second forgets to pass on the first's answer: 'received' catches it
+PIPELINE = """\
+inputs: {problema: x}
+steps:
+  - {id: analisis, prompt: "Analiza: {problema}"}
+  - {id: plan, prompt: "Planifica: {problema}"}
+  - {id: solucion, prompt: "Resuelve, con este plan:\\n   {plan}"}
+tests:
+  - name: cadena
+    inputs: {problema: "3 manzanas, me como 1"}
+    expect:
+      - {received: problema, step: analisis}
+      - {received: analisis, step: plan}
+      - {received: plan}
+"""
+
+
+def test_received_sees_what_each_step_was_given(tmp_path: Path) -> None:
+    path = write(tmp_path, PIPELINE)
+    out = tmp_path / "r.json"
+    result = eslabon(str(path), "--models", "fake:echo", "--json", str(out))
+    assert result.exit_code == 1, result.output
+    run = json.loads(out.read_text(encoding="utf-8"))["chains"][0]["models"][0]["cases"][0]
+    checks = run["runs"][0]["checks"]
+    assert [c["passed"] for c in checks] == [True, False, True]
+    reason = "the prompt of step 'plan' does not include the answer of step 'analisis'"
+    assert checks[1]["reason"] == reason
+    # what the step was given is shown: its prompt
+    assert checks[1]["got"] == "human: Planifica: 3 manzanas, me como 1"
+    # once the template passes it on, it passes
+    fixed = write(tmp_path, PIPELINE.replace("Planifica: {problema}", "Planifica: {analisis}"))
+    assert eslabon(str(fixed), "--models", "fake:echo").exit_code == 0
+
+
+def test_every_example_chain_carries_tests_and_each_step_checks_its_input() -> None:
+    from eslabon.chainfile.loader import load_spec
+    from eslabon.chainfile.spec import TestCase
+    from helpers import CHAINS
+
+    for path in sorted(CHAINS.glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.tests, f"{path.name} has no tests (make test runs them on the bundled model)"
+    # the three-step chain: each step after the first is checked to receive the one before
+    spec = load_spec(CHAINS / "analizar_planificar_resolver.yaml")
+    cases = [c for c in spec.tests or [] if isinstance(c, TestCase)]
+    received = {(a.step or spec.output_step(), a.received) for c in cases for a in c.expect}
+    steps = [s.id for s in spec.steps or []]
+    assert {(later, earlier) for earlier, later in itertools.pairwise(steps)} <= received
+
+
+def test_validate_and_the_playground_skip_files_of_cases_and_examples(tmp_path: Path) -> None:
+    from eslabon.chainfile.discover import chain_files
+    from eslabon.interfaces.ui import chain_files as offered
+
+    write(tmp_path, "inputs: {frase: x}\nprompt: '{frase}'\ntests: [{file: casos.yaml}]\n")
+    write(tmp_path, "tests:\n  - {inputs: {frase: a}, expect: [{contains: a}]}\n", "casos.yaml")
+    write(tmp_path, "- {input: a, output: b}\n", "ejemplos.yaml")
+    assert chain_files([tmp_path]) == offered(tmp_path) == [tmp_path / "chain.yaml"]
+    result = CliRunner().invoke(cli.app, ["validate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "casos.yaml" not in result.output and "ejemplos.yaml" not in result.output

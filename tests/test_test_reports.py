@@ -296,11 +296,78 @@ def test_a_previous_file_that_is_not_a_report_exits_2(
     assert "cases passed" not in result.stdout  # refused before any run
 
 
-def test_compare_last_is_not_supported_and_says_what_to_do(
+def test_compare_last_reads_the_previous_run_of_the_same_files_from_the_run_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ESLABON_LOGS", str(tmp_path / "logs.sqlite"))
     monkeypatch.chdir(tmp_path)
-    path = write(tmp_path, TRADUCE)
-    result = eslabon(str(path), "-m", "fake:echo", "--compare", "last")
-    assert result.exit_code == 2, result.output
-    assert "not supported" in result.stderr and "--json OUT" in result.stderr
+    write(tmp_path, TRADUCE, "traduce.yaml")
+    other = write(tmp_path, "model: fake:echo\n" + TRADUCE.replace("traduce", "otra"), "otra.yaml")
+
+    def logged(*args: str) -> Any:
+        return CliRunner().invoke(cli.app, ["test", *args])
+
+    # nothing kept yet: said before any run
+    nothing = logged("traduce.yaml", "-m", RIGHT, "--compare", "last")
+    assert nothing.exit_code == 2, nothing.output
+    assert "no earlier eslabon test of these files in the run log" in nothing.stderr
+    assert "cases passed" not in nothing.stdout
+    assert logged("traduce.yaml", "-m", RIGHT).exit_code == 0  # kept in the log
+    assert logged(str(other)).exit_code == 0  # another file's report, kept after it
+    # --no-log keeps nothing: the next comparison is still with the logged run
+    assert logged("traduce.yaml", "-m", HALF, "-c", "1", "--no-log").exit_code == 1
+    # from another folder, by another path: the same file
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    out = tmp_path / "r.json"
+    second = logged(
+        "../traduce.yaml", "-m", HALF, "-c", "1", "--compare", "last", "--json", str(out)
+    )
+    assert second.exit_code == 1, second.output
+    assert "compared with the run log: eslabon test " in second.stdout
+    assert "broke (pass → fail): 1\n  ✗ estacion · fake\n" in second.stdout
+    comparison = json.loads(out.read_text(encoding="utf-8"))["comparison"]
+    (broke,) = comparison["broke"]
+    assert broke["case"] == "estacion" and broke["file"].endswith("traduce.yaml")
+    assert comparison["new"] == comparison["removed"] == []
+    # and that run is now the last one
+    third = logged("../traduce.yaml", "-m", HALF, "-c", "1", "--compare", "last")
+    assert "no case changed" in third.stdout
+
+
+def test_compare_last_keeps_to_the_files_and_cases_run_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ESLABON_LOGS", str(tmp_path / "logs.sqlite"))
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, TRADUCE, "a.yaml")
+    write(tmp_path, TRADUCE.replace("traduce", "otra"), "b.yaml")
+
+    def logged(*args: str) -> Any:
+        return CliRunner().invoke(cli.app, ["test", *args])
+
+    assert logged("a.yaml", "b.yaml", "-m", RIGHT).exit_code == 0  # one report of both files
+    # one file, some cases: compared with that file's cases in the report, nothing else
+    one = logged("a.yaml", "-m", RIGHT, "-k", "noche", "--compare", "last")
+    assert one.exit_code == 0, one.output
+    assert "no case changed" in one.stdout and "removed" not in one.stdout
+    # a filtered run is not kept: the next full run compares with the full report
+    full = logged("a.yaml", "-m", RIGHT, "--compare", "last")
+    assert "no case changed" in full.stdout and "new:" not in full.stdout
+    # with the log turned off, there is nothing to compare with, and it says why
+    (tmp_path / "eslabon.toml").write_text("[logs]\nenabled = false\n", encoding="utf-8")
+    off = logged("a.yaml", "-m", RIGHT, "--compare", "last")
+    assert off.exit_code == 2 and "[logs] enabled = false" in off.stderr
+
+
+def test_a_report_from_another_machine_is_matched_by_the_file_as_shown(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"
+    path = write(tmp_path, "model: fake:echo\n" + TRADUCE)
+    assert eslabon(str(path), "--json", str(old)).exit_code == 0
+    report = json.loads(old.read_text(encoding="utf-8"))
+    for chain in report["chains"]:
+        chain["path"] = "/home/ci/work/" + Path(chain["path"]).name  # another checkout
+    old.write_text(json.dumps(report), encoding="utf-8")
+    result = eslabon(str(path), "--compare", str(old))
+    assert result.exit_code == 0, result.output
+    assert "no case changed" in result.stdout

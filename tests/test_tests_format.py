@@ -48,6 +48,7 @@ def test_every_kind_and_its_options_load(tmp_path: Path) -> None:
       - {judge: "¿Es una traducción fiel?", model: fake:echo, threshold: 0.5}
       - {similar: "Good night", threshold: 0.7}
       - {calls_tool: calculadora, args: {expresion: "2+2"}}
+      - {received: frase, step: revision}
       - python: "mis_pruebas:es_corta"
       - equals: null
   - file: casos.jsonl

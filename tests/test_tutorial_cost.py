@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -19,29 +18,14 @@ from pathlib import Path
 import pytest
 
 from eslabon.chat.prices import cost
-from helpers import CHAINS, ROOT
+from helpers import CHAINS, ROOT, command_problems, fenced_blocks
 
 PAGE = ROOT / "docs" / "es" / "10-cuanto-cuesta.md"
 TEXT = PAGE.read_text(encoding="utf-8")
 
 
 def blocks(language: str) -> list[str]:
-    """The page's fenced blocks in ``language`` ("" for plain ones: quoted output)."""
-    found: list[str] = []
-    inside: str | None = None  # the open block's language
-    lines: list[str] = []
-    for line in TEXT.splitlines():
-        fence = line.strip()
-        if inside is None:
-            if fence.startswith("```"):
-                inside, lines = fence[3:], []
-        elif fence == "```":
-            if inside == language:
-                found.append(textwrap.dedent("\n".join(lines)) + "\n")
-            inside = None
-        else:
-            lines.append(line)
-    return found
+    return fenced_blocks(TEXT, language)
 
 
 def priced_models() -> list[tuple[str, str]]:
@@ -195,28 +179,6 @@ def test_the_prices_tables_are_valid_and_price_the_quoted_runs(tmp_path: Path) -
 
 
 def test_the_command_lines_parse() -> None:
-    """Every ``eslabon`` line of the page's bash blocks names real commands and options (parsed
-    as the command line parses it, without running it)."""
-    import typer
-
-    from eslabon.interfaces.cli import app
-
-    root = typer.main.get_command(app)
-    lines = [
-        line.split("  #")[0].strip()
-        for block in blocks("bash")
-        for line in block.splitlines()
-        if line.strip().startswith("eslabon ")
-    ]
-    assert len(lines) >= 8, lines
-    for line in lines:
-        words = shlex.split(line)[1:]
-        command = root
-        while words and words[0] in getattr(command, "commands", {}):
-            command = command.commands[words.pop(0)]  # type: ignore[attr-defined]
-        if hasattr(command, "commands") and words and not words[0].startswith("-"):
-            pytest.fail(f"{line!r}: no command {words[0]!r}")
-        try:  # typer vendors its own click: its UsageError is not click's
-            command.make_context(f"eslabon {command.name}", words)
-        except Exception as exc:
-            pytest.fail(f"{line!r} does not parse: {exc}")
+    """Every ``eslabon`` line of the page's bash blocks names real commands and options."""
+    count, problems = command_problems(TEXT)
+    assert count >= 8 and not problems, problems

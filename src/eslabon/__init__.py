@@ -85,6 +85,7 @@ MOVED = {
     "yamlsafe": "chainfile",
     "patterns": "chainfile",
     "suggest": "chainfile",
+    "discover": "chainfile",
     # running
     "compile": "running",
     "runtime": "running",

@@ -316,12 +316,54 @@ def _rule_tests(chain: ChainData, out: _Collector) -> None:
             )
         for j, check in enumerate(case.get("expect") or []):
             if isinstance(check, dict):
-                _check_assertion(out, check, ("tests", i, "expect", j), ids)
+                # a chain that retrieves has its passages to check too (step: documents)
+                targets = [*ids, *(["documents"] if chain.retrieves else [])]
+                _check_assertion(out, check, ("tests", i, "expect", j), targets)
+                _check_received(out, check, ("tests", i, "expect", j), ids, chain)
 
 
 def _has_default(data: dict[str, Any], name: str) -> bool:
     spec = (data.get("inputs") or {}).get(name)
     return isinstance(spec, dict) and spec.get("default") is not None
+
+
+def _check_received(
+    out: _Collector, check: dict[str, Any], path: PathT, ids: list[str], chain: ChainData
+) -> None:
+    """``received`` names an input, or a step that runs before the checked one (default: the
+    output step)."""
+    name, step = check.get("received"), check.get("step")
+    if not isinstance(name, str) or not _NAME.match(name) or not ids:
+        return  # the schema check says what is wrong
+    if step == "documents" and chain.retrieves:
+        out.add(
+            (*path, "step"),
+            "received looks at a step's prompt: 'documents' are the retrieved passages",
+            "name the step whose prompt should include it (or leave step out: the output step)",
+        )
+        return
+    if step is not None and step not in ids:
+        return  # said once, as the step's own problem
+    inputs = [*chain.input_names, *(["context"] if chain.retrieves else [])]
+    output = chain.data.get("output")
+    checked = step if step in ids else output if output in ids else ids[-1]
+    earlier = ids[: ids.index(checked)] if checked in ids else []
+    if name in inputs or name in earlier:
+        return
+    if name == checked:
+        problem = f"step '{name}' cannot receive its own answer"
+    elif name in ids:
+        problem = f"step '{name}' runs after step '{checked}': it cannot have received it"
+    else:
+        problem = f"no step or input '{name}'"
+    known = [*earlier, *inputs]
+    hint = did_you_mean(name, known)
+    out.add(
+        (*path, "received"),
+        problem,
+        (hint + " " if hint else "")
+        + (f"it can receive: {', '.join(known)}" if known else "it can receive nothing"),
+    )
 
 
 def _check_assertion(out: _Collector, check: dict[str, Any], path: PathT, ids: list[str]) -> None:

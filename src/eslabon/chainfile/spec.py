@@ -466,6 +466,7 @@ ASSERTION_KINDS = (
     "judge",
     "similar",
     "calls_tool",
+    "received",
     "python",
 )
 # which options each kind takes (besides step, field, weight, which all take)
@@ -476,6 +477,11 @@ ASSERTION_OPTIONS: dict[str, tuple[str, ...]] = {
     "similar": ("threshold",),
     "calls_tool": ("args",),
 }
+
+
+# checks that look at no value, so no field inside one: the run's figures, its tool calls, a
+# step's prompt
+_NO_FIELD = ("max_tokens", "max_latency_ms", "max_cost", "calls_tool", "received")
 
 
 class Assertion(_Strict):
@@ -497,6 +503,11 @@ class Assertion(_Strict):
         None, description="Meaning close to this text (embedding similarity >= threshold)."
     )
     calls_tool: Name | None = Field(None, description="A tool the run called.")
+    received: Name | None = Field(
+        None,
+        description="The step's prompt includes this earlier step's answer (or this input's "
+        "value): the step was given it.",
+    )
     python: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
@@ -540,6 +551,8 @@ class Assertion(_Strict):
                 else f"no check given; one of: {', '.join(ASSERTION_KINDS)}"
             )
         kind = kinds[0]
+        if "field" in given and kind in _NO_FIELD:
+            raise ValueError(f"'field' goes with checks on a value, not with {kind}")
         allowed = ASSERTION_OPTIONS.get(kind, ())
         for option in ("case", "threshold", "model", "args"):
             if option in given and option not in allowed:

@@ -22,12 +22,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 from langchain_community.cache import SQLiteCache
-from langchain_core._api import LangChainBetaWarning
 from langchain_core.load import Serializable, loads
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
@@ -43,10 +41,10 @@ __all__ = ["SafeSQLiteCache"]
 _log = logging.getLogger(__name__)
 # what a cached chat answer is made of
 _ANSWER: list[type[Serializable]] = [ChatGeneration, Generation, AIMessage]
-# langchain-core marks loads() as beta on every first call; said on the terminal, it is noise
-warnings.filterwarnings(
-    "ignore", message="The function `loads` is in beta", category=LangChainBetaWarning
-)
+# langchain-core marks loads() as beta and warns on its first call: noise on the terminal. The
+# function under the marker, rather than a global warnings filter, which anything (pytest
+# between tests, a user's own code) may reset, turning the warning into a failed cache read
+_loads: Any = getattr(loads, "__wrapped__", loads)
 
 
 class SafeSQLiteCache(SQLiteCache):
@@ -94,7 +92,7 @@ class SafeSQLiteCache(SQLiteCache):
         try:
             with Session(self.engine) as session:
                 rows = session.execute(query).fetchall()
-            return [loads(row[0], allowed_objects=_ANSWER) for row in rows] or None
+            return [_loads(row[0], allowed_objects=_ANSWER) for row in rows] or None
         except Exception as exc:  # locked, corrupted, an entry that is not an answer: a miss
             self._warn("read", exc)
             return None

@@ -21,8 +21,10 @@ __all__ = [
     "check_model_ref",
     "gguf_path",
     "key_destination",
+    "model_option",
     "parse_model_ref",
     "ref_label",
+    "split_models",
 ]
 
 
@@ -312,3 +314,52 @@ def key_is_set(spec: ModelSpec) -> bool | None:
     if var is None:
         return None
     return bool(os.environ.get(var) or spec.kwargs.get("api_key"))
+
+
+# -- models given on a command line --------------------------------------------------------------
+def model_option(text: str | None, option: str = "--model") -> Any:
+    """A model given as an option: 'provider:model', an alias, or a YAML mapping
+    '{provider: ..., ...}' (read with the bounded loader, as a chain file is)."""
+    from eslabon.errors import UserError
+
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    import yaml
+
+    from eslabon.chainfile.yamlsafe import YamlLimitError, load_bounded
+
+    try:
+        data = load_bounded(text)
+    except (yaml.YAMLError, YamlLimitError) as exc:
+        raise UserError(f"{option}: not a valid mapping: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{option}: expected a mapping such as '{{provider: openai, name: ...}}'")
+    return data
+
+
+def split_models(text: str, option: str = "--models") -> list[str]:
+    """Several models in one option: split at the commas outside braces, brackets and quotes
+    (``fake:echo,{provider: fake, responses: [a, b]}`` is two)."""
+    from eslabon.errors import UserError
+
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
+    for c in text:
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(c)
+    parts.append("".join(current).strip())
+    if not all(parts):
+        raise UserError(f"{option} {text!r}: an empty model between commas")
+    return parts

@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
 PYTHON_PASS = 0.5  # a python check returning a score passes at this or more
 SIMILAR_THRESHOLD = 0.8  # similar: the least similarity, unless the check says
 CALLING = ("judge", "similar")  # checks that call a model or an embedding
+_LIMITERS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Verdict:
     got: Any
     reason: str = ""
     usage: dict[str, int] | None = None  # a judge's tokens (not counted in the run's stats)
+    cost: float | None = None  # a judge's cost in USD (None: unknown, or no judge)
 
     def to_data(self) -> dict[str, Any]:
         data = {
@@ -70,6 +73,7 @@ class Verdict:
         }
         if self.usage is not None:
             data["usage"] = self.usage
+            data["cost"] = self.cost
         return data
 
 
@@ -88,8 +92,12 @@ class Context:
     retry: dict[str, Any] | None = None
     allow: Any = None  # an eslabon.trust.allow.Allow, or None
     project: Any = None  # the eslabon.toml read (None: read when a judge needs [tests])
+    rate: float | None = None  # a judge's requests a second, at most (eslabon test --rate)
+    output_step: str | None = None  # the chain's output step: what a check without step reads
+    defaults: dict[str, Any] = field(default_factory=dict)  # inputs' defaults, for the checks
     _functions: dict[str, Callable[..., Any]] = field(default_factory=dict)
     _judges: dict[str, tuple[Any, str]] = field(default_factory=dict)  # (model, label) by ref
+    _limiters: dict[int, Any] = field(default_factory=dict)  # by judge model (its id)
     _under_test: dict[str, tuple[Any, str]] = field(default_factory=dict)  # by model label
     _embedder: Any = None
     _vectors: dict[str, list[float]] = field(default_factory=dict)
@@ -156,6 +164,29 @@ class Context:
             "(judge: ..., model: openai:gpt-4o-mini) or in eslabon.toml "
             '([tests] judge_model = "openai:gpt-4o-mini")'
         )
+
+    def limiter(self, model: Any) -> Any:
+        """The rate limiter of a judge model (LangChain's, as the chains' own under
+        ``--rate``): each judge model at most ``rate`` requests a second. None: no limit."""
+        if self.rate is None:
+            return None
+        from langchain_core.rate_limiters import InMemoryRateLimiter
+
+        with _LIMITERS_LOCK:  # checks may run in threads (the sync check())
+            if id(model) not in self._limiters:
+                self._limiters[id(model)] = InMemoryRateLimiter(
+                    requests_per_second=self.rate,
+                    check_every_n_seconds=min(0.01, 0.1 / self.rate),
+                    max_bucket_size=1,
+                )
+            return self._limiters[id(model)]
+
+    def meter(self) -> Any:
+        """A meter for one judge call: its usage and cost, priced as the chains' calls are
+        (genai-prices, and the project's ``[prices]``)."""
+        from eslabon.observe.meter import Meter
+
+        return Meter(self._project().prices)
 
     def _project(self) -> Any:
         if self.project is None:
@@ -247,35 +278,59 @@ def check(
     *,
     inputs: Mapping[str, Any] | None = None,
     under_test: str | None = None,
+    prompts: Mapping[str, str] | None = None,
 ) -> Verdict:
     """``assertion`` judged on ``run`` (a finished run's result dict). ``inputs``: the case's
-    inputs (shown to a judge); ``under_test``: the label of the model that ran (a judge's
-    default model). A ``judge`` or ``similar`` check calls its model here, synchronously
-    (:func:`acheck` awaits it)."""
+    inputs (shown to a judge; what ``received`` looks for when it names an input);
+    ``under_test``: the label of the model that ran (a judge's default model); ``prompts``:
+    each step's prompt as text (``received`` reads them). A ``judge`` or ``similar`` check
+    calls its model here, synchronously (:func:`acheck` awaits it)."""
     kind = assertion.kind
     expected = _shown(assertion)
     if kind in _FIGURES:
         return _FIGURES[kind](assertion, run)
     if kind == "calls_tool":
         return _calls_tool(assertion, run)
+    if kind == "received":
+        if context is None:
+            return _received(assertion, run, inputs or {}, prompts)
+        given = {**context.defaults, **(inputs or {})}  # what the run was given
+        return _received(assertion, run, given, prompts, context.output_step)
     found, value = _target(assertion, run)
     if not found:
         return Verdict(False, 0.0, kind, expected, None, str(value))
     if kind == "python":
         return _python(assertion, value, run, context or Context())
     if kind == "judge":
-        model, label = (context or Context()).judge(assertion, under_test)
-        messages = judge_messages(assertion, value, inputs)
-        try:
-            answer = model.invoke(messages)
-        except Exception as exc:  # the judge's failure fails the check, not the run
-            return _judge_error(assertion, value, label, exc)
-        return judge_verdict(assertion, value, answer, label)
+        return _judge_now(assertion, value, context or Context(), inputs, under_test)
     if kind == "similar":
         text = text_of(value)
-        vectors = (context or Context()).vectors([text, str(assertion.expected)])
+        try:
+            vectors = (context or Context()).vectors([text, str(assertion.expected)])
+        except Exception as exc:  # a provider's embeddings failing: the check fails, saying why
+            return _embeddings_failed(assertion, text, exc)
         return _similar(assertion, text, vectors[0], vectors[1])
     return _VALUE_CHECKS[kind](assertion, value)
+
+
+def _judge_now(
+    assertion: Assertion,
+    value: Any,
+    context: Context,
+    inputs: Mapping[str, Any] | None,
+    under_test: str | None,
+) -> Verdict:
+    """A ``judge`` check, its model called synchronously (:func:`acheck` awaits it)."""
+    model, label = context.judge(assertion, under_test)
+    messages = judge_messages(assertion, value, inputs)
+    meter = context.meter()
+    if (limiter := context.limiter(model)) is not None:
+        limiter.acquire()
+    try:
+        answer = model.invoke(messages, {"callbacks": [meter]})
+    except Exception as exc:  # the judge's failure fails the check, not the run
+        return _judge_error(assertion, value, label, exc, meter.stats())
+    return judge_verdict(assertion, value, answer, label, meter.stats())
 
 
 async def acheck(
@@ -285,11 +340,12 @@ async def acheck(
     *,
     inputs: Mapping[str, Any] | None = None,
     under_test: str | None = None,
+    prompts: Mapping[str, str] | None = None,
 ) -> Verdict:
     """:func:`check`, awaiting the calls of ``judge`` and ``similar`` (``ainvoke``,
     ``aembed_documents``); every other check runs as :func:`check` does."""
     if assertion.kind not in CALLING:
-        return check(assertion, run, context, inputs=inputs, under_test=under_test)
+        return check(assertion, run, context, inputs=inputs, under_test=under_test, prompts=prompts)
     found, value = _target(assertion, run)
     if not found:
         return Verdict(False, 0.0, assertion.kind, _shown(assertion), None, str(value))
@@ -299,18 +355,18 @@ async def acheck(
         try:
             vectors = await context.avectors([text, str(assertion.expected)])
         except Exception as exc:  # a provider's embeddings failing: the check fails, saying why
-            from eslabon.trust.redaction import redact
-
-            reason = f"the embeddings failed: {type(exc).__name__}: {redact(str(exc))[:500]}"
-            return Verdict(False, 0.0, "similar", assertion.expected, text, reason)
+            return _embeddings_failed(assertion, text, exc)
         return _similar(assertion, text, vectors[0], vectors[1])
     model, label = context.judge(assertion, under_test)
     messages = judge_messages(assertion, value, inputs)
+    meter = context.meter()
+    if (limiter := context.limiter(model)) is not None:
+        await limiter.aacquire()
     try:
-        answer = await model.ainvoke(messages)
+        answer = await model.ainvoke(messages, {"callbacks": [meter]})
     except Exception as exc:  # the judge's failure fails the check, not the run
-        return _judge_error(assertion, value, label, exc)
-    return judge_verdict(assertion, value, answer, label)
+        return _judge_error(assertion, value, label, exc, meter.stats())
+    return judge_verdict(assertion, value, answer, label, meter.stats())
 
 
 def _shown(assertion: Assertion) -> Any:
@@ -324,7 +380,7 @@ def _shown(assertion: Assertion) -> Any:
 def _target(assertion: Assertion, run: dict[str, Any]) -> tuple[bool, Any]:
     """``(True, value)`` of the output / step / field, or ``(False, why it is missing)``."""
     if assertion.step is not None:
-        if assertion.step not in run or assertion.step in ("stats", "tool_calls", "documents"):
+        if assertion.step not in run or assertion.step in ("stats", "tool_calls"):
             return False, f"no step '{assertion.step}' in the run"
         value = _data(run[assertion.step])
         what = f"step '{assertion.step}'"
@@ -520,6 +576,71 @@ def _calls_tool(assertion: Assertion, run: dict[str, Any]) -> Verdict:
     )
 
 
+def _received(
+    assertion: Assertion,
+    run: dict[str, Any],
+    inputs: Mapping[str, Any],
+    prompts: Mapping[str, str] | None,
+    output_step: str | None = None,
+) -> Verdict:
+    """The checked step's first prompt includes the named step's answer (as later templates
+    get it: text, or structured data as JSON) or the named input's value. Whitespace is
+    ignored, so a template that indents or wraps what it is given still passes. ``prompts``:
+    step id → prompt text; ``output_step``: the step a check without ``step`` looks at."""
+    name = str(assertion.expected)
+    step = assertion.step or output_step or "output"
+    where = f"step '{assertion.step}'" if assertion.step else "the output step"
+    prompt = None if prompts is None else prompts.get(step)
+    if prompt is None:
+        why = (
+            "the run's prompts were not recorded"
+            if prompts is None
+            else f"{where} sent no prompt (it did not run, or called no model)"
+        )
+        return _verdict(assertion, False, None, why)
+    if name == "context" and isinstance(run.get("documents"), list):
+        return _received_documents(assertion, run["documents"], prompt, step, where)
+    if name in run and name not in ("output", "stats", "tool_calls", "documents"):
+        given, what = _data(run[name]), f"the answer of step '{name}'"
+    elif name in inputs:
+        given, what = inputs[name], f"input '{name}'"
+    else:
+        return _verdict(assertion, False, prompt, f"no step or input '{name}' in the run")
+    text = text_of(given)
+    if not text.strip():
+        return _verdict(
+            assertion, False, prompt, f"{what} is empty: nothing shows it was passed on"
+        )
+    variants = {text, json.dumps(given, ensure_ascii=False, separators=(",", ":"))}
+    flat = "".join(prompt.split())
+    found = any("".join(v.split()) in flat for v in variants)
+    shown = prompt if len(prompt) <= _PROMPT_SHOWN else prompt[: _PROMPT_SHOWN - 1] + "…"
+    return _verdict(assertion, found, shown, f"the prompt of {where} does not include {what}")
+
+
+_PROMPT_SHOWN = 2000  # characters of a prompt a received check keeps as what came out
+
+
+def _received_documents(
+    assertion: Assertion, documents: list[Any], prompt: str, step: str, where: str
+) -> Verdict:
+    """``received: context``: every passage retrieved for the step is in its prompt — the
+    step's own retriever's, else the chain's (a step with its own retriever gets only those)."""
+    found = [d for d in documents if isinstance(d, dict)]
+    mine = [d for d in found if d.get("step") == step] or [
+        d for d in found if d.get("step") is None
+    ]
+    if not mine:
+        return _verdict(assertion, False, prompt, "no passages were retrieved")
+    flat = "".join(prompt.split())
+    missing = [
+        n for n, d in enumerate(mine, 1) if "".join(str(d.get("content")).split()) not in flat
+    ]
+    missed = ", ".join(map(str, missing))
+    reason = f"the prompt of {where} lacks retrieved passage(s) {missed} of {len(mine)}"
+    return _verdict(assertion, not missing, prompt, reason)
+
+
 def _python(assertion: Assertion, value: Any, run: dict[str, Any], context: Context) -> Verdict:
     function = context.function(str(assertion.expected))
     try:
@@ -624,14 +745,22 @@ def parse_judgement(text: str) -> tuple[bool | None, str]:
     return match["word"].lower() in _YES, reason.strip()[:500]
 
 
-def judge_verdict(assertion: Assertion, value: Any, answer: Any, label: str = "") -> Verdict:
+def judge_verdict(
+    assertion: Assertion,
+    value: Any,
+    answer: Any,
+    label: str = "",
+    stats: Mapping[str, Any] | None = None,
+) -> Verdict:
     """The verdict of a judge's ``answer`` (a message or text) on ``value``: score 1 on PASS,
-    0 on FAIL or an answer that is neither."""
+    0 on FAIL or an answer that is neither. ``stats``: the call's, from a meter (its usage
+    counts every attempt the judge's retries made, and its cost)."""
     from eslabon.trust.redaction import redact
 
     text = answer.text if hasattr(answer, "content") else str(answer)
     text = text if isinstance(text, str) else str(text)
-    usage = _usage(answer)
+    usage = _usage(stats) if stats is not None else None
+    usage = usage or _usage(answer)
     passed, reason = parse_judgement(text)
     who = f"the judge ({label})" if label else "the judge"
     if passed is None:
@@ -647,19 +776,32 @@ def judge_verdict(assertion: Assertion, value: Any, answer: Any, label: str = ""
         text_of(value),
         "" if passed else why,
         usage,
+        (stats or {}).get("cost") if usage is not None else None,
     )
 
 
-def _judge_error(assertion: Assertion, value: Any, label: str, exc: BaseException) -> Verdict:
+def _judge_error(
+    assertion: Assertion,
+    value: Any,
+    label: str,
+    exc: BaseException,
+    stats: Mapping[str, Any] | None = None,
+) -> Verdict:
+    """A judge that failed (after its retries): the check fails saying why; what its failed
+    attempts used, if the provider said, still counts (they may have cost)."""
     from eslabon.trust.redaction import redact
 
     who = f"the judge ({label})" if label else "the judge"
     reason = f"{who} failed: {type(exc).__name__}: {redact(str(exc)).strip()[:500]}"
-    return Verdict(False, 0.0, "judge", assertion.expected, text_of(value), reason)
+    usage = _usage(stats) if stats is not None else None
+    cost = (stats or {}).get("cost") if usage is not None else None
+    return Verdict(False, 0.0, "judge", assertion.expected, text_of(value), reason, usage, cost)
 
 
 def _usage(answer: Any) -> dict[str, int] | None:
-    usage = getattr(answer, "usage_metadata", None)
+    """A reply's usage (its ``usage_metadata``) or a meter's (``stats["usage"]``)."""
+    usage = answer.get("usage") if isinstance(answer, Mapping) else None
+    usage = usage or getattr(answer, "usage_metadata", None)
     if not isinstance(usage, Mapping):
         return None
     keys = ("input_tokens", "output_tokens", "total_tokens")
@@ -672,6 +814,13 @@ def cosine(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=False))
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     return dot / norm if norm else 0.0
+
+
+def _embeddings_failed(assertion: Assertion, text: str, exc: BaseException) -> Verdict:
+    from eslabon.trust.redaction import redact
+
+    reason = f"the embeddings failed: {type(exc).__name__}: {redact(str(exc))[:500]}"
+    return Verdict(False, 0.0, "similar", assertion.expected, text, reason)
 
 
 def _similar(assertion: Assertion, text: str, got: list[float], reference: list[float]) -> Verdict:

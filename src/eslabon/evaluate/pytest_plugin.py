@@ -52,9 +52,9 @@ class _Settings:
         if not any(resolved.is_relative_to(p) for p in self.paths if p.is_dir()):
             return False
         # as `eslabon test DIR`: few-shot example files and files of cases are not chains
-        from eslabon.interfaces.cli import _is_cases_file, _is_examples_file
+        from eslabon.chainfile.discover import is_cases_file, is_examples_file
 
-        return not _is_examples_file(path) and not _is_cases_file(path)
+        return not is_examples_file(path) and not is_cases_file(path)
 
 
 _SETTINGS = pytest.StashKey[_Settings]()
@@ -128,13 +128,14 @@ def _arg_paths(config: pytest.Config) -> Iterator[Path]:
 def _models(text: str | None) -> list[Any] | None:
     if not text or not text.strip():
         return None
+    from eslabon.chat.modelspec import model_option, split_models
     from eslabon.errors import UserError
-    from eslabon.interfaces.cli import _model_option, _split_models
 
     try:
-        return [_model_option(m) for m in _split_models(text.strip())]
+        option = "--eslabon-models"
+        return [model_option(m, option) for m in split_models(text.strip(), option)]
     except UserError as exc:
-        raise pytest.UsageError(f"--eslabon-models: {exc}") from None
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ChainFile | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eslabon.evaluate.assertions import text_of
-from eslabon.evaluate.runner import Attempt, CaseResult, ModelRun, TestRun
+from eslabon.evaluate.runner import Attempt, CaseResult, ChainRun, ModelRun, TestRun
 from eslabon.trust.redaction import redact
 
 __all__ = [
@@ -61,39 +61,11 @@ def _figures(model: ModelRun) -> tuple[str, str, str]:
 def print_report(run: TestRun, console: Any, comparison: dict[str, Any] | None = None) -> None:
     """The matrix of each chain (cases × models), each model's figures, then the failures;
     then, given a :func:`compare_reports` result, what changed since the previous run."""
-    from rich.table import Table
     from rich.text import Text
 
     for chain in run.chains:
-        if not chain.models or not chain.models[0].results:
-            continue
-        table = Table(title=redact(f"{chain.name} ({chain.file})"), title_justify="left")
-        table.add_column("case", overflow="fold")
-        for model in chain.models:
-            table.add_column(redact(model.label), justify="center")
-        for i, first in enumerate(chain.models[0].results):
-            cells = [Text(redact(first.case.name))]
-            for model in chain.models:
-                mark, style = _cell(model.results[i])
-                cells.append(Text(mark, style=style))
-            table.add_row(*cells)
-        console.print(table)
-        figures = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
-        for name in ("model", "passed", "tokens", "cost", "median latency"):
-            figures.add_column(name, justify="left" if name == "model" else "right")
-        for model in chain.models:
-            tokens, cost, latency = _figures(model)
-            total = len(model.results)
-            style = "green" if model.passed == total else "red"
-            figures.add_row(
-                redact(model.label),
-                Text(f"{model.passed}/{total}", style=style),
-                tokens,
-                cost,
-                latency,
-            )
-        console.print(figures)
-        console.print()
+        if chain.models and chain.models[0].results:
+            _print_chain(chain, console)
     _print_failures(run, console)
     for file in run.skipped:
         console.print(Text(redact(f"skipped {file}: it has no tests"), style="dim"))
@@ -102,6 +74,43 @@ def print_report(run: TestRun, console: Any, comparison: dict[str, Any] | None =
     passed, total = run.counts()
     line = f"{passed}/{total} cases passed in {run.elapsed_s:.1f} s"
     console.print(Text(line, style="bold green" if passed == total else "bold red"))
+
+
+def _print_chain(chain: ChainRun, console: Any) -> None:
+    """A chain's matrix, its models' figures, and what their judges used."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from eslabon.observe.record import cost_text
+
+    table = Table(title=redact(f"{chain.name} ({chain.file})"), title_justify="left")
+    table.add_column("case", overflow="fold")
+    for model in chain.models:
+        table.add_column(redact(model.label), justify="center")
+    for i, first in enumerate(chain.models[0].results):
+        cells = [Text(redact(first.case.name))]
+        for model in chain.models:
+            mark, style = _cell(model.results[i])
+            cells.append(Text(mark, style=style))
+        table.add_row(*cells)
+    console.print(table)
+    figures = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
+    for name in ("model", "passed", "tokens", "cost", "median latency"):
+        figures.add_column(name, justify="left" if name == "model" else "right")
+    for model in chain.models:
+        tokens, cost, latency = _figures(model)
+        total = len(model.results)
+        style = "green" if model.passed == total else "red"
+        figures.add_row(
+            redact(model.label), Text(f"{model.passed}/{total}", style=style), tokens, cost, latency
+        )
+    console.print(figures)
+    for model in chain.models:
+        if (judged := model.judging()) is not None:
+            calls = f"{judged['calls']} judge call{'s' if judged['calls'] != 1 else ''}"
+            line = f"{model.label}: {calls} · {judged['tokens']:,} tokens · "
+            console.print(Text(redact(line + cost_text(judged["cost"])), style="dim"))
+    console.print()
 
 
 def _print_failures(run: TestRun, console: Any) -> None:
@@ -161,6 +170,7 @@ def json_report(run: TestRun, comparison: dict[str, Any] | None = None) -> dict[
         "chains": [
             {
                 "file": chain.file,
+                "path": chain.path,
                 "name": chain.name,
                 "models": [_model_data(m) for m in chain.models],
             }
@@ -180,6 +190,7 @@ def _model_data(model: ModelRun) -> dict[str, Any]:
         "tokens": model.tokens(),
         "cost": model.cost(),
         "median_latency_ms": model.median_latency_ms(),
+        "judging": model.judging(),
         "cases": [
             {
                 "name": r.case.name,
@@ -291,10 +302,38 @@ def _xml_safe(text: str) -> str:
     return "".join(c for c in text if c in "\t\n\r" or ord(c) >= 0x20)
 
 
-def write_report(path: Path, text: str) -> None:
-    """``text`` written to ``path`` (its folder made), as UTF-8."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+def check_report_path(path: Path, option: str) -> None:
+    """That a report can be written at ``path`` — checked before any model is called, so a
+    typo does not cost the whole run: not a folder, and the nearest existing folder above it
+    writable. Raises :class:`~eslabon.errors.UserError` naming ``option``."""
+    import os
+
+    from eslabon.errors import UserError
+
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder\n    fix: give a file name")
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"{option} {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {above} (permission denied)")
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise UserError(f"{option} {path}: the file is read-only")
+
+
+def write_report(path: Path, text: str, option: str = "report") -> None:
+    """``text`` written to ``path`` (its folder made), as UTF-8; a
+    :class:`~eslabon.errors.UserError` saying why when it cannot be."""
+    from eslabon.errors import UserError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise UserError(f"{option} {path}: cannot write it: {why}") from None
 
 
 def json_text(run: TestRun | dict[str, Any], comparison: dict[str, Any] | None = None) -> str:
@@ -314,13 +353,6 @@ def load_report(path: Path) -> dict[str, Any]:
     from eslabon.errors import UserError
 
     where = f"--compare {path}"
-    if str(path) == "last" and not path.exists():
-        raise UserError(
-            f"{where}: comparing with the last run in the run log is not supported: the log "
-            "keeps each run's output, not its checks' verdicts\n"
-            "    fix: write a report with --json OUT, and compare the next run with "
-            "--compare OUT"
-        )
     try:
         if path.stat().st_size > MAX_REPORT_BYTES:
             raise UserError(f"{where}: larger than {MAX_REPORT_BYTES // 2**20} MB\n{_REPORT_FIX}")
@@ -334,14 +366,14 @@ def load_report(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise UserError(f"{where}: not JSON ({exc})\n{_REPORT_FIX}") from None
-    problem = _report_problem(data)
+    problem = report_problem(data)
     if problem:
         raise UserError(f"{where}: not an `eslabon test --json` report: {problem}\n{_REPORT_FIX}")
     report: dict[str, Any] = data
     return report
 
 
-def _report_problem(data: Any) -> str:
+def report_problem(data: Any) -> str:
     """What makes ``data`` not a ``--json`` report ("" when it is one)."""
     if not isinstance(data, dict):
         return f"a JSON {type(data).__name__}, not an object"
@@ -373,10 +405,48 @@ def _model_problem(model: Any, at: str) -> str:
     return ""
 
 
-def _outcomes(report: dict[str, Any]) -> dict[tuple[str, str, str], tuple[str, bool]]:
+def _file_key(previous: dict[str, Any], current: dict[str, Any]) -> str:
+    """How chain files are matched between reports: by resolved ``path`` when both have it and
+    they name some file in common (the same file, from whatever folder each ran), else as
+    shown (``file``: a report from another machine or checkout has other paths)."""
+
+    def paths(report: dict[str, Any]) -> set[str] | None:
+        found = [c.get("path") for c in report["chains"]]
+        return {p for p in found if isinstance(p, str)} if all(found) else None
+
+    before, after = paths(previous), paths(current)
+    return "path" if before is not None and after is not None and before & after else "file"
+
+
+def trimmed(report: dict[str, Any], paths: list[str], match: str | None) -> dict[str, Any]:
+    """``report`` cut to the chain files at ``paths`` and, given a ``--filter`` text, to the
+    cases whose name contains it: what a run of those files with that filter tests."""
+    wanted = set(paths)
+    chains = []
+    for chain in report["chains"]:
+        if chain.get("path") not in wanted:
+            continue
+        models = [
+            {
+                **model,
+                "cases": [
+                    c
+                    for c in model["cases"]
+                    if match is None or match.casefold() in c["name"].casefold()
+                ],
+            }
+            for model in chain["models"]
+        ]
+        chains.append({**chain, "models": models})
+    return {**report, "chains": chains}
+
+
+def _outcomes(
+    report: dict[str, Any], key: str = "file"
+) -> dict[tuple[str, str, str], tuple[str, bool]]:
     """(chain file, case, model) → (chain name, passed)."""
     return {
-        (chain["file"], case["name"], model["model"]): (
+        (chain[key], case["name"], model["model"]): (
             str(chain.get("name") or chain["file"]),
             case["passed"],
         )
@@ -402,10 +472,12 @@ def compare_reports(
     both, pass → fail (``broke``) and fail → pass (``fixed``); those only in the current one
     (``new``) or only in the previous one (``removed``); and for each (chain, model) in both,
     the change in total tokens, cost and median latency."""
-    before, after = _outcomes(previous), _outcomes(current)
+    by = _file_key(previous, current)
+    before, after = _outcomes(previous, by), _outcomes(current, by)
+    shown = {c[by]: c["file"] for r in (previous, current) for c in r["chains"]}
 
     def entry(key: tuple[str, str, str], chain: str) -> dict[str, str]:
-        return {"file": key[0], "chain": chain, "case": key[1], "model": key[2]}
+        return {"file": shown[key[0]], "chain": chain, "case": key[1], "model": key[2]}
 
     broke, fixed, new, removed = [], [], [], []
     for key, (chain, passed) in after.items():
@@ -417,14 +489,14 @@ def compare_reports(
             fixed.append(entry(key, chain))
     removed = [entry(key, chain) for key, (chain, _) in before.items() if key not in after]
     old_models = {
-        (chain["file"], model["model"]): model
+        (chain[by], model["model"]): model
         for chain in previous["chains"]
         for model in chain["models"]
     }
     models = []
     for chain in current["chains"]:
         for model in chain["models"]:
-            old = old_models.get((chain["file"], model["model"]))
+            old = old_models.get((chain[by], model["model"]))
             if old is None:
                 continue
             models.append(

@@ -110,6 +110,19 @@ class ModelRun:
         known = [t for t in times if isinstance(t, int | float)]
         return statistics.median(known) if known else None
 
+    def judging(self) -> dict[str, Any] | None:
+        """What the judges' calls on these runs used: ``calls``, ``tokens``, ``cost`` (USD;
+        None when a price is unknown). None when no judge answered."""
+        judged = [v for a in self.attempts() for v in a.verdicts if v.usage is not None]
+        if not judged:
+            return None
+        costs = [v.cost for v in judged]
+        return {
+            "calls": len(judged),
+            "tokens": sum((v.usage or {}).get("total_tokens", 0) for v in judged),
+            "cost": None if any(c is None for c in costs) else float(sum(c or 0 for c in costs)),
+        }
+
 
 @dataclass
 class ChainPlan:
@@ -120,6 +133,7 @@ class ChainPlan:
     cases: list[Case]
     models: list[tuple[str, Any]]  # (label, compiled chain)
     context: Context
+    path: str | None = None  # the chain file, resolved (``file`` is as shown)
 
     @property
     def rows(self) -> int:
@@ -131,6 +145,7 @@ class ChainRun:
     file: str
     name: str
     models: list[ModelRun]
+    path: str | None = None
 
 
 @dataclass
@@ -194,6 +209,8 @@ def plan(
         folder=folder,
         embeddings=spec.embeddings,
         retry=spec.retry.model_dump() if spec.retry is not None else None,
+        output_step=spec.output_step(),
+        defaults={n: d for n in spec.input_names() if (d := spec.input_default(n)) is not None},
     )
     for case in cases:  # a python check that cannot be imported is a mistake: before any run
         for assertion in case.expect:
@@ -214,7 +231,8 @@ def plan(
         context.add_model_under_test(label, chain)
     _prepare_calling_checks(spec, cases, context, [label for label, _ in compiled])
     file = shown_path(spec.source) if spec.source is not None else "<chain>"
-    return ChainPlan(file, spec.name or Path(file).stem, cases, compiled, context)
+    path = str(spec.source.resolve()) if spec.source is not None else None
+    return ChainPlan(file, spec.name or Path(file).stem, cases, compiled, context, path)
 
 
 def _prepare_calling_checks(
@@ -285,6 +303,7 @@ async def arun_tests(
 
     with tempfile.TemporaryDirectory(prefix="eslabon-test-") as folder:
         for n, chain_plan in enumerate(plans):
+            chain_plan.context.rate = rate  # a judge's calls keep to it too
             runs = [
                 _run_model(
                     chain_plan,
@@ -299,7 +318,8 @@ async def arun_tests(
                 for m, (label, chain) in enumerate(chain_plan.models)
             ]
             models = await asyncio.gather(*runs)
-            result.chains.append(ChainRun(chain_plan.file, chain_plan.name, list(models)))
+            run = ChainRun(chain_plan.file, chain_plan.name, list(models), chain_plan.path)
+            result.chains.append(run)
     result.elapsed_s = time.perf_counter() - began
     return result
 
@@ -340,6 +360,7 @@ async def _run_model(
         on_row=on_row,
         log=log,
         log_kind="test",
+        prompts=any(a.kind == "received" for case in chain_plan.cases for a in case.expect),
     )
     records = {str(r["id"]): r for r in _records(out)}
     context = chain_plan.context
@@ -401,9 +422,11 @@ def _attempt(
     if error is not None:
         verdicts = [failed_run(a, error) for a in case.expect]
     else:
-        run = _run_of(record)
+        run, prompts = _run_of(record), record.get("prompts")
+        inputs = {**context.defaults, **case.inputs}  # what the run was given
         verdicts = [
-            check(a, run, context, inputs=case.inputs, under_test=label) for a in case.expect
+            check(a, run, context, inputs=inputs, under_test=label, prompts=prompts)
+            for a in case.expect
         ]
     return _scored(case, record, verdicts)
 
@@ -417,9 +440,11 @@ async def _aattempt(
     if error is not None:
         verdicts = [failed_run(a, error) for a in case.expect]
     else:
-        run = _run_of(record)
+        run, prompts = _run_of(record), record.get("prompts")
+        inputs = {**context.defaults, **case.inputs}  # what the run was given
         verdicts = [
-            await acheck(a, run, context, inputs=case.inputs, under_test=label) for a in case.expect
+            await acheck(a, run, context, inputs=inputs, under_test=label, prompts=prompts)
+            for a in case.expect
         ]
     return _scored(case, record, verdicts)
 

@@ -181,6 +181,7 @@ async def arun_batch(
     on_row: Callable[[dict[str, Any], BatchReport], None] | None = None,
     log: Any = None,
     log_kind: str = "batch",
+    prompts: bool = False,
 ) -> BatchReport:
     """Run ``chain`` over ``rows``, appending one JSON line per finished row to ``out``.
 
@@ -188,7 +189,9 @@ async def arun_batch(
     after each row is written (progress bars). ``out`` is locked while the batch runs: a second
     batch on it is refused (:mod:`eslabon.interfaces.outfile`). ``log``: a run-log writer
     (:class:`eslabon.observe.record.RunWriter`) each row is written to, or None; ``log_kind``:
-    what the log calls those runs (``eslabon test`` logs its rows as ``test``).
+    what the log calls those runs (``eslabon test`` logs its rows as ``test``). ``prompts``:
+    each record also holds the prompt each step sent, as text (``prompts``: step id → text;
+    ``eslabon test``'s ``received`` check reads them).
     """
     if concurrency < 1:
         raise UserError("concurrency must be at least 1")
@@ -216,7 +219,7 @@ async def arun_batch(
         sink = LineSink(target)
         try:
             logged = (log, log_kind) if log is not None else None
-            await _run_rows(chain, todo, sink, concurrency, report, on_row, logged)
+            await _run_rows(chain, todo, sink, concurrency, report, on_row, logged, prompts)
         finally:
             sink.close()
     return report
@@ -240,6 +243,7 @@ async def _run_rows(
     report: BatchReport,
     on_row: Callable[[dict[str, Any], BatchReport], None] | None,
     log: tuple[Any, str] | None = None,
+    prompts: bool = False,
 ) -> None:
     inputs_of = chain.spec.input_names()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -253,7 +257,7 @@ async def _run_rows(
                 row = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            record = await _run_row(chain, row, inputs_of, report, log)
+            record = await _run_row(chain, row, inputs_of, report, log, prompts)
             sink.write(record)
             report.elapsed_s = time.perf_counter() - start
             if on_row is not None:
@@ -277,6 +281,7 @@ async def _run_row(
     inputs_of: list[str],
     report: BatchReport,
     log: tuple[Any, str] | None = None,
+    prompts: bool = False,
 ) -> dict[str, Any]:
     """One row run: its OUT record (counted in ``report``; written to ``log`` if given)."""
     from eslabon.observe.meter import Meter
@@ -286,7 +291,7 @@ async def _run_row(
     began = time.perf_counter()
     record: dict[str, Any] = {"id": row["id"], "inputs": inputs}
     # the row's own meter: a failed row's attempts are counted too (they may have cost)
-    meter = Meter(chain.prices, capture_messages=log is not None)  # log: (writer, kind)
+    meter = Meter(chain.prices, capture_messages=log is not None or prompts)
     result: dict[str, Any] | None = None
     error: Exception | None = None
     try:
@@ -311,10 +316,19 @@ async def _run_row(
     record["models"] = models
     record["elapsed_s"] = round(time.perf_counter() - began, 4)
     record["stats"] = result["stats"] if result is not None else meter.stats()
+    if prompts:
+        record["prompts"] = {
+            s.id: prompt_text(found) for s in chain.steps if (found := meter.messages(s.id))
+        }
     report.add(record["stats"])
     if log is not None:
         await _log_row(log, chain, inputs, meter, result, error, row["id"], report)
     return record
+
+
+def prompt_text(messages: Iterable[Any]) -> str:
+    """A prompt's messages as one text: each message's role and text, a blank line between."""
+    return "\n\n".join(f"{m.type}: {m.text}" for m in messages)
 
 
 async def _log_row(

@@ -18,6 +18,8 @@ from typing import Annotated, Any, NamedTuple, NoReturn, ParamSpec
 
 import typer
 
+from eslabon.chainfile import discover
+from eslabon.chat.modelspec import model_option, split_models
 from eslabon.errors import EslabonError, UserError
 from eslabon.interfaces.logs import app as logs_app
 from eslabon.trust.redaction import redact
@@ -150,33 +152,6 @@ def _command(
     return register
 
 
-def _chain_files(paths: list[Path]) -> list[Path]:
-    """Files named explicitly, plus the chain files found in folders (examples files skipped)."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
-            files.extend(p for p in found if not _is_examples_file(p))
-        else:
-            files.append(path)
-    return files
-
-
-def _is_examples_file(path: Path) -> bool:
-    # Few-shot example files may live beside chain files: a list, or {examples: [...]} alone.
-    import yaml
-
-    from eslabon.chainfile.yamlsafe import MAX_FILE_BYTES, YamlLimitError, load_bounded
-
-    try:
-        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
-            return False  # a device, a pipe or a huge file: validation reports it unread
-        data = load_bounded(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, YamlLimitError):
-        return False  # let validation report it
-    return isinstance(data, list) or (isinstance(data, dict) and set(data) == {"examples"})
-
-
 @_command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Chain files or folders of them.")],
@@ -189,7 +164,7 @@ def validate(
     from eslabon.chainfile.loader import validate_file
 
     _grant(paths=allow_path)
-    files = _chain_files(paths)
+    files = discover.chain_files(paths)
     if not files:
         typer.echo(
             "error: no chain files (.yaml, .yml) found in " + ", ".join(map(str, paths)), err=True
@@ -307,7 +282,7 @@ def _compile(spec: Any, model: str | None, allow_import: list[str] | None) -> An
     """``spec`` compiled on ``--model`` (``provider:model``, an alias or a mapping), if given."""
     from eslabon.running.compile import compile_chain
 
-    return compile_chain(spec, model=_model_option(model), allow_imports=allow_import)
+    return compile_chain(spec, model=model_option(model), allow_imports=allow_import)
 
 
 @_command(interrupted=_Interrupted("\ninterrupted"))
@@ -440,23 +415,6 @@ def _check_input_names(spec: Any, values: dict[str, str]) -> None:
                 + (f" ({hint})" if hint else "")
                 + f"; it takes: {', '.join(names) or 'no inputs'}"
             )
-
-
-def _model_option(text: str | None) -> Any:
-    """--model takes 'provider:model', an alias, or a YAML mapping '{provider: ..., ...}'."""
-    if text is None or not text.lstrip().startswith("{"):
-        return text
-    import yaml
-
-    from eslabon.chainfile.yamlsafe import YamlLimitError, load_bounded
-
-    try:
-        data = load_bounded(text)
-    except (yaml.YAMLError, YamlLimitError) as exc:
-        raise UserError(f"--model: not a valid mapping: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError("--model: expected a mapping such as '{provider: openai, name: ...}'")
-    return data
 
 
 def _read_stdin_input(spec: Any, values: dict[str, str]) -> None:
@@ -846,8 +804,9 @@ def test(
         Path | None,
         typer.Option(
             "--compare",
-            metavar="PREVIOUS.json",
-            help="What changed since a previous --json report: broke, fixed, cost, latency.",
+            metavar="PREVIOUS.json|last",
+            help="What changed since a previous --json report, or since the last eslabon test "
+            "of these files in the run log (last): broke, fixed, cost, latency.",
         ),
     ] = None,
     cache: Annotated[
@@ -869,8 +828,14 @@ def test(
     from eslabon.evaluate.runner import run_tests
 
     per_second = _rate_option(rate)
-    previous = reports.load_report(compare) if compare is not None else None  # before any run
-    refs = [_model_option(m) for m in _split_models(models)] if models is not None else None
+    from_log = compare is not None and str(compare) == "last"
+    # before any run: the previous report, and that the new ones can be written
+    previous = reports.load_report(compare) if compare is not None and not from_log else None
+    _check_report_paths(json_out, junit_out, html_out)
+    source = str(compare)
+    refs = (
+        [model_option(m, "--models") for m in split_models(models)] if models is not None else None
+    )
     shared_cache = None
     if cache is not None:
         from eslabon.running.runtime import sqlite_cache
@@ -890,6 +855,16 @@ def test(
         )
     if match and not any(p.cases for p in plans):
         raise UserError(f"--filter {match!r}: no case's name contains it")
+    files = [p.path for p in plans if p.path is not None and p.cases]
+    if cache is not None and any(c.repeat > 1 for p in plans for c in p.cases):
+        typer.echo(
+            "warning: --cache with repeated cases: a repeat asks what an earlier run asked, so "
+            "it may be answered from the cache, and the pass rate then shows no variation (run "
+            "without --cache to measure it)",
+            err=True,
+        )
+    if from_log:
+        previous, source = _last_report(files, match)
     total = sum(p.rows for p in plans)
     with _batch_progress(total, "test") as on_row:
         run = run_tests(
@@ -897,19 +872,91 @@ def test(
         )
     run.skipped = skipped
     data = reports.json_report(run)  # --json and --html show the same data
+    # for the next --compare last (not a filtered run's: the next full run would list the
+    # cases it left out as new)
+    kept = None if match else _keep_report(data, files, no_log)
     if previous is not None:
-        data["comparison"] = reports.compare_reports(previous, data, str(compare))
+        data["comparison"] = reports.compare_reports(previous, data, source)
     reports.print_report(run, _console(), data.get("comparison"))
-    if json_out is not None:
-        reports.write_report(json_out, reports.json_text(data))
-    if junit_out is not None:
-        reports.write_report(junit_out, reports.junit_report(run))
-    if html_out is not None:
-        reports.write_report(html_out, reports.html_report(data))
+    _write_reports(run, data, json_out, junit_out, html_out)
     if run.unlogged is not None:
         typer.echo(redact(f"warning: some runs were not logged: {run.unlogged}"), err=True)
+    if kept is not None:
+        typer.echo(redact(f"warning: this report was not kept in the run log: {kept}"), err=True)
     if not run.passed:
         raise typer.Exit(TESTS_FAILED)
+
+
+def _check_report_paths(
+    json_out: Path | None, junit_out: Path | None, html_out: Path | None
+) -> None:
+    from eslabon.evaluate.reports import check_report_path
+
+    for option, out in (("--json", json_out), ("--junit", junit_out), ("--html", html_out)):
+        if out is not None:
+            check_report_path(out, option)
+
+
+def _write_reports(
+    run: Any,
+    data: dict[str, Any],
+    json_out: Path | None,
+    junit_out: Path | None,
+    html_out: Path | None,
+) -> None:
+    from eslabon.evaluate import reports
+
+    if json_out is not None:
+        reports.write_report(json_out, reports.json_text(data), "--json")
+    if junit_out is not None:
+        reports.write_report(junit_out, reports.junit_report(run), "--junit")
+    if html_out is not None:
+        reports.write_report(html_out, reports.html_report(data), "--html")
+
+
+def _last_report(files: list[str], match: str | None) -> tuple[dict[str, Any], str]:
+    """``--compare last``: the newest report in the run log that tested any of ``files``, cut
+    to those files and to the cases ``match`` (``--filter``) picks."""
+    from eslabon.observe.runlog import LogUnavailable, RunLog, log_path, logging_enabled
+
+    if not logging_enabled():
+        raise UserError(
+            "--compare last: the run log is turned off ([logs] enabled = false in eslabon.toml),"
+            " so no earlier report is kept\n    fix: turn it on, or compare with a report "
+            "written by --json"
+        )
+    path = log_path()
+    try:
+        found = RunLog(path).last_report(files)
+    except LogUnavailable as exc:
+        raise UserError(f"--compare last: {exc}") from None
+    if found is None:
+        raise UserError(
+            f"--compare last: no earlier eslabon test of these files in the run log ({path})\n"
+            "    fix: run eslabon test once with the log on (without --no-log), or compare with "
+            "a report written by --json"
+        )
+    logged = found.pop("logged")
+    from eslabon.evaluate.reports import report_problem, trimmed
+
+    if problem := report_problem(found):  # written by another eslabon version
+        raise UserError(f"--compare last: the report kept in {path} cannot be read: {problem}")
+    return trimmed(found, files, match), f"the run log: eslabon test of {logged['started']}"
+
+
+def _keep_report(data: dict[str, Any], files: list[str], no_log: bool) -> str | None:
+    """Keep this report in the run log for the next ``--compare last``; why not, or None."""
+    if no_log:
+        return None
+    from eslabon.observe.runlog import LogUnavailable, RunLog, log_path, logging_enabled
+
+    if not logging_enabled():
+        return None
+    try:
+        RunLog(log_path()).record_report(data, files)
+    except LogUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def _test_plans(paths: list[Path], refs: Any, **options: Any) -> tuple[list[Any], list[str]]:
@@ -919,8 +966,8 @@ def _test_plans(paths: list[Path], refs: Any, **options: Any) -> tuple[list[Any]
     from eslabon.evaluate.runner import plan
 
     plans, skipped = [], []
-    for file in _chain_files(paths):
-        if _is_cases_file(file):
+    for file in discover.chain_files(paths):
+        if discover.is_cases_file(file):
             continue
         spec = load_spec(file)
         if spec.tests:
@@ -928,47 +975,6 @@ def _test_plans(paths: list[Path], refs: Any, **options: Any) -> tuple[list[Any]
         else:
             skipped.append(str(file))
     return plans, skipped
-
-
-def _split_models(text: str) -> list[str]:
-    """``--models``: references split at the commas outside braces, brackets and quotes
-    (``fake:echo,{provider: fake, responses: [a, b]}`` is two)."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth, quote = 0, ""
-    for c in text:
-        if quote:
-            quote = "" if c == quote else quote
-        elif c in "'\"":
-            quote = c
-        elif c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-        elif c == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(c)
-    parts.append("".join(current).strip())
-    if not all(parts):
-        raise UserError(f"--models {text!r}: an empty model between commas")
-    return parts
-
-
-def _is_cases_file(path: Path) -> bool:
-    """A file of test cases written as ``{tests: [...]}`` beside the chains of a folder."""
-    import yaml
-
-    from eslabon.chainfile.yamlsafe import MAX_FILE_BYTES, YamlLimitError, load_bounded
-
-    try:
-        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
-            return False
-        data = load_bounded(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, YamlLimitError):
-        return False  # loading it as a chain reports what is wrong
-    return isinstance(data, dict) and set(data) == {"tests"}
 
 
 @_command()

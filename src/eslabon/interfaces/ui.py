@@ -31,11 +31,15 @@ FILE_MODEL = "(the file's model)"
 
 
 def chain_files(target: Path) -> list[Path]:
-    """The chain files a playground offers: FILE itself, or the .yaml files in DIR."""
+    """The chain files a playground offers: FILE itself, or the chain files in DIR (not the
+    few-shot example files or files of test cases beside them)."""
+    from eslabon.chainfile.discover import CHAIN_SUFFIXES, is_cases_file, is_examples_file
+
     if target.is_file():
         return [target]
     if target.is_dir():
-        return sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml"))
+        found = sorted(p for p in target.iterdir() if p.suffix in CHAIN_SUFFIXES)
+        return [p for p in found if not is_examples_file(p) and not is_cases_file(p)]
     raise UserError(f"no such file or folder: {target}")
 
 

@@ -73,6 +73,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+# each `eslabon test`'s whole report (its --json), for --compare last; files: the chain files it
+# tested (resolved paths, a JSON list). Made when the first report is kept, without a format
+# version of its own: an older eslabon sharing the log ignores the table and goes on logging.
+_REPORTS_TABLE = """CREATE TABLE IF NOT EXISTS test_reports (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, started TEXT NOT NULL,
+    files TEXT NOT NULL, passed INTEGER NOT NULL, report TEXT NOT NULL)"""
+
 # the record's keys that have columns; any other key is kept in `extra` (JSON) and given back
 _RUN_KEYS = (
     "id",
@@ -414,6 +421,62 @@ class RunLog:
             self.close()  # a damaged or replaced file: the next record opens it afresh
             raise LogUnavailable(self._why(exc)) from None
         return rows.id
+
+    def record_report(self, report: Mapping[str, Any], files: list[str]) -> str:
+        """Keep one ``eslabon test`` report (redacted, as every record); return its id.
+        ``files``: the chain files it tested. Raises :class:`LogUnavailable` on any failure."""
+        try:
+            when = datetime.now(UTC)
+            row = (
+                new_id(when),
+                _utc_text(when),
+                json.dumps(sorted(files)),
+                int(bool(report.get("passed"))),
+                _json(redacted(dict(report))),
+            )
+            with self._lock:
+                db = self._connection(create=True)
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._migrate(db)
+                    db.execute(_REPORTS_TABLE)
+                    db.execute(
+                        "INSERT INTO test_reports (id, started, files, passed, report)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        row,
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    self._rollback(db)
+                    raise
+        except LogUnavailable:
+            raise
+        except Exception as exc:  # the tests ran: keeping their report must not fail them
+            self.close()
+            raise LogUnavailable(self._why(exc)) from None
+        return row[0]
+
+    def last_report(self, files: list[str]) -> dict[str, Any] | None:
+        """The newest kept ``eslabon test`` report that tested any of ``files``, with its
+        ``id`` and ``started`` added under ``logged``; None when there is none."""
+        wanted = set(files)
+
+        def work(db: sqlite3.Connection) -> dict[str, Any] | None:
+            kept = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'test_reports'"
+            if db.execute(kept).fetchone() is None:
+                return None  # no report was ever kept
+            rows = db.execute("SELECT seq, files FROM test_reports ORDER BY seq DESC")
+            for seq, tested in rows:
+                if wanted & set(_loads(tested) or []):
+                    found = db.execute(
+                        "SELECT id, started, report FROM test_reports WHERE seq = ?", (seq,)
+                    ).fetchone()
+                    report = _loads(found[2])
+                    if isinstance(report, dict):
+                        return {**report, "logged": {"id": found[0], "started": found[1]}}
+            return None
+
+        return self._read(work, None)
 
     def _rollback(self, db: sqlite3.Connection) -> None:
         try:
