@@ -224,6 +224,11 @@ HEAVY = (
     "chromadb",
     "llama_index",
     "numpy",
+    "torch",
+    "transformers",
+    "ray",
+    "mistralai",
+    "cohere",
 )
 
 

@@ -17,6 +17,7 @@ from eslabon.chainfile.loader import load_spec_text
 from eslabon.chainfile.spec import (
     CHAIN_WIDE_KEYS,
     FAKE_SETTINGS,
+    HF_SETTINGS,
     LOCAL_SETTINGS,
     MODEL_SETTINGS,
     NETWORK_SETTINGS,
@@ -170,9 +171,11 @@ def test_key_lists_are_the_models_fields() -> None:
     assert list(CHAIN_WIDE_KEYS) == own[: len(CHAIN_WIDE_KEYS)]
     assert set(SHORTHAND_KEYS) == set(own) - set(CHAIN_WIDE_KEYS) - {"description"}
     assert TEMPLATE_KEYS == ("system", "prompt")
-    # every model setting says which providers take it
-    families = [LOCAL_SETTINGS, NETWORK_SETTINGS, FAKE_SETTINGS]
-    assert sorted(k for family in families for k in family) == sorted(MODEL_SETTINGS)
+    # every model setting says which providers take it (repeat_penalty: both in-process runtimes)
+    families = [LOCAL_SETTINGS, NETWORK_SETTINGS, FAKE_SETTINGS, HF_SETTINGS]
+    assert set().union(*families) == set(MODEL_SETTINGS)
+    assert set(LOCAL_SETTINGS) & set(HF_SETTINGS) == {"repeat_penalty"}
+    assert not set(NETWORK_SETTINGS) & (set(LOCAL_SETTINGS) | set(HF_SETTINGS) | set(FAKE_SETTINGS))
 
 
 def test_the_shorthand_is_one_step_with_the_chains_shorthand_keys() -> None:

@@ -59,6 +59,63 @@ def test_ollama_options() -> None:
     assert request["body"]["messages"][-1]["content"].endswith("<output of plan>")
 
 
+def test_mistral_chat_completions_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MISTRAL_API_KEY", raising=False)  # render needs no key
+    [first, second, _] = render_requests(CANONICAL, "mistralai", {"problema": "2+2"})
+    assert first["path"] == "/v1/chat/completions"
+    assert first["model"] == "mistralai:mistral-small-latest"
+    assert first["body"] == {
+        "model": "mistral-small-latest",
+        "messages": [
+            {"role": "system", "content": "Eres un analista cuidadoso."},
+            {"role": "user", "content": "Analiza el problema:\n2+2"},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 256,
+        "top_p": 1,
+        "stream": False,
+    }
+    assert "<output of analisis>" in second["body"]["messages"][0]["content"]
+    # -p mistral is the same provider
+    [again] = render_requests(CANONICAL, "mistral", {"problema": "2+2"}, step_id="analisis")
+    assert again["body"] == first["body"]
+
+
+def test_mistral_tools_and_schema() -> None:
+    [calc] = render_requests(spec_from_yaml(CHAINS / "calculadora.yaml"), "mistralai")
+    assert calc["body"]["tools"][0]["function"]["name"] == "calculadora"
+    [person] = render_requests(spec_from_yaml(CHAINS / "extraer_persona.yaml"), "mistralai")
+    # langchain-mistralai's structured output: a forced call to a tool shaped like the schema
+    assert person["body"]["tool_choice"] == "any"
+    assert person["body"]["tools"][0]["function"]["parameters"]["required"][0] == "nombre"
+
+
+def test_cohere_v2_chat_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COHERE_API_KEY", raising=False)
+    spec = spec_from_yaml(CHAINS / "traductor.yaml")
+    [request] = render_requests(spec, "cohere", {"frase": "gato"})
+    body = request["body"]
+    assert request["path"] == "/v2/chat"
+    assert body["model"] == "command-r-plus-08-2024"
+    assert body["messages"][0]["role"] == "system"
+    assert body["messages"][0]["content"].startswith("Eres un traductor")
+    assert [m["role"] for m in body["messages"][1:]] == ["user", "assistant"] * 3 + ["user"]
+    assert body["messages"][-1] == {"role": "user", "content": "¿Cómo se dice 'gato' en inglés?"}
+    # the params langchain-cohere alone would not send
+    assert (body["temperature"], body["max_tokens"], body["stream"]) == (0.0, 32, False)
+
+
+def test_cohere_tools_and_schema() -> None:
+    [calc] = render_requests(spec_from_yaml(CHAINS / "calculadora.yaml"), "cohere")
+    [tool] = calc["body"]["tools"]
+    assert (tool["type"], tool["function"]["name"]) == ("function", "calculadora")
+    assert "expresion" in tool["function"]["parameters"]["properties"]
+    [person] = render_requests(spec_from_yaml(CHAINS / "extraer_persona.yaml"), "cohere")
+    response_format = person["body"]["response_format"]
+    assert response_format["type"] == "json_object"
+    assert response_format["schema"]["required"][0] == "nombre"
+
+
 def test_the_chains_own_model_name_is_kept(tmp_path: Path) -> None:
     spec = spec_from_yaml(write(tmp_path, "model: openai:gpt-4.1-nano\nprompt: hola\n"))
     assert render_requests(spec, "openai")[0]["body"]["model"] == "gpt-4.1-nano"
@@ -333,3 +390,82 @@ def test_cli_render_local_and_each_steps_model() -> None:
     [request] = json.loads(out.stdout)
     assert request["model"] == "local"  # the file's model: the bundled one
     assert "<|im_start|>user\nSaluda a Ana" in request["body"]["prompt"]
+
+
+NUTRICIONISTA = spec_from_yaml(CHAINS / "nutricionista.yaml")
+NUTRICIONISTA_MESSAGES = [
+    {
+        "role": "system",
+        "content": "Eres un nutricionista que da consejos para una dieta saludable sin "
+        "mencionar carne roja.",
+    },
+    {"role": "user", "content": "¿Qué puedo desayunar antes de entrenar?"},
+]
+
+
+def test_together_chat_completions_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOGETHER_API_KEY", raising=False)  # render needs no key
+    [request] = render_requests(NUTRICIONISTA, "together")
+    assert request["model"] == "together:meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    assert request["path"] == "/v1/chat/completions"
+    assert request["body"] == {
+        "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        "stream": False,
+        "messages": NUTRICIONISTA_MESSAGES,
+        "max_tokens": 200,  # Together reads max_tokens (not OpenAI's max_completion_tokens)
+        "temperature": 0.3,
+    }
+
+
+def test_openai_compatible_services_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AI21_API_KEY", raising=False)
+    [ai21] = render_requests(NUTRICIONISTA, "ai21")  # its usual model
+    assert (ai21["model"], ai21["path"]) == ("ai21:jamba-mini", "/studio/v1/chat/completions")
+    assert ai21["body"] == {
+        "model": "jamba-mini",
+        "stream": False,
+        "messages": NUTRICIONISTA_MESSAGES,
+        "temperature": 0.3,
+        "max_tokens": 200,
+    }
+    # the local servers: the model their server runs, under each one's own path
+    for given, label, path in [
+        ("vllm:Qwen/Qwen2.5-1.5B-Instruct", "vllm:Qwen/Qwen2.5-1.5B-Instruct", "/v1"),
+        ("lmstudio:qwen2.5-7b-instruct", "lmstudio:qwen2.5-7b-instruct", "/v1"),
+        ("tgi:tgi", "tgi:tgi", "/v1"),
+        ("openvino:qwen", "ovms:qwen", "/v3"),
+    ]:
+        [request] = render_requests(NUTRICIONISTA, given)
+        assert (request["model"], request["path"]) == (label, f"{path}/chat/completions")
+        assert request["body"]["max_tokens"] == 200
+        assert request["body"]["messages"] == NUTRICIONISTA_MESSAGES
+    with pytest.raises(UserError, match=r"render -p vllm needs the model .*: -p vllm:MODEL"):
+        render_requests(NUTRICIONISTA, "vllm")
+
+
+def test_ai21_structured_output_is_its_json_mode() -> None:
+    [person] = render_requests(spec_from_yaml(CHAINS / "extraer_persona.yaml"), "ai21")
+    assert person["body"]["response_format"] == {"type": "json_object"}
+
+
+def test_a_services_step_is_its_own_not_openais(tmp_path: Path) -> None:
+    spec = spec_from_yaml(write(tmp_path, "model: ai21:jamba-large\nprompt: hola\n"))
+    assert _models(render_requests(spec)) == [("ai21:jamba-large", "jamba-large")]
+    assert _models(render_requests(spec, "ai21")) == [("ai21:jamba-large", "jamba-large")]
+    assert _models(render_requests(spec, "openai")) == [("openai:gpt-4o-mini", "gpt-4o-mini")]
+
+
+def test_cli_render_ai21_needs_no_key() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "eslabon"), "render", "chains/hola.yaml", "-p", "ai21"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    [request] = json.loads(out.stdout)
+    assert request["model"] == "ai21:jamba-mini"
+    assert request["body"]["messages"][0]["role"] == "user"

@@ -1,9 +1,11 @@
 """A loopback server speaking each provider's wire protocol, for offline tests.
 
 It answers OpenAI chat completions (JSON and SSE), Gemini ``generateContent`` /
-``streamGenerateContent`` (JSON and SSE), Anthropic messages (JSON and SSE events) and Ollama
-``/api/chat`` (JSON and NDJSON), in each API's documented shapes, error bodies included. It
-records every request so tests can assert exactly what went over the wire.
+``streamGenerateContent`` (JSON and SSE), Anthropic messages (JSON and SSE events), Ollama
+``/api/chat`` (JSON and NDJSON), Mistral chat completions (JSON and SSE; under
+:data:`MISTRAL_PREFIX`, since its path is OpenAI's) and Cohere's v2 ``/v2/chat`` (JSON and SSE
+events), in each API's documented shapes, error bodies included. It records every request so
+tests can assert exactly what went over the wire.
 
 The provider SDKs send through ``httpx2``, which respx cannot intercept; a real socket on
 127.0.0.1 tests the real client code instead.
@@ -22,7 +24,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Recorded", "WireServer"]
+__all__ = ["MISTRAL_PREFIX", "Recorded", "WireServer", "mistral_tool_call_id"]
+
+# Mistral's chat completions path is OpenAI's (/v1/chat/completions): a Mistral client points at
+# ``server.url + MISTRAL_PREFIX + "/v1"`` and its requests are recorded without the prefix
+MISTRAL_PREFIX = "/mistral"
 
 _GEMINI = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)")
 _GEMINI_EMBED = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>batchEmbedContents|embedContent)")
@@ -173,6 +179,58 @@ def _error_body(provider: str, kind: str, model: str) -> tuple[int, dict[str, An
         return status, {
             "error": {"code": status, "message": message, "status": state, "details": details}
         }
+    if provider == "mistral":
+        # the gateway answers a bad key with {"message", "request_id"}; the API itself with
+        # {"object": "error", "message", "type", "param", "code"} — an unknown model is a 400
+        # "invalid_model" there, not a 404
+        if kind in ("auth", "forbidden"):
+            status = 401 if kind == "auth" else 403
+            text = "Unauthorized" if kind == "auth" else "Forbidden"
+            return status, {"message": text, "request_id": "0f3e6b1c2d4a5e6f7a8b9c0d1e2f3a4b"}
+        kinds_m = {
+            "not_found": (400, f"Invalid model: {model}", "invalid_model", "1500"),
+            "context": (
+                400,
+                "Prompt contains 40000 tokens and 0 draft tokens, too large for model with "
+                "32768 maximum context length",
+                "invalid_request_error",
+                "3051",
+            ),
+            "rate": (429, "Rate limit exceeded", "rate_limited", "1300"),
+            "server": (500, "Internal server error", "internal_server_error", "1000"),
+        }
+        status, text, etype, code = kinds_m[kind]
+        return status, {
+            "object": "error",
+            "message": text,
+            "type": etype,
+            "param": None,
+            "code": code,
+        }
+    if provider == "cohere":
+        kinds_c = {
+            "auth": (401, "invalid api token"),
+            "forbidden": (403, "You do not have access to this model with your current plan."),
+            "not_found": (
+                404,
+                f"model '{model}' not found, make sure the correct model ID was used and that "
+                "you have access to the model.",
+            ),
+            "context": (
+                400,
+                "too many tokens: the total number of tokens in the prompt cannot exceed "
+                "128000 - received 130000. Try using a shorter prompt, or enabling prompt "
+                "truncating.",
+            ),
+            "rate": (
+                429,
+                "You are using a Trial key, which is limited to 20 API calls / minute. You can "
+                "continue to use the Trial key for free or upgrade to a Production key.",
+            ),
+            "server": (500, "internal server error, this has been reported to our developers"),
+        }
+        status, text = kinds_c[kind]
+        return status, {"id": "5c1e4a52-7d2b-4b8e-9f60-3f1d2a9c8b7e", "message": text}
     # ollama: no keys; plain {"error": "..."} bodies
     kinds_o = {
         "auth": (401, "unauthorized"),
@@ -305,7 +363,10 @@ class WireServer:
                     texts = [" ".join(p["text"] for p in r["content"]["parts"]) for r in requests]
                     self._send_json(200, {"embeddings": [{"values": _vector(t)} for t in texts]})
                     return
-                if path.endswith("/chat/completions"):
+                if path.startswith(MISTRAL_PREFIX + "/") and path.endswith("/chat/completions"):
+                    path = path.removeprefix(MISTRAL_PREFIX)  # as Mistral's server sees it
+                    provider, stream, model = "mistral", bool(body.get("stream")), body["model"]
+                elif path.endswith("/chat/completions"):
                     provider, stream, model = "openai", bool(body.get("stream")), body["model"]
                 elif path.endswith("/v1/messages"):
                     provider, stream, model = "anthropic", bool(body.get("stream")), body["model"]
@@ -315,6 +376,8 @@ class WireServer:
                 elif path == "/api/chat":
                     provider, model = "ollama", body["model"]
                     stream = body.get("stream", True)
+                elif path == "/v2/chat":
+                    provider, stream, model = "cohere", bool(body.get("stream")), body["model"]
                 else:
                     self._send_json(404, {"error": f"no route {path}"})
                     return
@@ -440,6 +503,82 @@ class WireServer:
                 self._chunk(json.dumps({**done, "done": False, "done_reason": None}) + "\n")
                 closing = {**done, "message": {"role": "assistant", "content": ""}}
                 self._chunk(json.dumps(closing) + "\n")
+                self._end_stream()
+
+            def _mistral_tool_call(self, call: ToolCall, stream: bool, model: str) -> None:
+                # Mistral sends the call whole, its arguments as a JSON string, with an id of
+                # nine letters and digits (its API refuses any other id in the follow-up)
+                tool_call = {
+                    "id": mistral_tool_call_id(call.id),
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": json.dumps(call.args)},
+                    "index": 0,
+                }
+                usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+                base = {"id": "cmpl-2", "created": 1, "model": model}
+                if not stream:
+                    message = {"role": "assistant", "content": "", "tool_calls": [tool_call]}
+                    choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+                    self._send_json(
+                        200,
+                        {**base, "object": "chat.completion", "choices": [choice], "usage": usage},
+                    )
+                    return
+                # streamed, the call comes in one chunk, then the usage with the finish reason
+                self._start_stream("text/event-stream")
+                chunk = {**base, "object": "chat.completion.chunk"}
+                delta = {"role": "assistant", "content": "", "tool_calls": [tool_call]}
+                first = {"index": 0, "delta": delta, "finish_reason": None}
+                self._chunk(f"data: {json.dumps({**chunk, 'choices': [first]})}\n\n")
+                last = {"index": 0, "delta": {"content": ""}, "finish_reason": "tool_calls"}
+                self._chunk(f"data: {json.dumps({**chunk, 'choices': [last], 'usage': usage})}\n\n")
+                self._chunk("data: [DONE]\n\n")
+                self._end_stream()
+
+            def _cohere_tool_call(self, call: ToolCall, stream: bool, model: str) -> None:
+                # v2 chat: a tool plan (the model's reasoning) and the calls, arguments as a
+                # JSON string; finish_reason TOOL_CALL
+                plan = f"I will use the {call.name} tool."
+                arguments = json.dumps(call.args)
+                usage = _cohere_usage(5)
+                if not stream:
+                    function = {"name": call.name, "arguments": arguments}
+                    message = {
+                        "role": "assistant",
+                        "tool_plan": plan,
+                        "tool_calls": [{"id": call.id, "type": "function", "function": function}],
+                    }
+                    self._send_json(
+                        200,
+                        {
+                            "id": "c2",
+                            "message": message,
+                            "finish_reason": "TOOL_CALL",
+                            "usage": usage,
+                        },
+                    )
+                    return
+                # streamed: the plan in deltas, then the call: its name first, then its
+                # arguments in pieces, then its end
+                self._start_stream("text/event-stream")
+                self._cohere_event("message-start", {"id": "c2", "delta": _cohere_start()})
+                for token in self._tokens(plan):
+                    delta = {"message": {"tool_plan": token}}
+                    self._cohere_event("tool-plan-delta", {"delta": delta})
+                start = {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                }
+                delta = {"message": {"tool_calls": start}}
+                self._cohere_event("tool-call-start", {"index": 0, "delta": delta})
+                middle = len(arguments) // 2
+                for piece in (arguments[:middle], arguments[middle:]):
+                    delta = {"message": {"tool_calls": {"function": {"arguments": piece}}}}
+                    self._cohere_event("tool-call-delta", {"index": 0, "delta": delta})
+                self._cohere_event("tool-call-end", {"index": 0})
+                end = {"finish_reason": "TOOL_CALL", "usage": usage}
+                self._cohere_event("message-end", {"delta": end})
                 self._end_stream()
 
             # -- plumbing ------------------------------------------------------------------
@@ -668,7 +807,100 @@ class WireServer:
                 self._chunk(json.dumps(done) + "\n")
                 self._end_stream()
 
+            # -- Mistral: chat completions ----------------------------------------------------
+            def _mistral(self, body: Any, text: str, stream: bool, model: str, q: str) -> None:
+                words = len(text.split())
+                usage = {
+                    "prompt_tokens": 10,
+                    "completion_tokens": words,
+                    "total_tokens": 10 + words,
+                }
+                base = {"id": "cmpl-1", "created": 1, "model": model}
+                if not stream:
+                    message = {"role": "assistant", "content": text, "tool_calls": None}
+                    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                    self._send_json(
+                        200,
+                        {**base, "object": "chat.completion", "choices": [choice], "usage": usage},
+                    )
+                    return
+                # SSE: a first chunk with the role, one per token, and a last one with the finish
+                # reason and the usage together (Mistral has no separate usage chunk), then
+                # [DONE]
+                self._start_stream("text/event-stream")
+                chunk = {**base, "object": "chat.completion.chunk"}
+
+                def send(delta: dict[str, Any], finish: str | None, **extra: Any) -> None:
+                    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                    self._chunk(f"data: {json.dumps({**chunk, 'choices': [choice], **extra})}\n\n")
+
+                send({"role": "assistant", "content": ""}, None)
+                for token in self._tokens(text):
+                    send({"content": token}, None)
+                send({"content": ""}, "stop", usage=usage)
+                self._chunk("data: [DONE]\n\n")
+                self._end_stream()
+
+            # -- Cohere: v2 chat ------------------------------------------------------------
+            def _cohere(self, body: Any, text: str, stream: bool, model: str, q: str) -> None:
+                usage = _cohere_usage(len(text.split()))
+                if not stream:
+                    message = {"role": "assistant", "content": [{"type": "text", "text": text}]}
+                    self._send_json(
+                        200,
+                        {
+                            "id": "c1",
+                            "message": message,
+                            "finish_reason": "COMPLETE",
+                            "usage": usage,
+                        },
+                    )
+                    return
+                self._start_stream("text/event-stream")
+                self._cohere_event("message-start", {"id": "c1", "delta": _cohere_start()})
+                empty = {"message": {"content": {"type": "text", "text": ""}}}
+                self._cohere_event("content-start", {"index": 0, "delta": empty})
+                for token in self._tokens(text):
+                    delta = {"message": {"content": {"text": token}}}
+                    self._cohere_event("content-delta", {"index": 0, "delta": delta})
+                self._cohere_event("content-end", {"index": 0})
+                end = {"finish_reason": "COMPLETE", "usage": usage}
+                self._cohere_event("message-end", {"delta": end})
+                self._end_stream()
+
+            def _cohere_event(self, kind: str, data: dict[str, Any]) -> None:
+                # each event names its type twice: the SSE event line and the JSON's "type"
+                payload = json.dumps({"type": kind, **data})
+                self._chunk(f"event: {kind}\ndata: {payload}\n\n")
+
         return Handler
+
+
+def mistral_tool_call_id(call_id: str) -> str:
+    """A tool call id as Mistral writes them: nine letters and digits."""
+    return re.sub(r"[^A-Za-z0-9]", "", call_id)[:9].ljust(9, "0")
+
+
+def _cohere_usage(output_tokens: int) -> dict[str, Any]:
+    """Cohere's usage: ``tokens`` the model read and wrote, ``billed_units`` what is charged
+    (fewer input tokens: the prompt template's own are not billed)."""
+    return {
+        "billed_units": {"input_tokens": 8, "output_tokens": output_tokens},
+        "tokens": {"input_tokens": 10, "output_tokens": output_tokens},
+    }
+
+
+def _cohere_start() -> dict[str, Any]:
+    """The ``delta`` of Cohere's message-start event: an empty assistant message."""
+    return {
+        "message": {
+            "role": "assistant",
+            "content": [],
+            "tool_plan": "",
+            "tool_calls": [],
+            "citations": [],
+        }
+    }
 
 
 def _vector(text: Any) -> list[float]:

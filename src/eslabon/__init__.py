@@ -106,6 +106,9 @@ MOVED = {
     "provider_errors": "chat",
     "cache": "chat",
     "prices": "chat",
+    "integrations": "chat",
+    "inprocess": "chat",
+    "huggingface": "chat",
     # rag
     "retrieval": "rag",
     "embeddings": "rag",
@@ -118,6 +121,7 @@ MOVED = {
     "render": "interfaces",
     "graph": "interfaces",
     "batch": "interfaces",
+    "ray_engine": "interfaces",
     "outfile": "interfaces",
     "logs": "interfaces",
     # trust

@@ -70,6 +70,7 @@ class Marker:
 TEMPLATE = Marker("template")  # a {name} template, checked against the names in scope
 NETWORK = Marker("network")  # a model setting of providers reached over the network
 LOCAL = Marker("local")  # a model setting of in-process models (local, llamacpp)
+HF = Marker("huggingface")  # a model setting of transformers models (huggingface)
 FAKE = Marker("fake")  # a setting of the fake provider
 
 
@@ -182,13 +183,26 @@ class ModelMapping(Params):
     n_threads: Annotated[int | None, LOCAL] = Field(
         None, ge=1, le=1024, description="local/llamacpp threads."
     )
-    repeat_penalty: Annotated[float | None, LOCAL] = Field(
-        None, gt=0, le=10, description="local/llamacpp."
+    repeat_penalty: Annotated[float | None, LOCAL, HF] = Field(
+        None, gt=0, le=10, description="local/llamacpp/huggingface."
+    )
+    device: Annotated[str | None, HF] = Field(
+        None,
+        pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$",
+        description="huggingface: cpu, cuda, cuda:1, mps; auto (default): a GPU when torch "
+        "sees one.",
+    )
+    torch_dtype: Annotated[Literal["auto", "float32", "float16", "bfloat16"] | None, HF] = Field(
+        None, description="huggingface: the weights' precision (auto: as stored)."
+    )
+    gguf_file: Annotated[str | None, HF] = Field(
+        None, description="huggingface: a .gguf file in the model's folder."
     )
 
 
 # What each provider family accepts from the settings above (checked with file and line).
 LOCAL_SETTINGS = marked(ModelMapping, LOCAL)
+HF_SETTINGS = marked(ModelMapping, HF)
 NETWORK_SETTINGS = marked(ModelMapping, NETWORK)
 FAKE_SETTINGS = marked(ModelMapping, FAKE)
 MODEL_SETTINGS = tuple(
@@ -202,6 +216,8 @@ def provider_settings(provider: str) -> tuple[str, ...]:
         return LOCAL_SETTINGS
     if provider == "fake":
         return FAKE_SETTINGS
+    if provider == "huggingface":
+        return HF_SETTINGS
     return NETWORK_SETTINGS
 
 

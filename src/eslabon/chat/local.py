@@ -23,10 +23,9 @@ import os
 import secrets
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, cast
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.embeddings import Embeddings
@@ -35,18 +34,25 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, model_validator
 
+from eslabon.chat.inprocess import (
+    bounded_schema,
+    chat_payload,
+    constraint,
+    first_stop,
+    partial_stop,
+    refuse_unknown,
+    string_cap,
+    tool_reply,
+    with_system,
+)
 from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError, UserError
 from eslabon.running.binding import BindsTools, JsonModeOutput
 
@@ -215,31 +221,6 @@ def _value_error(exc: ValueError, model: ChatLlamaCppLocal) -> ModelError:
     return ModelError(f"local model: {exc}")
 
 
-def _payload(message: BaseMessage) -> dict[str, str]:
-    """A message as the GGUF's chat template takes it. Tool turns become plain text: small
-    models' templates have no tool role."""
-    if isinstance(message, SystemMessage):
-        return {"role": "system", "content": message.text}
-    if isinstance(message, HumanMessage):
-        return {"role": "user", "content": message.text}
-    if isinstance(message, AIMessage):
-        if message.tool_calls:
-            calls = [{"tool": c["name"], "arguments": c["args"]} for c in message.tool_calls]
-            return {"role": "assistant", "content": json.dumps(calls[0], ensure_ascii=False)}
-        return {"role": "assistant", "content": message.text}
-    if isinstance(message, ToolMessage):
-        # worded so that the bundled 135M model answers with the result (measured against
-        # "Tool result (NAME): ...", which it answered by calling the tool with the result)
-        if message.status == "error":
-            return {"role": "user", "content": f"The tool {message.name} failed: {message.text}"}
-        return {
-            "role": "user",
-            "content": f"The tool {message.name} returned: {message.text}\n"
-            "Answer the question with this result.",
-        }
-    return {"role": message.type, "content": message.text}
-
-
 _GRAMMARS: dict[tuple[str, int], Any] = {}
 # llama-cpp-python's JSON grammar lets any character but " and \ into strings; raw control
 # characters are not JSON, and a small model uses the newline to wander off inside a string
@@ -248,57 +229,9 @@ _JSON_CHAR = (
     r"[0-9a-fA-F])"
 )
 
-# Counted repetitions nest one group per optional item in the grammar ("(c (c (c)?)?)?"), and
-# llama.cpp parses that nesting recursively: maxLength 2000 segfaulted, 1000 did not.
-_GRAMMAR_MAX_COUNT = 500
-_COUNTS = ("maxLength", "maxItems")
-# A string with no maxLength gets at most max_tokens / (number of such strings) characters, and
-# at least this many: a token is at least one character, so the strings of the longest answer
-# fit in max_tokens and the grammar closes the JSON before the budget runs out.
-_MIN_STRING_CAP = 16
-
-
-def _free_strings(schema: Any) -> list[dict[str, Any]]:
-    """The plain string schemas in ``schema`` with no ``maxLength`` (formats, enums and
-    constants have fixed shapes and are left alone)."""
-    from eslabon.chainfile.patterns import walk_schemas
-
-    return [
-        sub
-        for _, sub in walk_schemas(schema)
-        if sub.get("type") == "string"
-        and "maxLength" not in sub
-        and not {"enum", "const", "format"} & set(sub)
-    ]
-
-
-def _string_cap(schema: Any, max_tokens: int | None) -> int:
-    """How long a string without ``maxLength`` may be in the grammar (see ``_MIN_STRING_CAP``);
-    free-form objects' keys and values get it too."""
-    if not max_tokens or max_tokens < 1:
-        return _GRAMMAR_MAX_COUNT
-    share = max_tokens // max(1, len(_free_strings(schema)))
-    return max(_MIN_STRING_CAP, min(_GRAMMAR_MAX_COUNT, share))
-
-
-def _grammar_schema(schema: Any, cap: int = _GRAMMAR_MAX_COUNT) -> Any:
-    """``schema`` as the grammar may take it: no ``pattern`` (llama-cpp-python's regex-to-grammar
-    translation segfaults on ``\\d``, and nested counts such as ``^(x{0,30}){0,30}$`` took 23 s
-    for 40 tokens), strings without ``maxLength`` bounded by ``cap``, and no count above
-    ``_GRAMMAR_MAX_COUNT`` (left out). eslabon still validates the answer against the whole
-    schema, and asks again when it does not match."""
-    from eslabon.chainfile.patterns import walk_schemas, without_patterns
-
-    bounded = without_patterns(schema)
-    for sub in _free_strings(bounded):
-        sub["maxLength"] = max(
-            cap, sub.get("minLength", 0) if isinstance(sub.get("minLength"), int) else 0
-        )
-    for _, sub in walk_schemas(bounded):
-        for key in _COUNTS:
-            if isinstance(sub.get(key), int) and sub[key] > _GRAMMAR_MAX_COUNT:
-                del sub[key]
-    return bounded
+# strings and counts bounded as the grammar can take them: eslabon.chat.inprocess.bounded_schema
+_grammar_schema = bounded_schema
+_string_cap = string_cap
 
 
 def _repeat(rule: str, most: int) -> str:
@@ -337,76 +270,6 @@ def _grammar(schema: dict[str, Any], max_tokens: int | None = None) -> Any:
     return _GRAMMARS[key]
 
 
-_ToolMode = Literal["call", "either", "answer"]
-_ANSWER: dict[str, Any] = {
-    "type": "object",
-    "properties": {"answer": {"type": "string"}},
-    "required": ["answer"],
-}
-
-
-def _tool_choice_schema(tools: list[dict[str, Any]], mode: _ToolMode) -> dict[str, Any]:
-    """One JSON shape per tool and/or a final answer: the grammar then allows nothing else."""
-    options: list[dict[str, Any]] = []
-    if mode != "answer":
-        options = [
-            {
-                "type": "object",
-                "properties": {
-                    "tool": {"const": t["function"]["name"]},
-                    "arguments": t["function"].get("parameters") or {"type": "object"},
-                },
-                "required": ["tool", "arguments"],
-            }
-            for t in tools
-        ]
-    if mode != "call":
-        options.append(_ANSWER)
-    return {"anyOf": options} if len(options) > 1 else options[0]
-
-
-def _tool_mode(kwargs: dict[str, Any], messages: list[BaseMessage]) -> _ToolMode:
-    """``tool_choice`` "any"/"required" (or a tool's name) always calls. "auto", the default,
-    is what a small model needs: call on the first turn (left to choose, it nearly always
-    answered without the tool it was given), answer after a result (left to choose, it called
-    the tool again with the result, every time), and after a failed call either retry or
-    answer."""
-    choice = kwargs.get("tool_choice") or "auto"
-    if choice != "auto":
-        return "call"
-    results = [m for m in messages if isinstance(m, ToolMessage)]
-    if not results:
-        return "call"
-    return "either" if results[-1].status == "error" else "answer"
-
-
-def _named_tool(choice: Any) -> str | None:
-    """The tool ``tool_choice`` names, in any of LangChain's spellings."""
-    if isinstance(choice, dict):
-        name = choice.get("function", {}).get("name") or choice.get("name")
-        return str(name) if name else None
-    if isinstance(choice, str) and choice not in ("auto", "any", "required", "none"):
-        return choice
-    return None
-
-
-def _tools_prompt(tools: list[dict[str, Any]]) -> str:
-    lines = ["Tools you can call:"]
-    for t in tools:
-        fn = t["function"]
-        params = fn.get("parameters", {}).get("properties", {})
-        lines.append(f"- {fn['name']}({', '.join(params)}): {fn.get('description', '')}")
-    first = tools[0]["function"]
-    arg = next(iter(first.get("parameters", {}).get("properties", {})), "x")
-    lines.append(
-        'To call a tool, reply {"tool": "NAME", "arguments": {...}}, for example '
-        f'{{"tool": "{first["name"]}", "arguments": {{"{arg}": "..."}}}}. '
-        'When you have the result, reply {"answer": "..."}.'
-    )
-    return "\n".join(lines)
-
-
-_ANSWER_PROMPT = 'Reply {"answer": "..."} with your answer to the user.'
 _LLAMA_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's "seed from the clock": never passed as a seed
 
 
@@ -469,23 +332,8 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _known_keywords(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        known = set(cls.model_fields)
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            from eslabon.chainfile.suggest import did_you_mean
-
-            settings = sorted(k for k in known if k not in _LANGCHAIN_FIELDS)
-            named = []
-            for key in unknown:
-                hint = did_you_mean(str(key), settings)
-                named.append(f"'{key}'" + (f" ({hint})" if hint else ""))
-            raise ValueError(
-                f"ChatLlamaCppLocal does not take {', '.join(named)}: it runs the GGUF "
-                "in-process (no server, no key, no timeout, no retries). "
-                f"Its settings: {', '.join(settings)}"
-            )
+        why = "it runs the GGUF in-process (no server, no key, no timeout, no retries)"
+        refuse_unknown(data, cls.model_fields, "ChatLlamaCppLocal", why)
         return data
 
     @property
@@ -546,7 +394,8 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Tools chosen through a grammar (``tool_choice``: "auto", "any"/"required", a tool's
-        name, "none"). With "auto" the first turn must call a tool; see :func:`_tool_mode`."""
+        name, "none"). With "auto" the first turn must call a tool (see
+        :func:`eslabon.chat.inprocess.tool_mode`)."""
         if kwargs.get("tool_choice") == "none":
             return cast("Runnable[LanguageModelInput, AIMessage]", self.bind())
         return super().bind_tools(tools, **kwargs)
@@ -564,7 +413,7 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
         self, messages: list[BaseMessage], kwargs: dict[str, Any]
     ) -> tuple[Any, threading.Lock, list[Any], dict[str, Any], bool]:
         """The loaded model, its lock, the chat messages, the grammar (if any), and whether the
-        reply is a constrained tool-or-answer JSON to be read by :func:`_tool_reply`."""
+        reply is a constrained tool-or-answer JSON (:func:`eslabon.chat.inprocess.tool_reply`)."""
         if (model := kwargs.get("model")) is not None and model not in (
             self.model_path,
             Path(self.model_path).name,
@@ -575,31 +424,12 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
                 "(ChatLlamaCppLocal(model_path=...), or model: llamacpp:PATH in a chain file)"
             )
         llm, lock = _load(self.model_path, self.n_ctx, self.n_threads)
-        payload = [_payload(m) for m in messages]
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        found = constraint(messages, kwargs)
         extra: dict[str, Any] = {}
-        system = ""
-        if tools := kwargs.get("tools"):
-            if name := _named_tool(kwargs.get("tool_choice")):
-                tools = [t for t in tools if t["function"]["name"] == name] or tools
-            mode = _tool_mode(kwargs, messages)
-            system = _tools_prompt(tools)
-            extra["grammar"] = _grammar(_tool_choice_schema(tools, mode), max_tokens)
-        elif schema := kwargs.get("response_format"):
-            extra["grammar"] = _grammar(schema, max_tokens)
-        elif any(isinstance(m, ToolMessage) for m in messages):
-            # The answer after tool calls, asked without tools (the loop's last turn): the
-            # model has replied in JSON all along, and free text imitates a tool call; now
-            # only an answer is allowed.
-            system = _ANSWER_PROMPT
-            extra["grammar"] = _grammar(_ANSWER, max_tokens)
-        if system:
-            # one system message: eslabon's instructions first, the chain's own after them,
-            # nearer the question (a small model follows what it read last)
-            payload.insert(0, {"role": "system", "content": system})
-            if len(payload) > 1 and payload[1]["role"] == "system":
-                payload[0]["content"] += "\n\n" + payload.pop(1)["content"]
-        return llm, lock, payload, extra, bool(system)
+        if found.schema is not None:
+            extra["grammar"] = _grammar(found.schema, kwargs.get("max_tokens", self.max_tokens))
+        payload = with_system([chat_payload(m) for m in messages], found.system)
+        return llm, lock, payload, extra, found.tool_json
 
     def _generate(
         self,
@@ -621,7 +451,9 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
         usage = response.get("usage") or {}
         text = choice["message"].get("content") or ""
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        content, tool_calls = _tool_reply(text, max_tokens) if tool_json else (text, [])
+        content, tool_calls = (
+            tool_reply(text, max_tokens, "the local model") if tool_json else (text, [])
+        )
         message = AIMessage(
             content=content,
             tool_calls=tool_calls,
@@ -684,9 +516,9 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
                     choice = piece["choices"][0]
                     held += choice.get("delta", {}).get("content") or ""
                     finish = choice.get("finish_reason")
-                    if (cut := _first_stop(held, stops)) is not None:
+                    if (cut := first_stop(held, stops)) is not None:
                         held, finish, counter.cut = held[:cut], "stop", True
-                    ready = held if finish else held[: len(held) - _partial_stop(held, stops)]
+                    ready = held if finish else held[: len(held) - partial_stop(held, stops)]
                     held = held[len(ready) :]
                     if ready:
                         chunk = ChatGenerationChunk(message=AIMessageChunk(content=ready))
@@ -729,51 +561,6 @@ def _fresh(llm: Any, payload: list[dict[str, str]]) -> None:
     if last is not None and payload == last[: len(payload)]:
         llm.reset()
     _LAST_PROMPT[id(llm)] = payload
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    """Where the first stop string in ``text`` begins (None: there is none)."""
-    found = [i for s in stops if (i := text.find(s)) >= 0]
-    return min(found) if found else None
-
-
-def _partial_stop(text: str, stops: list[str]) -> int:
-    """How many characters at the end of ``text`` may begin a stop string: held back until the
-    next token says whether they do."""
-    return max(
-        (
-            n
-            for s in stops
-            for n in range(min(len(s) - 1, len(text)), 0, -1)
-            if s.startswith(text[-n:])
-        ),
-        default=0,
-    )
-
-
-# BaseChatModel's own fields: LangChain plumbing, not settings to suggest for a misspelling
-_LANGCHAIN_FIELDS = frozenset(BaseChatModel.model_fields)
-
-
-def _tool_reply(text: str, max_tokens: int | None) -> tuple[str, list[ToolCall]]:
-    """The constrained JSON reply as an answer, or as one tool call."""
-    try:
-        data = json.loads(text, strict=False)
-    except ValueError:  # the grammar's JSON always parses, unless max_tokens cut it short
-        raise ModelError(
-            f"the local model's reply was cut off at max_tokens={max_tokens} before its tool "
-            f"call or answer ended: {text[:200]}\n"
-            "    fix: raise max_tokens in the step's params"
-        ) from None
-    if isinstance(data, dict) and "tool" in data:
-        found = data.get("arguments")
-        args: dict[str, Any] = found if isinstance(found, dict) else {}
-        return "", [
-            tool_call(name=str(data["tool"]), args=args, id=f"call_{uuid.uuid4().hex[:12]}")
-        ]
-    if isinstance(data, dict) and "answer" in data:
-        return str(data["answer"]), []
-    return text, []
 
 
 class LlamaCppEmbeddings(Embeddings):

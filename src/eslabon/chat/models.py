@@ -12,14 +12,22 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from eslabon.chainfile.spec import LOCAL_SETTINGS, MODEL_SETTINGS, PARAM_NAMES, provider_settings
+from eslabon.chainfile.spec import (
+    HF_SETTINGS,
+    LOCAL_SETTINGS,
+    MODEL_SETTINGS,
+    PARAM_NAMES,
+    provider_settings,
+)
 from eslabon.chat.modelspec import (
+    PRESETS,
     PROVIDERS,
     ModelRefError,
     ModelSpec,
     gguf_path,
     key_destination,
     parse_model_ref,
+    transformers_source,
 )
 from eslabon.errors import (
     ChainConfigError,
@@ -143,6 +151,8 @@ def _build_from_spec(
         return EchoChatModel()
     if spec.provider in ("local", "llamacpp"):
         return _build_local(spec, kwargs, merged, base_dir)
+    if spec.provider == "huggingface":
+        return _build_transformers(spec, kwargs, merged, base_dir)
     return _build_langchain(spec, kwargs, merged)
 
 
@@ -290,6 +300,25 @@ def _build_local(
     return ChatLlamaCppLocal(model_path=str(path), **kwargs, **params)
 
 
+def _build_transformers(
+    spec: ModelSpec, kwargs: dict[str, Any], params: dict[str, Any], base_dir: Path | None
+) -> BaseChatModel:
+    """``huggingface:PATH_OR_ID``: a folder or .gguf file (a chain file's: in its folder or the
+    project), or a Hugging Face id read from the local cache."""
+    if importlib.util.find_spec("transformers") is None:
+        raise MissingDependencyError(f"Model '{spec.label}'", "huggingface", "transformers")
+    from eslabon.chat.huggingface import ChatTransformers
+
+    _only(spec, kwargs, (*HF_SETTINGS, *(("download",) if spec.trusted else ())))
+    try:
+        source, gguf_file = transformers_source(spec, base_dir, kwargs.pop("gguf_file", None))
+    except ModelRefError as exc:
+        raise ChainConfigError([Problem(exc.message, path="model", hint=exc.hint)]) from None
+    return ChatTransformers(
+        model=source, gguf_file=gguf_file, **kwargs, **provider_params(spec, params)
+    )
+
+
 # Each API names the same generation settings its own way. eslabon name -> constructor keyword;
 # None: the API has no such setting (an error, rather than a silently ignored param).
 _PARAM_NAMES: dict[str, dict[str, str | None]] = {
@@ -303,12 +332,19 @@ _PARAM_NAMES: dict[str, dict[str, str | None]] = {
     },
     "google_genai": {"max_tokens": "max_output_tokens"},
     "ollama": {"max_tokens": "num_predict", "presence_penalty": None, "frequency_penalty": None},
+    "huggingface": {"presence_penalty": None, "frequency_penalty": None},
+    "mistralai": {"top_k": None, "seed": "random_seed"},
+    "cohere": {"top_p": "p", "top_k": "k"},
+    "together": {"top_k": None},  # in the body: OpenAI's SDK, its client, has no such argument
 }
+# providers that take top_k in the body though OpenAI's API has none
+_TOP_K_IN_BODY = ("together",)
 
 
 def provider_params(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
     """Translate eslabon params to the provider's constructor keywords."""
     names = _PARAM_NAMES.get(spec.provider, {})
+    unsupported = PRESETS[spec.preset].unsupported if spec.preset else ()
     out: dict[str, Any] = {}
     compatible = spec.provider == "openai" and "base_url" in spec.kwargs
     for key, value in params.items():
@@ -317,16 +353,20 @@ def provider_params(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
             # (llama.cpp, older vLLM, LM Studio) ignore; they all read max_tokens.
             out.setdefault("extra_body", {})["max_tokens"] = value
             continue
-        target = names.get(key, key)
+        target = None if key in unsupported else names.get(key, key)
         if target is None:
-            if key == "top_k" and "base_url" in spec.kwargs:
+            if (
+                key == "top_k"
+                and key not in unsupported
+                and (compatible or spec.provider in _TOP_K_IN_BODY)
+            ):
                 # OpenAI-compatible servers (vLLM, llama.cpp, ...) take top_k in the body
                 out.setdefault("extra_body", {})["top_k"] = value
                 continue
             raise ChainConfigError(
                 [
                     Problem(
-                        f"provider '{spec.provider}' does not support the param '{key}'",
+                        f"provider '{spec.shown_provider}' does not support the param '{key}'",
                         path=f"params.{key}",
                         hint="remove it, or set it only on steps that use another model",
                     )
@@ -419,13 +459,16 @@ def _withhold_ollama_key(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
 def _credentials(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
     """Fill ``api_key`` from ``api_key_env`` or the provider's variable, if the key may go to
     where this model sends requests (:func:`key_refusal`); never log it."""
-    info = PROVIDERS[spec.provider]
+    info = spec.info
     named = kwargs.pop("api_key_env", None)
     if "api_key" in kwargs:  # written out (the user's alias; a chain file's own, validate warns)
         add_secret(str(kwargs["api_key"]))
         return
     var = named or info.env_var
     if var is None:
+        if spec.preset is not None:
+            # a local server needs no key; given none, OpenAI's SDK would send $OPENAI_API_KEY
+            kwargs["api_key"] = PLACEHOLDER_KEY
         return
     load_env()
     refusal = key_refusal(spec, str(var), named is not None)
@@ -436,13 +479,15 @@ def _credentials(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
             return
         raise KeyNotAllowedError(f"model '{spec.label}': {refusal}")
     value = os.environ.get(str(var))
+    # a preset's own URL is its service's (AI21's): without the key it cannot answer
+    home = spec.preset is not None and kwargs.get("base_url") == PRESETS[spec.preset].base_url
     if value:
         add_secret(value)
         kwargs["api_key"] = value
-    elif "base_url" in kwargs and named is None:
+    elif "base_url" in kwargs and named is None and not home:
         kwargs["api_key"] = PLACEHOLDER_KEY
     else:
-        raise MissingCredentialsError(spec.provider, str(var))
+        raise MissingCredentialsError(spec.shown_provider, str(var))
 
 
 def withheld_key_hint(spec: ModelSpec) -> str | None:
@@ -473,7 +518,7 @@ def _timeout(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
         kwargs[key] = {"transport": transport, **given}
 
 
-_STREAM_USAGE = ("openai", "azure_openai")
+_STREAM_USAGE = ("openai", "azure_openai", "together")
 
 
 def _build_langchain(
@@ -482,7 +527,7 @@ def _build_langchain(
     info = PROVIDERS[spec.provider]
     if importlib.util.find_spec(info.module) is None:
         raise MissingDependencyError(
-            f"Provider '{spec.provider}'", info.extra, info.module.replace("_", "-")
+            f"Provider '{spec.shown_provider}'", info.extra, info.module.replace("_", "-")
         )
     if (refusal := endpoint_refusal(spec)) is not None:
         raise KeyNotAllowedError(f"model '{spec.label}': {refusal}")
@@ -499,8 +544,10 @@ def _build_langchain(
         kwargs["stream_usage"] = True
     if "extra_body" in kwargs and "extra_body" in settings:  # the mapping's own, plus ours
         settings["extra_body"] = {**kwargs.pop("extra_body"), **settings["extra_body"]}
+    from eslabon.chat.integrations import build_integration
+
     try:
-        model: BaseChatModel = init_chat_model(
+        model: BaseChatModel = build_integration(spec, kwargs, settings) or init_chat_model(
             spec.name, model_provider=spec.provider, **kwargs, **settings
         )
     except ImportError as exc:

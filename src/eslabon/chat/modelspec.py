@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 from eslabon.chainfile.suggest import did_you_mean
 
 __all__ = [
+    "PRESETS",
     "PROVIDERS",
     "ModelSpec",
+    "Preset",
     "ProviderInfo",
     "check_model_ref",
     "gguf_path",
@@ -48,6 +51,8 @@ PROVIDERS: dict[str, ProviderInfo] = {
     "local": ProviderInfo("llama_cpp", "local", via_langchain=False),
     "llamacpp": ProviderInfo("llama_cpp", "local", via_langchain=False),
     "fake": ProviderInfo("langchain_core", None, via_langchain=False),
+    # in-process through transformers (eslabon.chat.huggingface), not LangChain's pipeline
+    "huggingface": ProviderInfo("transformers", "huggingface", via_langchain=False),
     "openai": ProviderInfo(
         "langchain_openai", "openai", "OPENAI_API_KEY", host="https://api.openai.com"
     ),
@@ -63,8 +68,10 @@ PROVIDERS: dict[str, ProviderInfo] = {
         "langchain_anthropic", "anthropic", "ANTHROPIC_API_KEY", host="https://api.anthropic.com"
     ),
     "ollama": ProviderInfo("langchain_ollama", "ollama", client_option="client_kwargs"),
+    # mistralai, cohere: eslabon builds them and gives their clients its transport itself
+    # (eslabon.chat.integrations): neither takes one through a setting
     "mistralai": ProviderInfo(
-        "langchain_mistralai", None, "MISTRAL_API_KEY", host="https://api.mistral.ai"
+        "langchain_mistralai", "mistralai", "MISTRAL_API_KEY", host="https://api.mistral.ai"
     ),
     "groq": ProviderInfo("langchain_groq", None, "GROQ_API_KEY", host="https://api.groq.com"),
     "deepseek": ProviderInfo(
@@ -72,7 +79,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
     ),
     "xai": ProviderInfo("langchain_xai", None, "XAI_API_KEY", host="https://api.x.ai"),
     "together": ProviderInfo(
-        "langchain_together", None, "TOGETHER_API_KEY", host="https://api.together.xyz"
+        "langchain_together", "together", "TOGETHER_API_KEY", host="https://api.together.xyz"
     ),
     "fireworks": ProviderInfo(
         "langchain_fireworks", None, "FIREWORKS_API_KEY", host="https://api.fireworks.ai"
@@ -81,7 +88,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
         "langchain_openrouter", None, "OPENROUTER_API_KEY", host="https://openrouter.ai"
     ),
     "cohere": ProviderInfo(
-        "langchain_cohere", None, "COHERE_API_KEY", host="https://api.cohere.com"
+        "langchain_cohere", "cohere", "COHERE_API_KEY", host="https://api.cohere.com"
     ),
 }
 
@@ -92,7 +99,72 @@ PROVIDER_SYNONYMS = {
     "llama_cpp": "llamacpp",
     "llama.cpp": "llamacpp",
     "claude": "anthropic",
+    "mistral": "mistralai",
 }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An OpenAI-compatible service reached by name: ``ai21:jamba-mini`` is the ``openai``
+    provider at ``base_url``, shown (results, stats, logs, prices) as ``ai21:jamba-mini``."""
+
+    base_url: str  # where it answers; a mapping's own base_url replaces it
+    env_var: str | None  # its own key variable (None: a local server, sent no key)
+    what: str  # what it is, for `eslabon models`
+    serve: str | None = None  # how to start it, for a refused connection's fix
+    # the service documents no such params: refused, as for any provider
+    unsupported: tuple[str, ...] = ()
+    defaults: tuple[tuple[str, Any], ...] = ()  # settings it needs, unless the mapping says
+
+    @property
+    def host(self) -> str | None:
+        """Where its key may go: its own origin (None: it has no key)."""
+        if self.env_var is None:
+            return None
+        scheme, _, rest = self.base_url.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+
+    @property
+    def info(self) -> ProviderInfo:
+        return ProviderInfo("langchain_openai", "openai", self.env_var, host=self.host)
+
+
+# Presets rather than aliases in eslabon.toml: a chain file may name them (as the course's
+# table of model families does) and no guarantee weakens. The one key a preset adds goes only
+# to the host it belongs to (AI21_API_KEY to api.ai21.com, as each provider's own key to its
+# own host); the local servers get the placeholder key, never OPENAI_API_KEY; a base_url
+# elsewhere is the openai provider's rule (the placeholder unless you approve the server).
+# URLs as each project's docs give them: AI21's Jamba chat completions; vLLM's
+# `vllm serve`; LM Studio's server; TGI's Messages API as its Docker quick tour publishes it
+# (-p 8080:80); OpenVINO Model Server's /v3 endpoints on the demos' --rest_port 8000.
+PRESETS: dict[str, Preset] = {
+    "ai21": Preset(
+        "https://api.ai21.com/studio/v1",
+        "AI21_API_KEY",
+        "AI21 Studio (Jamba)",
+        # AI21 documents neither top_k, seed nor the penalties, and JSON mode as its only
+        # structured output (response_format json_object, no schema)
+        unsupported=("top_k", "seed", "presence_penalty", "frequency_penalty"),
+        defaults=(("structured_method", "json_mode"),),
+    ),
+    "vllm": Preset("http://localhost:8000/v1", None, "vLLM", "vllm serve MODEL"),
+    "lmstudio": Preset(
+        "http://localhost:1234/v1",
+        None,
+        "LM Studio",
+        "lms server start",
+    ),
+    "tgi": Preset(
+        "http://localhost:8080/v1",
+        None,
+        "Text Generation Inference (Messages API)",
+        "docker run -p 8080:80 ghcr.io/huggingface/text-generation-inference --model-id MODEL",
+    ),
+    "ovms": Preset(
+        "http://localhost:8000/v3", None, "OpenVINO Model Server", "ovms --rest_port 8000 ..."
+    ),
+}
+PRESET_SYNONYMS = {"openvino": "ovms", "lm_studio": "lmstudio", "lm-studio": "lmstudio"}
 
 # Built-in aliases; ``[models]`` in eslabon.toml adds more and may redefine these.
 ALIASES: dict[str, str] = {"local": "local:smollm2-135m-instruct"}
@@ -107,6 +179,7 @@ _NAME_HINTS = (
     ("gemini", "google_genai"),
     ("mistral", "mistralai"),
     ("llama", "ollama"),
+    ("jamba", "ai21"),
 )
 
 
@@ -123,14 +196,20 @@ class ModelSpec:
     # by a chain file: its settings are used as written. A chain file's are bounded instead:
     # no key to an unapproved host, no file outside its folder (docs/security.md).
     trusted: bool = False
+    preset: str | None = None  # the OpenAI-compatible service it names (PRESETS), if any
+
+    @property
+    def shown_provider(self) -> str:
+        """The provider as the user named it: the preset's name (``ai21``), else the provider."""
+        return self.preset or self.provider
 
     @property
     def label(self) -> str:
-        return f"{self.provider}:{self.name}" if self.name else self.provider
+        return f"{self.shown_provider}:{self.name}" if self.name else self.shown_provider
 
     @property
     def info(self) -> ProviderInfo:
-        return PROVIDERS[self.provider]
+        return PRESETS[self.preset].info if self.preset else PROVIDERS[self.provider]
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.info.module) is not None
@@ -147,12 +226,42 @@ def _provider(raw: str) -> str:
     p = raw.strip()
     p = PROVIDER_SYNONYMS.get(p.lower(), p)
     if p not in PROVIDERS:
-        hint = did_you_mean(p, [*PROVIDERS, *PROVIDER_SYNONYMS])
+        hint = did_you_mean(p, [*PROVIDERS, *PROVIDER_SYNONYMS, *PRESETS, *PRESET_SYNONYMS])
         known = ", ".join(sorted(PROVIDERS))
+        presets = ", ".join(PRESETS)
         raise ModelRefError(
-            f"unknown provider '{p}'", (hint + " " if hint else "") + f"known providers: {known}"
+            f"unknown provider '{p}'",
+            (hint + " " if hint else "")
+            + f"known providers: {known}; OpenAI-compatible services: {presets}",
         )
     return p
+
+
+def preset_name(raw: str) -> str | None:
+    """The preset ``raw`` names (``ai21``, ``vllm``, ``openvino``, ...), if any."""
+    key = raw.strip().lower()
+    key = PRESET_SYNONYMS.get(key, key)
+    return key if key in PRESETS else None
+
+
+def _spec(
+    raw: str,
+    name: str,
+    data: dict[str, Any],
+    alias: str | None,
+    base_dir: Path | None,
+    trusted: bool,
+) -> ModelSpec:
+    """The spec for provider ``raw``: a preset is the openai provider at its base URL (and
+    its defaults), which a mapping's own settings replace."""
+    preset = preset_name(raw)
+    if preset is None:
+        return ModelSpec(_provider(raw), name, data, alias, base_dir, trusted)
+    given = PRESETS[preset]
+    # a pool (base_urls) replaces the preset's one URL
+    url = {} if "base_urls" in data else {"base_url": given.base_url}
+    kwargs = {**url, **dict(given.defaults), **data}
+    return ModelSpec("openai", name, kwargs, alias, base_dir, trusted, preset)
 
 
 def resolve_alias(ref: Any, base_dir: Path | None = None) -> tuple[Any, Path | None, str | None]:
@@ -203,16 +312,16 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None, *, trusted: bool = F
             raise ModelRefError(
                 "a model mapping needs 'provider'", "e.g. {provider: openai, name: gpt-4o-mini}"
             )
-        provider = _provider(str(data.pop("provider")))
+        provider = str(data.pop("provider")).strip()
         name = str(data.pop("name", "") or "")
         if provider == "local" and not name:
             name = "smollm2-135m-instruct"
-        spec = ModelSpec(provider, name, data, alias, base_dir, trusted)
+        spec = _spec(provider, name, data, alias, base_dir, trusted)
     elif isinstance(ref, str):
         text = ref.strip()
         if ":" not in text:
-            if text.lower() in PROVIDERS or text.lower() in PROVIDER_SYNONYMS:
-                spec = ModelSpec(_provider(text), "", {}, alias, base_dir, trusted)
+            if text.lower() in PROVIDERS or text.lower() in PROVIDER_SYNONYMS or preset_name(text):
+                spec = _spec(text, "", {}, alias, base_dir, trusted)
             else:
                 hint = next(
                     (
@@ -228,7 +337,7 @@ def parse_model_ref(ref: Any, base_dir: Path | None = None, *, trusted: bool = F
                 )
         else:
             provider, _, name = text.partition(":")
-            spec = ModelSpec(_provider(provider), name.strip(), {}, alias, base_dir, trusted)
+            spec = _spec(provider, name.strip(), {}, alias, base_dir, trusted)
     else:
         raise ModelRefError("a model is a 'provider:model' string or a {provider, name} mapping")
     _check_provider_specifics(spec, base_dir)
@@ -255,15 +364,17 @@ def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
             raise ModelRefError(
                 f"GGUF file not found: {path}", "give the path to a .gguf model file"
             )
+    elif spec.provider == "huggingface":
+        gguf_file = spec.kwargs.get("gguf_file")
+        transformers_source(spec, base_dir, gguf_file if isinstance(gguf_file, str) else None)
     elif spec.provider == "fake" and spec.name not in ("", "echo"):
         raise ModelRefError(
             f"unknown fake model '{spec.name}'",
             "use 'fake:echo', or {provider: fake, responses: [...]}",
         )
     elif spec.info.via_langchain and not spec.name:
-        raise ModelRefError(
-            f"provider '{spec.provider}' needs a model name", f"e.g. '{spec.provider}:MODEL-NAME'"
-        )
+        shown = spec.shown_provider
+        raise ModelRefError(f"provider '{shown}' needs a model name", f"e.g. '{shown}:MODEL-NAME'")
 
 
 def gguf_path(spec: ModelSpec, base_dir: Path | None) -> Path:
@@ -281,6 +392,70 @@ def gguf_path(spec: ModelSpec, base_dir: Path | None) -> Path:
     if not path.is_absolute() and folder is not None:
         path = folder / path
     return path
+
+
+# a Hugging Face repository id ("HuggingFaceTB/SmolLM2-135M-Instruct"), not a path
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def transformers_source(
+    spec: ModelSpec, base_dir: Path | None, gguf_file: str | None = None
+) -> tuple[str, str | None]:
+    """Where a ``huggingface:`` model's weights are: ``(folder or Hugging Face id, .gguf file or
+    None)``. A name that is a Hugging Face id (``org/name``) and no existing path is read from
+    the local cache; anything else is a path — a chain file's must lie in its folder or the
+    project (:mod:`eslabon.trust.paths`), as a GGUF's for ``llamacpp:``. A .gguf is given as an
+    absolute path: transformers looks for a relative one in the current folder first."""
+    name = spec.name
+    if not name:
+        raise ModelRefError(
+            "a huggingface model needs a folder, a .gguf file or a Hugging Face id",
+            "write e.g. huggingface:HuggingFaceTB/SmolLM2-135M-Instruct or huggingface:./modelo",
+        )
+    folder = spec.base_dir or base_dir or Path.cwd()
+    local = Path(os.path.expanduser(name))
+    if HUB_ID.match(name) and not (local if local.is_absolute() else folder / local).exists():
+        if not spec.trusted:
+            _hub_id_bounded(name, gguf_file)
+        return name, gguf_file
+    path = gguf_path(spec, folder)
+    if path.suffix.lower() == ".gguf":
+        if gguf_file is not None:
+            raise ModelRefError(
+                f"the model is the .gguf file {name}: gguf_file names one in a folder",
+                "give the folder as the name and gguf_file, or the .gguf file alone",
+            )
+        return str(path.parent), str(path.absolute())
+    if gguf_file is None:
+        return str(path), None
+    weights = path / os.path.expanduser(gguf_file)
+    if not spec.trusted:
+        from eslabon.trust.paths import PathNotAllowedError, confine
+
+        try:
+            weights = confine(str(weights), folder, "GGUF model")
+        except PathNotAllowedError as exc:
+            raise ModelRefError(exc.message, exc.hint) from None
+    return str(path), str(weights.absolute())
+
+
+def _hub_id_bounded(name: str, gguf_file: str | None) -> None:
+    """A chain file's Hugging Face id: transformers reads a folder of that name in the current
+    folder before the cache, and an absolute or climbing ``gguf_file`` wherever it points, so a
+    chain file may have neither."""
+    if Path(name).exists():
+        raise ModelRefError(
+            f"'{name}' is a Hugging Face id, but a folder of that name is in the current "
+            "folder, which transformers would read instead",
+            f"write ./{name} for a folder beside the chain file, or run from another folder",
+        )
+    if gguf_file is not None and (
+        Path(gguf_file).is_absolute() or ".." in Path(gguf_file).parts or gguf_file[:1] == "~"
+    ):
+        raise ModelRefError(
+            f"gguf_file '{gguf_file}' must be a file name in the model's repository",
+            "give the file's name as the repository lists it",
+        )
 
 
 def key_destination(spec: ModelSpec) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 __all__ = ["FREE_PROVIDERS", "Price", "cost"]
 
 # run on the user's own machine: no price per token
-FREE_PROVIDERS = frozenset({"local", "llamacpp", "fake", "ollama"})
+FREE_PROVIDERS = frozenset({"local", "llamacpp", "fake", "ollama", "huggingface"})
 # eslabon's provider names as genai-prices names them
 _PROVIDER_IDS = {"openai": "openai", "google_genai": "google", "anthropic": "anthropic"}
 _MILLION = Decimal(1_000_000)

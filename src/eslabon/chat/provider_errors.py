@@ -44,6 +44,10 @@ def connection_error(
     """The error for a request to ``url`` that could not connect (``where``: provider:model)."""
     at = f" at {url}" if url else ""
     fix = _CONNECT_FIX.get(provider, "check the network connection and the model's base_url")
+    from eslabon.chat.modelspec import PRESETS
+
+    if (preset := PRESETS.get(provider)) is not None and preset.serve:  # vllm:, lmstudio:, ...
+        fix = f"is {preset.what} running? start it with `{preset.serve}` (or check base_url)"
     return ProviderConnectionError(
         redact(f"could not connect to {where}{at}: {reason}\n    fix: {fix}"), provider, url
     )
@@ -108,9 +112,11 @@ def _failed_connection(exc: BaseException) -> tuple[str | None, str] | None:
 
 _CONTEXT = re.compile(
     r"context (length|window)|maximum context|too long|exceeds the (maximum|context)|"
-    r"context_length_exceeded|token count .* exceeds",
+    r"context_length_exceeded|token count .* exceeds|too many tokens",
     re.IGNORECASE,
 )
+# Mistral answers an unknown model with HTTP 400, {"type": "invalid_model", ...}
+_UNKNOWN_MODEL = re.compile(r"\binvalid_model\b|Invalid model:", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,31 @@ def _http_status(exc: BaseException) -> int | None:
     if isinstance(status, int):
         return status
     code = getattr(exc, "code", None)
-    return code if isinstance(code, int) else None
+    if isinstance(code, int):
+        return code
+    # httpx's HTTPStatusError (langchain-mistralai raises it as is) carries the response
+    with suppress(RuntimeError):  # httpx: an exception with no response attached
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _body_message(exc: BaseException) -> str | None:
+    """The message in an API's error body, where the exception's own text buries it: Cohere's
+    SDK shows the response headers first, httpx's HTTPStatusError the whole URL and body."""
+    body: object = None
+    kind, module = type(exc).__name__, type(exc).__module__
+    if module.split(".")[0] == "cohere":
+        body = getattr(exc, "body", None)  # its ApiError keeps the parsed JSON body
+    elif kind == "HTTPStatusError" and module.startswith("httpx"):
+        with suppress(RuntimeError, ValueError, AttributeError):
+            body = exc.response.json()  # type: ignore[attr-defined]
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            text = body.get(key)
+            if isinstance(text, str) and text.strip():
+                etype = body.get("type")
+                return f"{text} ({etype})" if isinstance(etype, str) and etype else text
+    return None
 
 
 def _key_rejected(failure: _Failure) -> bool:
@@ -171,9 +201,13 @@ def _refused(failure: _Failure, key_hint: str) -> EslabonError | None:
             provider,
             status,
         )
-    if isinstance(exc, lc.ModelNotFoundError) or status == 404:
+    if (
+        isinstance(exc, lc.ModelNotFoundError)
+        or status == 404
+        or (status == 400 and _UNKNOWN_MODEL.search(failure.detail))
+    ):
         return ModelNotFoundError(
-            f"{provider} does not know the model '{failure.model}' (HTTP 404).\n"
+            f"{provider} does not know the model '{failure.model}' (HTTP {status or 404}).\n"
             "    fix: check the model name (for Ollama: ollama pull MODEL)",
             provider,
             status,
@@ -188,8 +222,12 @@ def _refused(failure: _Failure, key_hint: str) -> EslabonError | None:
             status,
         )
     if isinstance(exc, lc.ModelRateLimitError) or status == 429:
+        from eslabon.chat.resilience import retry_after_seconds
+
+        after = retry_after_seconds(exc)
+        wait = f"; it asks to wait {after:g} s" if after is not None else ""
         return RateLimitedError(
-            f"{failure.where} is rate limiting (HTTP 429): {failure.detail}", provider, 429
+            f"{failure.where} is rate limiting (HTTP 429{wait}): {failure.detail}", provider, 429
         )
     return None
 
@@ -229,7 +267,8 @@ def translate_model_error(
         return None
     if (ours := _own_cause(exc)) is not None:
         return ours
-    detail = redact(str(exc)).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    text = _body_message(exc) or str(exc)
+    detail = redact(text).strip().splitlines()[0][:300] if text.strip() else ""
     failure = _Failure(exc, provider, model, _http_status(exc), detail)
     key_hint = key_hint or (f"check {env_var}" if env_var else "check the key")
     refused = _refused(failure, key_hint)

@@ -59,6 +59,8 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if headers is None:
+        headers = getattr(exc, "headers", None)  # Cohere's SDK keeps them on the exception
+    if headers is None:
         return None
     try:
         ms = headers.get("retry-after-ms")

@@ -31,6 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,17 @@ from eslabon.errors import InputError, UserError
 from eslabon.interfaces.outfile import LineSink, finished_ids, output_lock, prepare_output
 from eslabon.trust.redaction import redact
 
-__all__ = ["BatchReport", "Rows", "arun_batch", "read_rows", "run_batch", "run_sync"]
+__all__ = [
+    "BatchReport",
+    "Rows",
+    "arun_batch",
+    "batch_output",
+    "check_options",
+    "read_rows",
+    "run_batch",
+    "run_row",
+    "run_sync",
+]
 
 ROW_FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -56,6 +67,18 @@ class BatchReport:
     errors: dict[str, int] = field(default_factory=dict)  # error type -> count
     stats: dict[str, Any] | None = None  # the rows' usage, calls and cost, added up
     unlogged: str | None = None  # why rows could not be written to the run log, if so
+
+    def count(self, record: dict[str, Any]) -> None:
+        """A finished row's record, counted: done or failed (by error type), and its stats."""
+        error = record.get("error")
+        if error is None:
+            self.done += 1
+        else:
+            self.failed += 1
+            kind = str(error.get("type", "Error")) if isinstance(error, dict) else "Error"
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+        if isinstance(record.get("stats"), dict):
+            self.add(record["stats"])
 
     def add(self, stats: dict[str, Any]) -> None:
         from eslabon.observe.meter import add_stats
@@ -193,11 +216,31 @@ async def arun_batch(
     each record also holds the prompt each step sent, as text (``prompts``: step id → text;
     ``eslabon test``'s ``received`` check reads them).
     """
+    check_options(concurrency, rate)
+    with batch_output(chain, rows, out, resume, retry_failed) as (todo, sink, report):
+        if rate is not None:
+            chain = chain.with_rate_limit(rate)
+        logged = (log, log_kind) if log is not None else None
+        await _run_rows(chain, todo, sink, concurrency, report, on_row, logged, prompts)
+    return report
+
+
+def check_options(concurrency: int, rate: float | None) -> None:
+    """A batch's concurrency and rate, checked before anything runs."""
     if concurrency < 1:
         raise UserError("concurrency must be at least 1")
     if rate is not None and not _positive_finite(rate):
         # nan, inf or 0 would leave the rate limiter waiting forever
         raise UserError(f"rate must be a positive, finite number of requests per second: {rate!r}")
+
+
+@contextmanager
+def batch_output(
+    chain: Any, rows: Iterable[dict[str, Any]], out: str | Path, resume: bool, retry_failed: bool
+) -> Iterator[tuple[list[dict[str, Any]], LineSink, BatchReport]]:
+    """OUT made ready and locked for one batch (whatever engine runs its rows): the rows still
+    to run (``resume``: those OUT does not hold; ``retry_failed``: and those it holds failed),
+    the sink their records go to, and the report that counts them."""
     protect = {
         "the chain file": getattr(getattr(chain, "spec", None), "source", None),
         "the inputs file": getattr(rows, "source", None),
@@ -214,15 +257,11 @@ async def arun_batch(
         rows = list(rows)
         todo = [r for r in rows if str(r["id"]) not in done_ids]
         report = BatchReport(total=len(rows), skipped=len(rows) - len(todo))
-        if rate is not None:
-            chain = chain.with_rate_limit(rate)
         sink = LineSink(target)
         try:
-            logged = (log, log_kind) if log is not None else None
-            await _run_rows(chain, todo, sink, concurrency, report, on_row, logged, prompts)
+            yield todo, sink, report
         finally:
             sink.close()
-    return report
 
 
 def _positive_finite(rate: object) -> bool:
@@ -257,7 +296,7 @@ async def _run_rows(
                 row = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            record = await _run_row(chain, row, inputs_of, report, log, prompts)
+            record = await run_row(chain, row, inputs_of, report, log, prompts)
             sink.write(record)
             report.elapsed_s = time.perf_counter() - start
             if on_row is not None:
@@ -275,7 +314,7 @@ async def _run_rows(
         report.elapsed_s = time.perf_counter() - start
 
 
-async def _run_row(
+async def run_row(
     chain: Any,
     row: dict[str, Any],
     inputs_of: list[str],
@@ -302,14 +341,10 @@ async def _run_row(
     except Exception as exc:
         error = exc
         record.update(output=None, steps=None, error=_error_record(exc))
-        report.failed += 1
-        kind = record["error"]["type"]
-        report.errors[kind] = report.errors.get(kind, 0) + 1
     else:
         steps = {s.id: as_data(result[s.id]) for s in chain.steps}
         record.update(output=as_data(result["output"]), steps=steps, error=None)
         record.update({k: result[k] for k in ("documents", "tool_calls") if k in result})
-        report.done += 1
     # each step's own model (steps may differ), as `eslabon run --json` reports them
     models = {s.id: s.label for s in chain.steps}
     record["model"] = ", ".join(dict.fromkeys(models.values()))
@@ -320,7 +355,7 @@ async def _run_row(
         record["prompts"] = {
             s.id: prompt_text(found) for s in chain.steps if (found := meter.messages(s.id))
         }
-    report.add(record["stats"])
+    report.count(record)
     if log is not None:
         await _log_row(log, chain, inputs, meter, result, error, row["id"], report)
     return record
@@ -366,13 +401,26 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _LOOP
 
 
+ENGINES = ("process", "ray")
+
+
 def run_batch(
     chain: Any,
     rows: Iterable[dict[str, Any]],
     out: str | Path,
+    engine: str = "process",
     **options: Any,
 ) -> BatchReport:
-    """:func:`arun_batch` from synchronous code (on one background event loop per process)."""
+    """:func:`arun_batch` from synchronous code (on one background event loop per process);
+    ``engine="ray"``: the rows spread over Ray workers (:mod:`eslabon.interfaces.ray_engine`,
+    extra ``ray``; ``address``, ``workers``), with the same OUT, resume and report."""
+    if engine == "ray":
+        from eslabon.interfaces.ray_engine import run_batch_ray
+
+        ray_report: BatchReport = run_batch_ray(chain, rows, out, **options)
+        return ray_report
+    if engine != "process":
+        raise UserError(f"engine {engine!r}: write one of {', '.join(ENGINES)}")
     report: BatchReport = run_sync(arun_batch(chain, rows, out, **options))
     return report
 

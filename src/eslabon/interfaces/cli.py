@@ -19,7 +19,7 @@ from typing import Annotated, Any, NamedTuple, NoReturn, ParamSpec
 import typer
 
 from eslabon.chainfile import discover
-from eslabon.chat.modelspec import model_option, split_models
+from eslabon.chat.modelspec import ModelSpec, model_option, split_models
 from eslabon.errors import EslabonError, UserError
 from eslabon.interfaces.logs import app as logs_app
 from eslabon.trust.redaction import redact
@@ -674,6 +674,20 @@ def batch(
         Path | None, typer.Option("--cache", help="SQLite cache of model calls.")
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run on this model.")] = None,
+    engine: Annotated[
+        str,
+        typer.Option("--engine", help="process (this process) or ray (Ray workers; extra: ray)."),
+    ] = "process",
+    address: Annotated[
+        str,
+        typer.Option(
+            "--address", help="With --engine ray: local, auto (ray start) or ray://HOST:PORT."
+        ),
+    ] = "local",
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="With --engine ray: workers (default: CPUs)."),
+    ] = None,
     no_log: NoLogOption = False,
     allow_import: AllowImportOption = None,
     allow_endpoint: AllowEndpointOption = None,
@@ -687,24 +701,31 @@ def batch(
     A failed row is recorded with its error and the batch goes on; the exit code is then 3.
     """
     _prepare(allow_endpoint, allow_key, allow_path)
-    from eslabon.interfaces.batch import read_rows, run_batch
+    from eslabon.interfaces.batch import ENGINES, read_rows, run_batch
 
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r}: write one of {', '.join(ENGINES)}")
+    if engine != "ray" and (address != "local" or workers is not None):
+        raise UserError("--address and --workers go with --engine ray")
     per_second = _rate_option(rate)
     rows = read_rows(inputs)
     chain = _open_chain(file, model, allow_import)
     if cache is not None:
         chain = chain.with_cache(cache)
+    ray_options = {"address": address, "workers": workers} if engine == "ray" else {}
     with _batch_progress(len(rows)) as on_row:
         report = run_batch(
             chain,
             rows,
             out,
+            engine=engine,
             concurrency=concurrency,
             rate=per_second,
             resume=resume or retry_failed,
             retry_failed=retry_failed,
             on_row=on_row,
             log=_run_log(no_log),
+            **ray_options,
         )
     typer.echo(report.summary())
     if report.unlogged is not None:
@@ -1203,13 +1224,13 @@ def chat(
 
 @_command()
 def models() -> None:
-    """Show providers: is the extra installed, is the key set (never the key itself)."""
+    """Show providers and OpenAI-compatible services: is the extra installed, is the key set
+    (never the key itself), and where each service answers."""
     import importlib.util
 
     from eslabon.chat.models import ENV_MODEL, load_env
-    from eslabon.chat.modelspec import ALIASES, PROVIDERS, ModelRefError, parse_model_ref
+    from eslabon.chat.modelspec import ALIASES, ModelRefError, parse_model_ref
     from eslabon.trust.project import load_project
-    from eslabon.trust.redaction import hide_secrets
 
     load_env()
     project = load_project()
@@ -1218,9 +1239,7 @@ def models() -> None:
     typer.echo(f"project file: {project.file or '(none: no eslabon.toml here or above)'}")
     for alias in sorted({*ALIASES, *project.models}):
         try:
-            spec = parse_model_ref(alias)
-            shown = hide_secrets(spec.kwargs)  # an alias's literal api_key is never printed
-            target = spec.label + (f" {shown}" if shown else "")
+            target = _alias_target(parse_model_ref(alias))
         except ModelRefError as exc:
             target = f"error: {exc.message}"
         where = "eslabon.toml" if alias in project.models else "built-in"
@@ -1229,23 +1248,76 @@ def models() -> None:
         from eslabon.chat.local import bundled_model_path
 
         typer.echo(f"bundled model: {bundled_model_path()}")
+    from rich.measure import Measurement
+
+    console = _console()
+    for table in _model_tables():
+        # as wide as its rows, even past the terminal's edge: a URL or an install command
+        # cut short or folded is not one to copy
+        need = Measurement.get(console, console.options.update_width(1000), table).maximum
+        console.width = max(console.width, need)
+        console.print()
+        console.print(table)
+    typer.echo(
+        "\nA service is the openai provider at that base URL: model: ai21:jamba-mini, "
+        "vllm:MODEL, ...;\na mapping's base_url replaces it: "
+        '{provider: vllm, name: MODEL, base_url: "http://gpu1:8000/v1"}'
+    )
+
+
+def _alias_target(spec: ModelSpec) -> str:
+    """An alias's model as ``models`` shows it: its label and settings, secret-looking ones as
+    ``***``, without what its preset adds by itself."""
+    from eslabon.chat.modelspec import PRESETS
+    from eslabon.trust.redaction import hide_secrets
+
+    own = dict(spec.kwargs)
+    if spec.preset is not None:
+        preset = PRESETS[spec.preset]
+        given = {"base_url": preset.base_url, **dict(preset.defaults)}
+        own = {k: v for k, v in own.items() if k not in given or given[k] != v}
+    shown = hide_secrets(own)  # an alias's literal api_key is never printed
+    return spec.label + (f" {shown}" if shown else "")
+
+
+def _key_state(var: str | None) -> str:
+    """Whether a key variable is set: 'yes', 'no', or '-' (none needed). Never its value."""
+    return "-" if var is None else ("yes" if os.environ.get(var) else "no")
+
+
+def _model_tables() -> list[Any]:
+    """The providers, then the OpenAI-compatible services (modelspec.PRESETS). Only package
+    lookups (find_spec): no provider SDK is imported, so the command stays fast."""
+    import importlib.util
+
     from rich.table import Table
 
-    table = Table("provider", "installed", "key variable", "key set", "install", box=None)
+    from eslabon.chat.modelspec import PRESETS, PROVIDERS
+
+    def install(module: str, extra: str | None) -> tuple[str, str]:
+        if importlib.util.find_spec(module) is not None:
+            return "yes", ""
+        package = f"'eslabon[{extra}]'" if extra else module.replace("_", "-")
+        return "no", f"pip install {package}"
+
+    providers = Table("provider", "installed", "key variable", "key set", "install", box=None)
     for name, info in PROVIDERS.items():
-        installed = importlib.util.find_spec(info.module) is not None
-        key = "-" if info.env_var is None else ("yes" if os.environ.get(info.env_var) else "no")
-        install = f"'eslabon[{info.extra}]'" if info.extra else info.module.replace("_", "-")
-        table.add_row(
+        installed, how = install(info.module, info.extra)
+        providers.add_row(name, installed, info.env_var or "-", _key_state(info.env_var), how)
+    services = Table(
+        "service", "base URL", "installed", "key variable", "key set", "what", box=None
+    )
+    for name, preset in PRESETS.items():
+        installed, how = install(preset.info.module, preset.info.extra)
+        services.add_row(
             name,
-            "yes" if installed else "no",
-            info.env_var or "-",
-            key,
-            "" if installed else f"pip install {install}",
+            preset.base_url,
+            installed if not how else f"no: {how}",
+            preset.env_var or "-",
+            _key_state(preset.env_var),
+            preset.what,
         )
-    console = _console()
-    console.print()
-    console.print(table)
+    return [providers, services]
 
 
 app.add_typer(logs_app, name="logs")  # eslabon logs: the run log (interfaces/logs.py)

@@ -27,7 +27,14 @@ from eslabon.chainfile.checks import check_spec
 from eslabon.chainfile.spec import Chain
 from eslabon.chainfile.suggest import did_you_mean
 from eslabon.chat.models import build_from_spec, parse_or_raise, resolve_model_ref
-from eslabon.chat.modelspec import PROVIDER_SYNONYMS, ModelRefError, ModelSpec, parse_model_ref
+from eslabon.chat.modelspec import (
+    PRESETS,
+    PROVIDER_SYNONYMS,
+    ModelRefError,
+    ModelSpec,
+    parse_model_ref,
+    preset_name,
+)
 from eslabon.errors import EslabonError, UserError
 from eslabon.running.compile import step_prompt
 from eslabon.running.runtime import step_label
@@ -41,7 +48,15 @@ RENDER_PROVIDERS = {
     "google_genai": "gemini-2.5-flash",
     "anthropic": "claude-sonnet-4-6",
     "ollama": "llama3.2",
+    "mistralai": "mistral-small-latest",
+    "cohere": "command-r-plus-08-2024",
+    "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
 }
+# OpenAI-compatible services by name (modelspec.PRESETS) and their usual model; the local
+# servers (vllm, lmstudio, tgi, ovms) have none: -p vllm:MODEL names the one it serves
+RENDER_PRESETS = {"ai21": "jamba-mini"}
+# the path under the server's root where each client expects its API (base_url's own path)
+_API_ROOT = {"openai": "/v1", "mistralai": "/v1", "together": "/v1"}
 _PLACEHOLDER_KEY = "render-needs-no-key"
 
 
@@ -94,7 +109,13 @@ _CONNECTION = (
     "structured_method",
 )
 _LOCAL = ("local", "llamacpp")  # run in-process: rendered as the prompt llama.cpp receives
-_KNOWN = (*RENDER_PROVIDERS, "local", "llamacpp:PATH")
+_KNOWN = (
+    *RENDER_PROVIDERS,
+    *RENDER_PRESETS,
+    *(f"{p}:MODEL" for p in PRESETS if p not in RENDER_PRESETS),
+    "local",
+    "llamacpp:PATH",
+)
 
 
 def _target(text: str | None) -> tuple[str | None, ModelSpec | None]:
@@ -106,12 +127,18 @@ def _target(text: str | None) -> tuple[str | None, ModelSpec | None]:
     provider = PROVIDER_SYNONYMS.get(name.lower(), name.lower())
     if provider in RENDER_PROVIDERS:
         return provider, None
+    if (preset := preset_name(name)) is not None:
+        if preset not in RENDER_PRESETS:
+            raise UserError(
+                f"render -p {preset} needs the model its server runs: -p {preset}:MODEL"
+            )
+        return preset, None
     if provider == "llamacpp":
         raise UserError("render -p llamacpp needs the model: -p llamacpp:PATH.gguf")
     try:
         model = parse_model_ref(name, Path.cwd(), trusted=True)  # the user's own words
     except ModelRefError as exc:
-        hint = did_you_mean(name, [*RENDER_PROVIDERS, *PROVIDER_SYNONYMS, "local"])
+        hint = did_you_mean(name, [*RENDER_PROVIDERS, *PROVIDER_SYNONYMS, *PRESETS, "local"])
         if ":" in name or hint is None:
             hint = exc.hint
         raise UserError(
@@ -141,8 +168,10 @@ def _step_target(
     if provider is None:
         _renderable(own, step)
         return own
-    if own.provider == provider:
+    if own.shown_provider == provider:
         return own  # the file's own model name, server and settings
+    if provider in RENDER_PRESETS:
+        return parse_model_ref(f"{provider}:{RENDER_PRESETS[provider]}", trusted=True)
     return ModelSpec(provider, RENDER_PROVIDERS[provider], trusted=True)
 
 
@@ -240,13 +269,14 @@ def _render(
             ref: dict[str, Any] = {
                 k: v for k, v in model_spec.kwargs.items() if k not in _CONNECTION
             }
-            ref.update(provider=provider, name=name)
+            # a preset's name (ai21, vllm): its params, key and defaults are the preset's
+            ref.update(provider=model_spec.shown_provider, name=name)
             if provider == "openai" and not compatible:
                 # ChatOpenAI's own field, not base_url: a base_url would make eslabon shape
                 # the body for an OpenAI-compatible server instead of OpenAI itself
                 ref["openai_api_base"] = capture.url + "/v1"
             else:
-                ref["base_url"] = capture.url + ("/v1" if provider == "openai" else "")
+                ref["base_url"] = capture.url + _api_root(model_spec)
             if provider != "ollama":
                 ref.update(api_key=_PLACEHOLDER_KEY, max_retries=0)
             # render's own reference to its capture server, not the file's: trusted
@@ -265,6 +295,18 @@ def _render(
             path, body = capture.requests[-1]
             out.append({"step": step.id, "model": label, "path": path, "body": body})
     return out
+
+
+def _api_root(spec: ModelSpec) -> str:
+    """The path of the API under the capture server: a preset's own (AI21's /studio/v1,
+    OpenVINO Model Server's /v3), else where the provider's client expects it."""
+    if spec.preset is None:
+        return _API_ROOT.get(spec.provider, "")
+    from urllib.parse import urlsplit
+
+    return urlsplit(str(spec.kwargs.get("base_url") or PRESETS[spec.preset].base_url)).path.rstrip(
+        "/"
+    )
 
 
 class _Captured(Exception):

@@ -52,7 +52,8 @@ def tag_model(model: BaseChatModel, spec: ModelSpec) -> BaseChatModel:
     model.metadata = {
         **(model.metadata or {}),
         MODEL_KEY: spec.label,
-        PROVIDER_KEY: spec.provider,
+        # a preset's name (ai21, vllm): its [prices] entry is ai21:MODEL, as it is shown
+        PROVIDER_KEY: spec.shown_provider,
         NAME_KEY: spec.name,
         **({ENDPOINT_KEY: True} if own else {}),
     }

@@ -170,7 +170,15 @@ def _retrieval(
 # SDKs that retry on their own. When a chain says what to do on failure (retry or fallbacks),
 # theirs is turned off: one retry layer (which honors Retry-After), and fallbacks take over at
 # once instead of after the SDK's hidden retries.
-_SDK_RETRIES = ("openai", "azure_openai", "anthropic", "google_genai")
+_SDK_RETRIES = (
+    "openai",
+    "azure_openai",
+    "anthropic",
+    "google_genai",
+    "mistralai",
+    "cohere",
+    "together",
+)
 
 
 def _bind_tools(

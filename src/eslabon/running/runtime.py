@@ -192,7 +192,7 @@ class CompiledStep:
             spec = self.origin
             var = spec.kwargs.get("api_key_env") or spec.info.env_var
             hint = withheld_key_hint(spec)
-            return translate_model_error(exc, spec.provider, spec.name, var, hint)
+            return translate_model_error(exc, spec.shown_provider, spec.name, var, hint)
         name = str(getattr(self.model, "model_name", "") or getattr(self.model, "model", ""))
         return translate_model_error(exc, getattr(self.model, "_llm_type", "model"), name)
 
