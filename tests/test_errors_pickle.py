@@ -27,6 +27,7 @@ CONSTRUCTORS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "eslabon.errors.EslabonError": _MESSAGE,
     "eslabon.errors.UserError": _MESSAGE,
     "eslabon.errors.EslabonRuntimeError": _MESSAGE,
+    "eslabon.interfaces.ray_engine.WorkerDiedError": _MESSAGE,
     "eslabon.errors.InputError": _MESSAGE,
     "eslabon.errors.ModelError": _MESSAGE,
     "eslabon.errors.ChainConfigError": ((_PROBLEMS,), {}),

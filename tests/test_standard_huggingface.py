@@ -22,8 +22,10 @@ pytestmark = pytest.mark.model
 
 
 def _weights() -> dict[str, Any]:
+    # as `huggingface:PATH.gguf` resolves it (an absolute gguf_file): the model the other
+    # tests load, loaded once for the session
     path = bundled_model_path()
-    return {"model": str(path.parent), "gguf_file": path.name, "device": "cpu"}
+    return {"model": str(path.parent), "gguf_file": str(path), "device": "cpu"}
 
 
 class _HFChat:

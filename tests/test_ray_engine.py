@@ -1,0 +1,438 @@
+"""``--engine ray`` on a real local Ray runtime on 127.0.0.1, against the loopback OpenAI-protocol
+server: faults, a worker killed mid-run, the driver killed with ``kill -9`` then resumed, a
+global rate, results identical to the in-process engine's, errors across the process boundary.
+
+One runtime serves the whole module (starting one costs seconds). Its processes get the key
+the workers use (:data:`SECRET`) in their environment when it starts; this process, the driver,
+holds another (:data:`DRIVER_KEY`), so a request carrying the driver's key would show that a key
+travelled with the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eslabon import load_chain
+from eslabon.errors import MissingCredentialsError, UserError
+from eslabon.interfaces import ray_engine
+from eslabon.interfaces.batch import run_batch
+from helpers import ROOT, write
+from wire_server import ToolCall, WireServer
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.ray
+
+SECRET = "sk-ray-workers-SECRET-0123456789abcdef"
+DRIVER_KEY = "sk-ray-driver-SECRET-fedcba9876543210"
+CHAIN = "inputs: {q: La pregunta}\nprompt: '{q}'\nretry: {attempts: 10, backoff: 0.01}\n"
+EXE = str(Path(sys.executable).parent / "eslabon")
+
+
+class Cluster:
+    """The module's Ray runtime: its raylet's process id (every worker is the raylet's child),
+    and the environment another driver joins it with (``--address auto``)."""
+
+    def __init__(self, raylet: int, env: dict[str, str]) -> None:
+        self.raylet, self.env = raylet, env
+
+    def workers(self, title: str = "ray::_Worker") -> list[int]:
+        """The live processes of this runtime whose title starts with ``title``."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # it ended while we looked
+            if parent == self.raylet and cmdline.startswith(title.encode()):
+                found.append(int(entry.name))
+        return found
+
+    def wait_until_no(self, title: str, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while self.workers(title):
+            assert time.monotonic() < deadline, f"{title} still running: {self.workers(title)}"
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from eslabon.chat.modelspec import PROVIDERS
+
+    saved = dict(os.environ)
+    # the runtime's processes inherit this environment when they start: the workers' key, a
+    # run log of the tests' own, and none of a developer's model, tracing or other keys
+    for name in [n for n in os.environ if n.startswith(("OTEL_", "LANGSMITH_", "LANGCHAIN_"))]:
+        del os.environ[name]
+    for info in PROVIDERS.values():
+        if info.env_var:
+            os.environ.pop(info.env_var, None)
+    os.environ.pop("ESLABON_MODEL", None)
+    os.environ["ESLABON_LOGS"] = str(tmp_path_factory.mktemp("raylog") / "logs.sqlite")
+    os.environ["OPENAI_API_KEY"] = SECRET
+    try:
+        with ray_engine.loopback_only():  # as --address local starts one
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                num_cpus=2,
+                log_to_driver=False,
+            )
+        # what ray.init set to join its cluster (RAY_AUTH_MODE=token: the token is in ~/.ray)
+        joins = {k: v for k, v in os.environ.items() if k.startswith("RAY_") and k not in saved}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        # a lambda travels by value (this module cannot be imported in a worker)
+        raylet = ray.get(ray.remote(num_cpus=0)(lambda: os.getppid()).remote())
+        # `--address auto` joins the cluster RAY_ADDRESS names, as after `ray start`; one on
+        # loopback only is reached with the switch that started it (else Ray would swap
+        # 127.0.0.1 for the machine's address, where nothing listens)
+        joins["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        joins["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        yield Cluster(raylet, joins)
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def server(cluster: Cluster, server: WireServer, monkeypatch: pytest.MonkeyPatch) -> WireServer:
+    # the driver compiles the chain too, with its own key: never the one the workers send
+    monkeypatch.setenv("OPENAI_API_KEY", DRIVER_KEY)
+    return server
+
+
+def ref(server: WireServer, timeout: float = 0.5) -> dict[str, Any]:
+    base = server.url + "/v1"
+    return {
+        "provider": "openai",
+        "name": "gpt-4o-mini",
+        "openai_api_base": base,
+        "timeout": timeout,
+    }
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"r{i}", "q": f"pregunta {i}"} for i in range(n)]
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def listening(port: int) -> list[str]:
+    """The local addresses (hex, as /proc/net shows them) of the sockets listening on
+    ``port``, IPv4 and IPv6."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.append(address)
+    return found
+
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::ffff:127.0.0.1
+
+
+def test_the_local_runtime_listens_on_loopback_only(cluster: Cluster) -> None:
+    # Ray on Linux swaps 127.0.0.1 for the machine's address and listens on every interface
+    # (address 0 / ::), unless started as --address local starts it
+    node, gcs = ray.nodes()[0], cluster.env["RAY_ADDRESS"]
+    assert gcs.startswith("127.0.0.1:") and node["NodeManagerAddress"] == "127.0.0.1"
+    ports = [int(gcs.rsplit(":", 1)[1]), node["NodeManagerPort"], node["ObjectManagerPort"]]
+    for port in ports:
+        addresses = listening(port)
+        assert addresses and set(addresses) <= LOOPBACK, (port, addresses)
+    assert ray_engine.connect("local") is False  # an initialized Ray is joined, not restarted
+
+
+def test_twenty_percent_faults_every_row_once_and_keys_nowhere(
+    server: WireServer, tmp_path: Path
+) -> None:
+    server.fault_rate = 0.2
+    server.timeout_sleep = 1.0  # past the client's 0.5 s timeout
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server))
+    out = tmp_path / "out.jsonl"
+    # three rows fail on their own (an empty input): recorded with their error, the batch goes on
+    todo = [*rows(150), *({"id": f"vacia{i}", "q": None} for i in range(3))]
+    report = run_batch(chain, todo, out, engine="ray", workers=2, concurrency=8)
+    assert (report.done, report.failed, report.errors) == (150, 3, {"InputError": 3})
+    faults = Counter(r.fault for r in server.requests)
+    assert set(faults) == {None, "rate", "server", "timeout", "malformed", "drop"}, faults
+    assert sum(n for kind, n in faults.items() if kind) > 20  # ~20% of ~190 requests
+    got = records(out)
+    assert Counter(r["id"] for r in got) == Counter(r["id"] for r in todo)  # each exactly once
+    for record in got:
+        if record["id"].startswith("vacia"):
+            assert record["output"] is None and record["error"]["type"] == "InputError"
+            message = f"row {record['id']}: column 'q' is empty (or null)"
+            assert record["error"]["message"].startswith(message)
+        else:
+            assert record["error"] is None
+            assert record["output"] == f"eco: {record['inputs']['q']}"
+            assert record["id"] == "r" + record["inputs"]["q"].split()[-1]
+    # the workers sent the key of their own environment; the driver's travelled nowhere
+    assert {r.headers["authorization"] for r in server.requests} == {f"Bearer {SECRET}"}
+    assert SECRET not in out.read_text() and DRIVER_KEY not in out.read_text()
+
+
+def test_a_worker_killed_mid_run_is_restarted_and_no_row_is_lost_or_duplicated(
+    server: WireServer, tmp_path: Path
+) -> None:
+    server.delay = 0.3  # rows stay in flight long enough to be killed in the middle
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server, timeout=5))
+    out = tmp_path / "out.jsonl"
+    killed: list[int] = []
+
+    def kill_one(pids: list[int]) -> None:
+        assert len(set(pids)) == 2
+
+        def later() -> None:
+            deadline = time.monotonic() + 60
+            while len(server.requests) < 12 or server.in_flight < 4:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)
+            killed.append(server.in_flight)
+            os.kill(pids[0], signal.SIGKILL)
+
+        threading.Thread(target=later, daemon=True).start()
+        killed.append(pids[0])
+
+    report = run_batch(
+        chain, rows(40), out, engine="ray", workers=2, concurrency=4, on_workers=kill_one
+    )
+    assert len(killed) == 2, "the worker was never killed mid-run"
+    pid, in_flight = killed
+    assert not alive(pid) and in_flight >= 4
+    assert (report.done, report.failed) == (40, 0)
+    got = records(out)
+    assert Counter(r["id"] for r in got) == Counter(r["id"] for r in rows(40))
+    assert all(r["output"] == f"eco: {r['inputs']['q']}" for r in got)
+    # the rows the dead worker was running were sent again by its successor
+    assert len(server.requests) > 40
+
+
+POISON = '''\
+import os
+import signal
+
+
+def veneno(x: str) -> str:
+    """Kills the process that runs it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+'''
+
+
+class PoisonServer(WireServer):
+    """Asks for the tool that kills its caller whenever the question is 'veneno'."""
+
+    def _reply_for(self, last_user: str) -> str | ToolCall:
+        return ToolCall("veneno", {"x": "1"}) if last_user == "veneno" else f"eco: {last_user}"
+
+
+def test_a_row_that_kills_its_worker_every_time_is_recorded_failed(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", DRIVER_KEY)
+    (tmp_path / "venenos").mkdir()
+    (tmp_path / "venenos" / "__init__.py").write_text("")
+    (tmp_path / "venenos" / "herramientas.py").write_text(POISON)
+    text = "inputs: {q: x}\nprompt: '{q}'\ntools: [venenos.herramientas:veneno]\n"
+    todo = [{"id": "veneno", "q": "veneno"}, *rows(5)]
+    with PoisonServer() as server:
+        chain = load_chain(
+            write(tmp_path, text), model=ref(server, timeout=5), allow_imports=["venenos"]
+        )
+        out = tmp_path / "out.jsonl"
+        # one row at a time per worker: the poisoned row takes no other row down with it
+        report = run_batch(chain, todo, out, engine="ray", workers=2, concurrency=1)
+        asked = [r for r in server.requests if r.body["messages"][-1]["content"] == "veneno"]
+    assert (report.done, report.failed, report.errors) == (5, 1, {"WorkerDiedError": 1})
+    # tried once on each of ROW_ATTEMPTS lives of its worker, then given up: not for ever
+    assert len(asked) == ray_engine.ROW_ATTEMPTS == 3
+    got = {r["id"]: r for r in records(out)}
+    assert sorted(got) == sorted(r["id"] for r in todo)
+    assert got["veneno"]["error"]["message"].startswith("the Ray worker running this row died")
+    assert got["veneno"]["inputs"] == {"q": "veneno"} and got["veneno"]["output"] is None
+    assert all(got[r["id"]]["output"] == f"eco: {r['q']}" for r in rows(5))
+
+
+def test_the_driver_killed_with_dash_nine_then_resume(
+    cluster: Cluster, server: WireServer, tmp_path: Path
+) -> None:
+    server.delay = 0.1
+    inputs = tmp_path / "rows.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows(200)), encoding="utf-8")
+    chain, out = write(tmp_path, CHAIN), tmp_path / "out.jsonl"
+    args = [EXE, "batch", str(chain), str(inputs), "-o", str(out), "-c", "4", "-m"]
+    args += [json.dumps(ref(server, timeout=5)), "--engine", "ray", "--address", "auto"]
+    args += ["--workers", "2"]
+    env = {**os.environ, **cluster.env, "OPENAI_API_KEY": DRIVER_KEY}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or len(out.read_bytes().splitlines()) < 20) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    first_out, first_err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, first_err.decode()
+    # Ray ends the workers of a driver that died: none goes on calling the model
+    cluster.wait_until_no("ray::_Worker")
+    before = len(records(out))
+    assert 20 <= before < 200
+
+    again = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"{before} skipped" in again.stdout
+    got = records(out)
+    assert Counter(r["id"] for r in got) == Counter(r["id"] for r in rows(200))
+    assert all(r["error"] is None for r in got)
+    assert "200/200 rows (0 failed" in again.stderr  # the progress counts every worker's rows
+    assert "not logged" not in again.stderr  # the workers wrote their rows to the run log
+    shown = [out.read_text(), again.stdout, again.stderr, first_out.decode(), first_err.decode()]
+    assert not any(SECRET in text or DRIVER_KEY in text for text in shown)
+
+
+def test_the_rate_is_global_across_two_workers(
+    cluster: Cluster, server: WireServer, tmp_path: Path
+) -> None:
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server))
+    started: list[list[int]] = []
+
+    def up(pids: list[int]) -> None:
+        # the processes looked for below are found while the batch runs (not a vacuous check)
+        assert sorted(pids) == sorted(cluster.workers("ray::_Worker"))
+        deadline = time.monotonic() + 10
+        while not cluster.workers("ray::_Schedule"):
+            assert time.monotonic() < deadline, "no schedule actor"
+            time.sleep(0.05)
+        started.append(pids)
+
+    report = run_batch(
+        chain,
+        rows(16),
+        tmp_path / "out.jsonl",
+        engine="ray",
+        workers=2,
+        concurrency=4,
+        rate=10.0,
+        on_workers=up,
+    )
+    assert report.done == 16 and len(set(started[0])) == 2
+    times = sorted(r.at for r in server.requests)
+    assert len(times) == 16
+    # a lower bound only, as in test_batch.py: two workers each keeping 10/s on their own would
+    # send the 16 requests in ~0.75 s; together at 10/s they need 15 intervals
+    assert times[-1] - times[0] >= 15 * 0.1 * 0.9
+    # the batch's workers and its rate's schedule end with it (in a driver that goes on)
+    cluster.wait_until_no("ray::_Worker", 10)
+    cluster.wait_until_no("ray::_Schedule", 10)
+
+
+def test_the_result_file_is_the_in_process_engines(server: WireServer, tmp_path: Path) -> None:
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server))
+    todo = [*rows(30), {"id": "vacia", "q": None}]
+    seen: list[tuple[int, int]] = []
+    run_batch(chain, todo, tmp_path / "process.jsonl")
+    run_batch(
+        chain,
+        todo,
+        tmp_path / "ray.jsonl",
+        engine="ray",
+        workers=2,
+        concurrency=4,
+        on_row=lambda record, report: seen.append((report.done, report.failed)),
+    )
+    keys = ("id", "inputs", "output", "steps", "error", "model", "models")
+
+    def kept(name: str) -> list[tuple[str, ...]]:
+        got = records(tmp_path / name)
+        return sorted(tuple(json.dumps(r[k], sort_keys=True) for k in keys) for r in got)
+
+    assert kept("ray.jsonl") == kept("process.jsonl")
+    assert len(kept("ray.jsonl")) == 31
+    # the progress saw every row of both workers, one at a time
+    assert [done + failed for done, failed in seen] == list(range(1, 32)) and seen[-1] == (30, 1)
+
+
+def test_a_chain_that_cannot_travel_is_refused_before_ray_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    def no_ray(address: str) -> bool:
+        raise AssertionError("Ray was asked to start")
+
+    monkeypatch.setattr(ray_engine, "connect", no_ray)
+    model = GenericFakeChatModel(messages=iter(["hola"]))
+    chain = load_chain(write(tmp_path, CHAIN), model=model)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(UserError, match="runs on a model object, which cannot be sent to Ray"):
+        run_batch(chain, rows(2), out, engine="ray")
+    assert not out.exists()
+
+
+def test_an_error_in_a_worker_arrives_as_itself(
+    server: WireServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the driver has an Anthropic key, the workers' environment has none: each worker fails to
+    # compile the chain, and the batch stops with that error as the in-process engine would
+    monkeypatch.setenv("ANTHROPIC_API_KEY", DRIVER_KEY)
+    model = {"provider": "anthropic", "name": "claude-haiku-4-5", "anthropic_api_url": server.url}
+    chain = load_chain(write(tmp_path, CHAIN), model=model)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(MissingCredentialsError) as raised:
+        run_batch(chain, rows(4), out, engine="ray", workers=2, concurrency=2)
+    error = raised.value
+    assert type(error) is MissingCredentialsError  # not Ray's RayTaskError(...) wrapper
+    assert str(error) == str(MissingCredentialsError("anthropic", "ANTHROPIC_API_KEY"))
+    assert (error.provider, error.env_var) == ("anthropic", "ANTHROPIC_API_KEY")
+    assert server.requests == [] and out.read_text() == ""
+    assert DRIVER_KEY not in str(error)
+
+
+def test_the_throughput_benchmark_compares_the_engines() -> None:
+    # bench/batch_throughput.py --engine ray, quick (100 rows): it runs and prints its figure
+    # last (timings are not asserted); it starts its own runtime, as --address local does
+    env = {**os.environ, "BENCH_QUICK": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "batch_throughput.py"), "--engine", "ray"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1].startswith("ray_speedup=") and float(lines[-1].split("=")[1]) > 0
+    for label in ("20 in flight: in-process", "40 in flight: in-process", "ray start-up:"):
+        assert any(line.startswith(label) for line in lines), (label, lines)
