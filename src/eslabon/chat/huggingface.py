@@ -39,7 +39,6 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
@@ -50,10 +49,12 @@ from eslabon.chat.inprocess import (
     chat_payload,
     constraint,
     first_stop,
+    ls_params,
     partial_stop,
     refuse_unknown,
     string_cap,
     tool_reply,
+    whole_chunk,
     with_system,
 )
 from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError, UserError
@@ -294,18 +295,8 @@ class ChatTransformers(BindsTools, JsonModeOutput, BaseChatModel):
         return {"model": self.model, "gguf_file": self.gguf_file, **self._params()}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        model = kwargs.get("model")  # refused by _request unless it is this model's own
-        params = LangSmithParams(
-            ls_provider="huggingface",
-            ls_model_name=model if isinstance(model, str) else self.name_shown,
-            ls_model_type="chat",
-            ls_temperature=kwargs.get("temperature", self.temperature),
-        )
-        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
-            params["ls_max_tokens"] = max_tokens
-        if stops := stop or kwargs.get("stop") or self.stop:
-            params["ls_stop"] = list(stops)
-        return params
+        """What LangSmith and tracing callbacks record about a call."""
+        return ls_params(self, "huggingface", self.name_shown, stop, kwargs)
 
     def _params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -394,19 +385,7 @@ class ChatTransformers(BindsTools, JsonModeOutput, BaseChatModel):
             # a constrained reply means something only whole (a tool call, one JSON value)
             whole = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
             assert isinstance(whole, AIMessage)
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(
-                    content=whole.content,
-                    tool_call_chunks=[
-                        tool_call_chunk(
-                            name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=n
-                        )
-                        for n, c in enumerate(whole.tool_calls)
-                    ],
-                    usage_metadata=whole.usage_metadata,
-                    response_metadata=whole.response_metadata,
-                )
-            )
+            yield whole_chunk(whole)
             return
         with request.loaded.lock:
             pieces = request.stream()

@@ -19,16 +19,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import (
     AIMessage,
+    AIMessageChunk,
     BaseMessage,
     HumanMessage,
     SystemMessage,
     ToolCall,
     ToolMessage,
 )
-from langchain_core.messages.tool import tool_call
+from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk
 
 from eslabon.errors import ModelError
 
@@ -40,11 +42,13 @@ __all__ = [
     "chat_payload",
     "constraint",
     "first_stop",
+    "ls_params",
     "partial_stop",
     "refuse_unknown",
     "string_cap",
     "tool_choice_schema",
     "tool_reply",
+    "whole_chunk",
 ]
 
 ToolMode = Literal["call", "either", "answer"]
@@ -299,4 +303,40 @@ def refuse_unknown(data: Any, known: Iterable[str], cls_name: str, why: str) -> 
         named.append(f"'{key}'" + (f" ({hint})" if hint else ""))
     raise ValueError(
         f"{cls_name} does not take {', '.join(named)}: {why}. Its settings: {', '.join(settings)}"
+    )
+
+
+def ls_params(
+    model: Any, provider: str, name: str, stop: list[str] | None, kwargs: dict[str, Any]
+) -> LangSmithParams:
+    """What LangSmith and tracing callbacks record about a call of an in-process ``model``
+    (its own ``temperature``, ``max_tokens`` and ``stop`` unless the call gives them); a
+    call's ``model=`` is shown as given (the model refuses any but its own)."""
+    named = kwargs.get("model")
+    params = LangSmithParams(
+        ls_provider=provider,
+        ls_model_name=named if isinstance(named, str) else name,
+        ls_model_type="chat",
+        ls_temperature=kwargs.get("temperature", model.temperature),
+    )
+    if (max_tokens := kwargs.get("max_tokens", model.max_tokens)) is not None:
+        params["ls_max_tokens"] = max_tokens
+    if stops := stop or kwargs.get("stop") or model.stop:
+        params["ls_stop"] = list(stops)
+    return params
+
+
+def whole_chunk(whole: AIMessage) -> ChatGenerationChunk:
+    """A constrained reply, streamed as one chunk: it means something only whole (a tool call,
+    one JSON value)."""
+    return ChatGenerationChunk(
+        message=AIMessageChunk(
+            content=whole.content,
+            tool_call_chunks=[
+                tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=n)
+                for n, c in enumerate(whole.tool_calls)
+            ],
+            usage_metadata=whole.usage_metadata,
+            response_metadata=whole.response_metadata,
+        )
     )

@@ -36,7 +36,6 @@ from langchain_core.messages import (
     BaseMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
@@ -47,10 +46,12 @@ from eslabon.chat.inprocess import (
     chat_payload,
     constraint,
     first_stop,
+    ls_params,
     partial_stop,
     refuse_unknown,
     string_cap,
     tool_reply,
+    whole_chunk,
     with_system,
 )
 from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError, UserError
@@ -347,18 +348,7 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         """What LangSmith and tracing callbacks record about a call."""
-        model = kwargs.get("model")  # refused by _prepare unless it is this model's own file
-        params = LangSmithParams(
-            ls_provider="llamacpp",
-            ls_model_name=model if isinstance(model, str) else Path(self.model_path).name,
-            ls_model_type="chat",
-            ls_temperature=kwargs.get("temperature", self.temperature),
-        )
-        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
-            params["ls_max_tokens"] = max_tokens
-        if stops := stop or kwargs.get("stop") or self.stop:
-            params["ls_stop"] = list(stops)
-        return params
+        return ls_params(self, "llamacpp", Path(self.model_path).name, stop, kwargs)
 
     def _params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         # (tools, tool_choice and response_format are read by _prepare, not passed through)
@@ -481,19 +471,7 @@ class ChatLlamaCppLocal(BindsTools, JsonModeOutput, BaseChatModel):
             # a constrained reply means something only whole (a tool call, one JSON value)
             whole = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
             assert isinstance(whole, AIMessage)
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(
-                    content=whole.content,
-                    tool_call_chunks=[
-                        tool_call_chunk(
-                            name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=n
-                        )
-                        for n, c in enumerate(whole.tool_calls)
-                    ],
-                    usage_metadata=whole.usage_metadata,
-                    response_metadata=whole.response_metadata,
-                )
-            )
+            yield whole_chunk(whole)
             return
         params = self._call_params(stop, **kwargs)
         # Stop strings are found here rather than by llama.cpp: then llama.cpp's "stop" always
