@@ -17,6 +17,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from eslabon.chat.huggingface import ChatTransformers
 from eslabon.chat.local import bundled_model_path
+from test_standard_local import _LocalChat
 
 pytestmark = pytest.mark.model
 
@@ -28,60 +29,17 @@ def _weights() -> dict[str, Any]:
     return {"model": str(path.parent), "gguf_file": str(path), "device": "cpu"}
 
 
-class _HFChat:
+class _HFChat(_LocalChat):
+    """local's capability flags and suite settings (both in-process, both decoding tools and
+    structured output under the JSON Schema), on transformers."""
+
     @property
-    def chat_model_class(self) -> type[ChatTransformers]:
+    def chat_model_class(self) -> type[ChatTransformers]:  # type: ignore[override]
         return ChatTransformers
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {**_weights(), "temperature": 0.0, "seed": 1234}
-
-    @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        # the suite's defaults also pass timeout and max_retries: settings of network clients,
-        # which an in-process model refuses as unknown keywords
-        return {"temperature": 0.0, "max_tokens": 48, "stop": []}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # one model per object, as local
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_audio_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_video_inputs(self) -> bool:
-        return False
 
 
 class TestChatTransformersUnit(_HFChat, ChatModelUnitTests):
