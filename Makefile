@@ -56,6 +56,7 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python bench/logging_overhead.py
 	$(BIN)/python bench/test_runner.py
 	$(BIN)/python bench/local_runtimes.py
+	$(BIN)/python bench/tune.py
 
 schema: $(VENV)/.stamp-dev
 	$(BIN)/eslabon schema > docs/chain.schema.json

@@ -95,6 +95,40 @@ def test_few_shot_multi_step_structured_output_and_tools(tmp_path: Path) -> None
     assert calc["output"].strip()
 
 
+@pytest.mark.model
+def test_text_in_any_script_passes_the_json_constraint() -> None:
+    # "北" is two partial-UTF-8 tokens of this byte-level vocabulary, a character no token
+    # begins with; the enforcer used to end the string (and the JSON) there, and a minLength
+    # string took only ASCII until long enough (no "Ñ")
+    from langchain_core.messages import HumanMessage
+
+    from eslabon.chat.huggingface import ChatTransformers
+
+    name = {"type": "string", "minLength": 4, "description": "As written in its own script."}
+    city = {"type": "string", "description": "The city it is in."}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "customer",
+            "description": "Register a customer.",
+            "parameters": {
+                "type": "object",
+                "properties": {"name": name, "city": city},
+                "required": ["name", "city"],
+            },
+        },
+    }
+    model = ChatTransformers(
+        model=str(GGUF.parent), gguf_file=str(GGUF), device="cpu", temperature=0, max_tokens=64
+    ).bind_tools([tool], tool_choice="any")
+    for text, expected in (
+        ("Register the customer '北京科技' (Beijing Tech) in Beijing.", "北京科技"),
+        ("Register the customer 'Ñandú Óptica' in Málaga.", "Ñandú Óptica"),
+    ):
+        (call,) = model.invoke([HumanMessage(text)]).tool_calls
+        assert call["name"] == "customer" and call["args"]["name"] == expected
+
+
 # -- mistakes, said before any model loads ---------------------------------------------------------
 def test_a_model_missing_from_the_cache_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("transformers")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -41,25 +40,16 @@ class _HFChat(_LocalChat):
     def chat_model_params(self) -> dict[str, Any]:
         return {**_weights(), "temperature": 0.0, "seed": 1234}
 
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # 64 tokens, not local's 48: through transformers this model lays JSON out on indented
+        # lines, and the unicode tool call's Japanese name (16 byte-level tokens) takes 52
+        return {**super().standard_chat_model_params, "max_tokens": 64}
+
 
 class TestChatTransformersUnit(_HFChat, ChatModelUnitTests):
     pass
 
 
 class TestChatTransformersIntegration(_HFChat, ChatModelIntegrationTests):
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a tool argument in Chinese script: lm-format-enforcer 0.11 lets this byte-level "
-        "tokenizer's partial-character tokens run on until max_tokens (ASCII and accented Latin "
-        "text decode fine: tests/test_huggingface.py); local's llama.cpp grammar passes it",
-    )
-    def test_unicode_tool_call_integration(
-        self,
-        model: BaseChatModel,
-        *,
-        tool_choice: str | None = None,
-        force_tool_call: bool = True,
-    ) -> None:
-        super().test_unicode_tool_call_integration(
-            model, tool_choice=tool_choice, force_tool_call=force_tool_call
-        )
+    pass

@@ -109,6 +109,7 @@ MOVED = {
     "integrations": "chat",
     "inprocess": "chat",
     "huggingface": "chat",
+    "adapter": "chat",
     # rag
     "retrieval": "rag",
     "embeddings": "rag",
@@ -124,6 +125,7 @@ MOVED = {
     "ray_engine": "interfaces",
     "outfile": "interfaces",
     "logs": "interfaces",
+    "tunecmd": "interfaces",
     # trust
     "allow": "trust",
     "paths": "trust",
@@ -141,6 +143,11 @@ MOVED = {
     "runner": "evaluate",
     "reports": "evaluate",
     "pytest_plugin": "evaluate",
+    # tuning (new: no former flat path; listed so that the layout test checks them)
+    "data": "tuning",
+    "train": "tuning",
+    "export": "tuning",
+    "tune": "tuning",
 }
 
 

@@ -198,6 +198,11 @@ class ModelMapping(Params):
     gguf_file: Annotated[str | None, HF] = Field(
         None, description="huggingface: a .gguf file in the model's folder."
     )
+    adapter: Annotated[str | None, HF] = Field(
+        None,
+        description="huggingface: a LoRA adapter folder (peft's format, e.g. written by "
+        "`eslabon tune`) applied to the model.",
+    )
 
 
 # What each provider family accepts from the settings above (checked with file and line).

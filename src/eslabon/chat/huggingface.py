@@ -24,13 +24,16 @@ is built here (:func:`_token_table`, the same few lines).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
 import re
 import secrets
 import threading
+import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -45,6 +48,7 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, model_validator
 
 from eslabon.chat.inprocess import (
+    Constraint,
     bounded_schema,
     chat_payload,
     constraint,
@@ -60,7 +64,7 @@ from eslabon.chat.inprocess import (
 from eslabon.errors import ContextLengthError, MissingDependencyError, ModelError, UserError
 from eslabon.running.binding import BindsTools, JsonModeOutput
 
-__all__ = ["ChatTransformers", "free_models"]
+__all__ = ["ChatTransformers", "free_models", "load_model", "prompt_payload", "quiet_peft"]
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _MAX_SEED = 2**32 - 1
 
@@ -78,7 +82,7 @@ class _Loaded:
     digits: frozenset[int] = frozenset()  # tokens whose text begins with a digit
 
 
-_LOADED: dict[tuple[str, str | None, str, str], _Loaded] = {}
+_LOADED: dict[tuple[str, str | None, str, str, str | None], _Loaded] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -112,7 +116,59 @@ def _offline(download: bool) -> bool:
     return not download or os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
 
 
-def _load(source: str, gguf_file: str | None, device: str, dtype: str, download: bool) -> _Loaded:
+def _load(
+    source: str,
+    gguf_file: str | None,
+    device: str,
+    dtype: str,
+    download: bool,
+    adapter: str | None = None,
+) -> _Loaded:
+    """The model, loaded once per (source, file, device, dtype, adapter)."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            "Running models with transformers", "huggingface", "transformers torch"
+        ) from None
+    where = _device(device, torch)  # said before the (long) load; "auto" and "cpu" are one
+    # an adapter tuned again into the same folder is another model: its weights' time says so
+    key = (source, gguf_file, where, dtype, adapter and f"{adapter}@{_written(adapter)}")
+    if (loaded := _LOADED.get(key)) is not None:  # no wait behind another model's load
+        return loaded
+    with _LOAD_LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        plain = _LOADED.get((source, gguf_file, where, dtype, None))
+        if adapter is not None and plain is not None:
+            # the base is loaded already: a copy is far quicker than reading it again (a GGUF
+            # is de-quantized on every load), and the adapter is merged into the copy
+            model, tokenizer = copy.deepcopy(plain.model), plain.tokenizer
+        else:
+            model, tokenizer, _ = load_model(source, gguf_file, where, dtype, download)
+        if adapter is not None:
+            model = _with_adapter(model, adapter)
+        model.eval()
+        _LOADED[key] = _Loaded(model, tokenizer, where)
+        return _LOADED[key]
+
+
+def _written(adapter: str) -> int:
+    """When the adapter's weights were last written (0: not found; its load will say so)."""
+    from eslabon.chat.adapter import WEIGHTS
+
+    for name in WEIGHTS:
+        try:
+            return (Path(adapter) / name).stat().st_mtime_ns
+        except OSError:
+            continue
+    return 0
+
+
+def load_model(
+    source: str, gguf_file: str | None, device: str, dtype: str, download: bool
+) -> tuple[Any, Any, str]:
+    """A fresh ``(model, tokenizer, device)`` on that device (``eslabon tune`` trains one)."""
     try:
         import torch
         import transformers as _transformers
@@ -124,38 +180,57 @@ def _load(source: str, gguf_file: str | None, device: str, dtype: str, download:
     if gguf_file and importlib.util.find_spec("gguf") is None:
         raise MissingDependencyError("Reading a GGUF file with transformers", "huggingface", "gguf")
     where = _device(device, torch)
-    key = (source, gguf_file, where, dtype)
-    if (loaded := _LOADED.get(key)) is not None:  # no wait behind another model's load
-        return loaded
-    with _LOAD_LOCK:
-        if key in _LOADED:
-            return _LOADED[key]
-        # model loading prints progress bars and notices on stderr: eslabon's output is its own
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        if gguf_file:
-            _quiet_gguf_progress()
-        options: dict[str, Any] = {"local_files_only": _offline(download)}
-        if gguf_file:
-            options["gguf_file"] = gguf_file
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **options)
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, **options
-            )
-        except OSError as exc:
-            raise _not_found(source, gguf_file, options["local_files_only"], exc) from None
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"could not load {source}: {exc}") from None
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(
-                f"{source} has no chat template: eslabon sends chat messages\n"
-                "    fix: use the model's instruct (chat) version"
-            )
-        model.to(where)
-        model.eval()
-        _LOADED[key] = _Loaded(model, tokenizer, where)
-        return _LOADED[key]
+    # model loading prints progress bars and notices on stderr: eslabon's output is its own
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if gguf_file:
+        _quiet_gguf_progress()
+    options: dict[str, Any] = {"local_files_only": _offline(download)}
+    if gguf_file:
+        options["gguf_file"] = gguf_file
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **options)
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options)
+    except OSError as exc:
+        raise _not_found(source, gguf_file, options["local_files_only"], exc) from None
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"could not load {source}: {exc}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            f"{source} has no chat template: eslabon sends chat messages\n"
+            "    fix: use the model's instruct (chat) version"
+        )
+    model.to(where)
+    return model, tokenizer, where
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft and transformers warn, on stderr, about things eslabon has settled: a GGUF folder
+    has no config.json for peft to compare the vocabulary with (eslabon checks the base by its
+    hash: :mod:`eslabon.chat.adapter`), and transformers 5 renamed a helper peft still calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
+        warnings.filterwarnings("ignore", message="Could not find a config file in")
+        yield
+
+
+def _with_adapter(model: Any, adapter: str) -> Any:
+    """``model`` with a LoRA adapter merged into its weights: as fast as the model alone."""
+    try:
+        import peft
+    except ImportError:
+        raise MissingDependencyError("LoRA adapters", "huggingface", "peft") from None
+    try:
+        with quiet_peft():
+            tuned = peft.PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # missing files, wrong shapes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"could not apply the adapter {adapter}: {first}\n    fix: an adapter trained on "
+            "this model (eslabon tune writes one with its manifest)"
+        ) from None
+    return tuned.merge_and_unload()
 
 
 def _quiet_gguf_progress() -> None:
@@ -211,12 +286,20 @@ def _token_table(tokenizer: Any) -> tuple[Any, frozenset[int]]:
         if alone[:1].isdigit():
             digits.add(token)
 
+    alphabet: set[str] = set()
+
     def decode(tokens: list[int]) -> str:
-        return str(tokenizer.decode(tokens)).rstrip("\ufffd")
+        # the text the JSON parser reads. A character outside its alphabet (the characters
+        # tokens begin with) ends the string, and the object, there: "你" is two partial-UTF-8
+        # tokens of a byte-level vocabulary, each "\ufffd" in the table. So such a character
+        # reaches it as one "\ufffd" (lengths still count); the reply is decoded apart
+        text = str(tokenizer.decode(tokens)).rstrip("\ufffd")
+        return "".join(c if c in alphabet else "\ufffd" for c in text)
 
     table = TokenEnforcerTokenizerData(
         regular, decode, tokenizer.eos_token_id, False, len(tokenizer)
     )
+    alphabet.update(table.tokenizer_alphabet)
     return table, frozenset(digits)
 
 
@@ -257,6 +340,7 @@ class ChatTransformers(BindsTools, JsonModeOutput, BaseChatModel):
 
     model: str  # a folder, or a Hugging Face id in the local cache
     gguf_file: str | None = None  # a .gguf file in that folder
+    adapter: str | None = None  # a LoRA adapter folder (peft's format), merged at load
     device: str = "auto"  # cpu, cuda, cuda:1, mps; auto: a GPU when torch sees one
     torch_dtype: str = "auto"
     download: bool = False  # fetch a Hugging Face id missing from the cache
@@ -292,7 +376,12 @@ class ChatTransformers(BindsTools, JsonModeOutput, BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         # no per-call seed here: LangChain's cache keys on these
-        return {"model": self.model, "gguf_file": self.gguf_file, **self._params()}
+        return {
+            "model": self.model,
+            "gguf_file": self.gguf_file,
+            "adapter": self.adapter,
+            **self._params(),
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         """What LangSmith and tracing callbacks record about a call."""
@@ -323,7 +412,9 @@ class ChatTransformers(BindsTools, JsonModeOutput, BaseChatModel):
         return super().bind_tools(tools, **kwargs)
 
     def _loaded(self) -> _Loaded:
-        return _load(self.model, self.gguf_file, self.device, self.torch_dtype, self.download)
+        return _load(
+            self.model, self.gguf_file, self.device, self.torch_dtype, self.download, self.adapter
+        )
 
     def count_message_tokens(self, messages: list[BaseMessage]) -> int:
         """Tokens these messages take in this model's chat template (for history trimming)."""
@@ -346,7 +437,7 @@ class ChatTransformers(BindsTools, JsonModeOutput, BaseChatModel):
             )
         loaded = self._loaded()
         found = constraint(messages, kwargs)
-        payload = with_system([chat_payload(m) for m in messages], found.system)
+        payload = prompt_payload(messages, found)
         params = self._params(stop, **kwargs)
         return _Request(self, loaded, payload, params, found.schema, found.tool_json)
 
@@ -405,6 +496,11 @@ class ChatTransformers(BindsTools, JsonModeOutput, BaseChatModel):
                 response_metadata={"finish_reason": request.finish, "model_name": self.name_shown},
             )
         )
+
+
+def prompt_payload(messages: list[BaseMessage], found: Constraint) -> list[dict[str, str]]:
+    """The chat-template messages a call sends (``eslabon tune`` trains on the same)."""
+    return with_system([chat_payload(m) for m in messages], found.system)
 
 
 class _Request:
@@ -502,10 +598,13 @@ class _Request:
         loaded = self.loaded
         if loaded.table is None:
             loaded.table, loaded.digits = _token_table(loaded.tokenizer)
-        # strings bounded so the JSON closes within max_tokens (as local's grammar); a little
-        # whitespace for the layout, not a page of newlines
+        # strings bounded so the JSON closes within max_tokens (as local's grammar). The
+        # vocabulary's alphabet from the start: the parser keeps the one it is built with for a
+        # string short of its minLength (by default ASCII without spaces: no "Ñ", no "\ufffd"
+        # piece). TokenEnforcer then sets a config of its own (this alphabet, the default 12
+        # whitespaces in a row: 4 left the small model's objects worse)
         schema = bounded_schema(self.schema, string_cap(self.schema, self.max_tokens))
-        config = CharacterLevelParserConfig(max_consecutive_whitespaces=4)
+        config = CharacterLevelParserConfig(alphabet=loaded.table.tokenizer_alphabet)
         enforcer = TokenEnforcer(loaded.table, JsonSchemaParser(schema, config=config))
         tokenizer, digits = loaded.tokenizer, loaded.digits
 

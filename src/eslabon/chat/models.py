@@ -24,6 +24,7 @@ from eslabon.chat.modelspec import (
     PROVIDERS,
     ModelRefError,
     ModelSpec,
+    adapter_path,
     gguf_path,
     key_destination,
     parse_model_ref,
@@ -312,6 +313,8 @@ def _build_transformers(
     _only(spec, kwargs, (*HF_SETTINGS, *(("download",) if spec.trusted else ())))
     try:
         source, gguf_file = transformers_source(spec, base_dir, kwargs.pop("gguf_file", None))
+        adapter = adapter_path(spec, base_dir)
+        kwargs["adapter"] = None if adapter is None else str(adapter)
     except ModelRefError as exc:
         raise ChainConfigError([Problem(exc.message, path="model", hint=exc.hint)]) from None
     return ChatTransformers(

@@ -366,7 +366,16 @@ def _check_provider_specifics(spec: ModelSpec, base_dir: Path | None) -> None:
             )
     elif spec.provider == "huggingface":
         gguf_file = spec.kwargs.get("gguf_file")
-        transformers_source(spec, base_dir, gguf_file if isinstance(gguf_file, str) else None)
+        source, weights = transformers_source(
+            spec, base_dir, gguf_file if isinstance(gguf_file, str) else None
+        )
+        if (folder := adapter_path(spec, base_dir)) is not None:
+            from eslabon.chat.adapter import AdapterError, check_adapter
+
+            try:
+                check_adapter(folder, source, weights)
+            except AdapterError as exc:
+                raise ModelRefError(exc.message, exc.hint) from None
     elif spec.provider == "fake" and spec.name not in ("", "echo"):
         raise ModelRefError(
             f"unknown fake model '{spec.name}'",
@@ -412,6 +421,8 @@ def transformers_source(
             "a huggingface model needs a folder, a .gguf file or a Hugging Face id",
             "write e.g. huggingface:HuggingFaceTB/SmolLM2-135M-Instruct or huggingface:./modelo",
         )
+    if name == "local":  # the bundled model, as `model: local` runs it through llama.cpp
+        return _bundled(gguf_file)
     folder = spec.base_dir or base_dir or Path.cwd()
     local = Path(os.path.expanduser(name))
     if HUB_ID.match(name) and not (local if local.is_absolute() else folder / local).exists():
@@ -437,6 +448,39 @@ def transformers_source(
         except PathNotAllowedError as exc:
             raise ModelRefError(exc.message, exc.hint) from None
     return str(path), str(weights.absolute())
+
+
+def _bundled(gguf_file: str | None) -> tuple[str, str]:
+    from eslabon.chat.local import bundled_model_path
+
+    if gguf_file is not None:
+        raise ModelRefError(
+            "huggingface:local is the bundled model: it takes no gguf_file",
+            "drop gguf_file, or name your own folder",
+        )
+    bundled = bundled_model_path()
+    return str(bundled.parent), str(bundled)
+
+
+def adapter_path(spec: ModelSpec, base_dir: Path | None) -> Path | None:
+    """A ``huggingface:`` model's LoRA ``adapter`` folder, if it has one; a chain file's lies in
+    its folder or the project, as its weights do."""
+    adapter = spec.kwargs.get("adapter")
+    if adapter is None:
+        return None
+    if not isinstance(adapter, str) or not adapter.strip():
+        raise ModelRefError("adapter must be a folder's path", "e.g. adapter: ./ajustado/adapter")
+    folder = spec.base_dir or base_dir or Path.cwd()
+    path = Path(os.path.expanduser(adapter))
+    path = path if path.is_absolute() else folder / path
+    if not spec.trusted:
+        from eslabon.trust.paths import PathNotAllowedError, confine
+
+        try:
+            path = confine(adapter, folder, "LoRA adapter")
+        except PathNotAllowedError as exc:
+            raise ModelRefError(exc.message, exc.hint) from None
+    return path.absolute()
 
 
 def _hub_id_bounded(name: str, gguf_file: str | None) -> None:

@@ -24,7 +24,15 @@ from pydantic import ValidationError
 from eslabon.chainfile.spec import ASSERTION_KINDS, Assertion, Chain, TestCase, TestFile
 from eslabon.errors import ChainConfigError, Problem
 
-__all__ = ["MAX_CASES", "MAX_CASES_BYTES", "Case", "expand_cases", "shown_path"]
+__all__ = [
+    "MAX_CASES",
+    "MAX_CASES_BYTES",
+    "BadRow",
+    "Case",
+    "expand_cases",
+    "file_rows",
+    "shown_path",
+]
 
 SUFFIXES = (".jsonl", ".yaml", ".yml", ".csv")
 MAX_CASES_BYTES = 5_000_000  # a file of cases is read whole; 5 MB is thousands of cases
@@ -197,19 +205,19 @@ def _file_problem(message: str, hint: str | None = None, line: int | None = None
     return ChainConfigError([Problem(message, "", None, line, hint=hint)])
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, what: str = "tests file", limit: int | None = None) -> str:
+    limit = MAX_CASES_BYTES if limit is None else limit  # read now: tests lower it
     try:
         size = path.stat().st_size
-        if size > MAX_CASES_BYTES:
+        if size > limit:
             raise _file_problem(
-                f"{size:,} bytes; a tests file may be up to {MAX_CASES_BYTES:,} bytes",
+                f"{size:,} bytes; a {what} may be up to {limit:,} bytes",
                 "split it into several files",
             )
         data = path.read_bytes()
     except FileNotFoundError:
-        raise _file_problem(
-            "tests file not found", "paths are relative to the chain file"
-        ) from None
+        hint = "paths are relative to the chain file" if what == "tests file" else None
+        raise _file_problem(f"{what} not found", hint) from None
     except OSError as exc:
         raise _file_problem(f"cannot read it: {exc.strerror or exc}") from None
     try:
@@ -222,32 +230,43 @@ def _read(path: Path) -> str:
         ) from None
 
 
-def _rows(path: Path, suffix: str, text: str) -> Iterator[Row]:
+def _rows(path: Path, suffix: str, text: str, what: str = "cases") -> Iterator[Row]:
     if suffix == ".jsonl":
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     yield n, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield n, _Bad(f"invalid JSON: {exc.msg}")
+                    yield n, BadRow(f"invalid JSON: {exc.msg}")
                 except RecursionError:
-                    yield n, _Bad("values nest too deeply")
+                    yield n, BadRow("values nest too deeply")
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
             # the header is line 1; a row's number is the line it starts on
             for n, row in enumerate(reader, 2):
                 if None in row:
-                    yield n, _Bad(f"{len(row[None])} more cells than the header has columns")
+                    yield n, BadRow(f"{len(row[None])} more cells than the header has columns")
                 else:
                     yield n, row
         except csv.Error as exc:
             raise _file_problem(f"not valid CSV: {exc}", line=reader.line_num) from None
     else:
-        yield from enumerate(_yaml_list(text), 1)
+        yield from enumerate(_yaml_list(text, what), 1)
 
 
-def _yaml_list(text: str) -> list[Any]:
+def file_rows(path: Path, what: str = "cases", limit: int | None = None) -> list[tuple[int, Any]]:
+    """``(number, row)`` of a .jsonl / .yaml / .csv file read as case files are (size bound,
+    UTF-8, a :class:`BadRow` for a row that cannot be read); a file that cannot be read at all
+    is a :class:`~eslabon.errors.ChainConfigError` naming it. ``what``: the rows, in messages."""
+    try:
+        text = _read(path, "file of " + what, limit)
+        return list(_rows(path, path.suffix.lower(), text, what))
+    except ChainConfigError as exc:
+        raise ChainConfigError([replace(p, file=shown_path(path)) for p in exc.problems]) from None
+
+
+def _yaml_list(text: str, what: str = "cases") -> list[Any]:
     import yaml
 
     from eslabon.chainfile.yamlsafe import YamlLimitError, load_bounded
@@ -262,13 +281,16 @@ def _yaml_list(text: str) -> list[Any]:
         data = data["tests"]
     if not isinstance(data, list):
         raise _file_problem(
-            "expected a list of cases", "each item: {name, inputs: {...}, expect: [...]}"
+            f"expected a list of {what}",
+            "each item: {name, inputs: {...}, expect: [...]}"
+            if what == "cases"
+            else "each item: the chain's inputs and output",
         )
     return data
 
 
 @dataclass(frozen=True)
-class _Bad:
+class BadRow:
     """A row that could not be read (bad JSON, stray cells): its message."""
 
     message: str
@@ -286,7 +308,7 @@ def _row_case(
     """The row as a validated case, or None (its problems added)."""
     from eslabon.chainfile.schema_errors import problems_from_validation
 
-    if isinstance(row, _Bad):
+    if isinstance(row, BadRow):
         problems.append(Problem(row.message, where, file, line))
         return None
     if suffix == ".csv":
@@ -342,7 +364,7 @@ def _csv_case(
             if value.strip() == "":
                 continue
             parsed = _cell(column, value)
-            if isinstance(parsed, _Bad):
+            if isinstance(parsed, BadRow):
                 problems.append(Problem(parsed.message, f"{where}.{column}", file, line))
                 ok = False
             else:
@@ -370,7 +392,7 @@ def _cell(kind: str, text: str) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            return _Bad(f"not JSON: {exc.msg} (a schema cell holds a JSON object)")
+            return BadRow(f"not JSON: {exc.msg} (a schema cell holds a JSON object)")
     return text  # numbers are parsed by the check's own validation ("40" -> 40)
 
 

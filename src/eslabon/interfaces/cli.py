@@ -21,6 +21,7 @@ import typer
 from eslabon.chainfile import discover
 from eslabon.chat.modelspec import ModelSpec, model_option, split_models
 from eslabon.errors import EslabonError, UserError
+from eslabon.interfaces import tunecmd
 from eslabon.interfaces.logs import app as logs_app
 from eslabon.trust.redaction import redact
 
@@ -782,6 +783,9 @@ def _batch_progress(total: int, label: str = "batch") -> Iterator[Any]:
             )
 
         yield fancy
+
+
+_command()(tunecmd.tune)
 
 
 TESTS_FAILED = 1  # eslabon test: some case failed on some model (0: all passed; 2: a mistake)
