@@ -161,6 +161,7 @@ def engines(url: str) -> None:
         assert report.done == ROWS, report.summary()
         return wall, finished[0] - start, (ROWS - 1) / (finished[-1] - finished[0])
 
+    load_before = os.getloadavg()[0]  # a shared machine's other work moves the figures
     started = time.perf_counter()
     connect("local")  # the runtime --address local starts: loopback, no dashboard
     init_s = time.perf_counter() - started
@@ -179,7 +180,8 @@ def engines(url: str) -> None:
                 )
             )
     cpus = os.cpu_count()
-    print(f"{ROWS} rows, {LATENCY * 1000:.0f} ms latency, {WORKERS} Ray workers, {cpus} CPUs")
+    print(f"{ROWS} rows, {LATENCY * 1000:.0f} ms latency, {WORKERS} Ray workers, {cpus} CPUs; "
+          f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
     rates: dict[int, tuple[float, float]] = {}
     for level in levels:
         process_wall, _, _ = min(runs["process", level])

@@ -1,25 +1,43 @@
 """What the run log adds to ``eslabon run``: at most 5 ms per run (issue 15).
 
-Measured side by side in one run:
+The figure is measured on the whole command, as a user runs it: ``eslabon run`` of the
+3-step example chain on ``fake:echo``, as a subprocess, with the log on and with ``--no-log``,
+in a temporary project (its own eslabon.toml and log), with compiled modules cached as an
+installed eslabon has them.
 
-- ``RunLog.record`` of a realistic 3-step record, in process: on a log kept open (``eslabon
-  batch`` shares one) and on a fresh one (``eslabon run``: connect, write, close), and the
-  import of the run log module in a fresh interpreter — what logging adds to one run;
-- the ``eslabon run`` command itself, in process (typer's runner on the real app, the same
-  code path), with the log on and off (``--no-log``), interleaved, a few hundred times each: the
-  median difference is what logging adds to a run once its module is loaded;
-- the figure, ``log_overhead_ms``: that difference plus the module's import in a fresh process
-  (what a command pays once). A whole command takes ~0.8 s and varies by tens of ms on a busy
-  2-core machine, far more than the log's few ms, so the subprocess wall times below are a
-  cross-check rather than the figure: ``eslabon run ... -m fake:echo`` as a whole command with
-  the log on and off, interleaved, in a temporary project (its own eslabon.toml and log).
+How the figure is taken, and why:
 
-Run: ``make bench`` (or ``.venv/bin/python bench/logging_overhead.py``).
+- **Pairs, interleaved.** The runs come in pairs, one with the log and one without, back to
+  back, the order alternating from pair to pair. What the machine does meanwhile (another
+  program's load rising and falling, the disk cache warming) drifts slowly compared with one
+  pair, so it hits both runs of a pair about alike, and their difference keeps what the log
+  adds rather than the drift.
+- **The median of the paired differences** (log on minus log off), in ms: ``log_overhead_ms``.
+  A whole command takes ~0.8 s, and on a busy 2-core machine one run now and then loses the CPU
+  for tens of milliseconds — far more than the log's few. Such a run makes its pair's difference
+  an outlier; a mean would move with every outlier, the median does not (half the pairs would
+  have to be disturbed the same way to move it). With no effect at all, the differences are as
+  often positive as negative, and the median is near 0.
+- **How sure it is**: a distribution-free 95% interval for that median, read from the sorted
+  differences (the order statistics the binomial distribution gives: no assumption about the
+  noise's shape), and the Hodges-Lehmann estimate (the median of the pairwise means of the
+  differences), a second robust estimate that should agree. If the interval is wide, the
+  machine was too busy: run more pairs (``BENCH_RUNS=400``) or run it when the machine is
+  quieter.
+- **Complete**: the log-on runs must each have put exactly one row in the log, the log-off
+  runs none, or the bench fails.
+
+Also printed, for context: ``RunLog.record`` of a realistic 3-step record in process (on a log
+kept open, and on a fresh one: connect, write, close), and the wall and CPU medians.
+
+Run: ``make bench`` (or ``.venv/bin/python bench/logging_overhead.py``; ``BENCH_RUNS=N`` pairs,
+200 by default: about 6 minutes on an idle machine).
 Last line: ``log_overhead_ms=X`` (target <= 5).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sqlite3
@@ -37,8 +55,8 @@ from eslabon.observe.runlog import RunLog
 ROOT = Path(__file__).resolve().parent.parent
 # BENCH_QUICK=1: one tiny round, to check that the benchmark runs (the test suite does this)
 QUICK = bool(os.environ.get("BENCH_QUICK"))
-RECORDS, RUNS, WARMUP, IN_PROCESS = (20, 2, 1, 5) if QUICK else (500, 31, 2, 300)
-RUNS = int(os.environ.get("BENCH_RUNS", RUNS))  # more pairs on a busy machine
+RECORDS, PAIRS, WARMUP = (20, 3, 1) if QUICK else (500, 200, 3)
+PAIRS = int(os.environ.get("BENCH_RUNS", PAIRS))  # more pairs on a busy machine
 CHAIN = ROOT / "chains" / "analizar_planificar_resolver.yaml"
 PROBLEM = "Tengo 3 manzanas y me como una. ¿Cuántas me quedan?"
 EXE = str(Path(sys.executable).parent / "eslabon")
@@ -117,76 +135,41 @@ def record_us(folder: Path) -> tuple[float, float]:
     return statistics.median(warm) * 1e6, statistics.median(fresh) * 1e6
 
 
-IMPORT = (
-    "import time, eslabon.interfaces.cli\n"  # what eslabon run has loaded before it logs
-    "start = time.perf_counter()\n"
-    "import eslabon.observe.runlog\n"
-    "print(time.perf_counter() - start)\n"
-)
-
-
-def import_ms(env: dict[str, str]) -> float:
-    """Importing the run log module (sqlite3 with it) in a fresh ``eslabon`` process."""
-    times = []
-    for _ in range(3 if QUICK else 9):
-        out = subprocess.run(
-            [sys.executable, "-c", IMPORT], capture_output=True, text=True, check=True, env=env
-        )
-        times.append(float(out.stdout))
-    return statistics.median(times) * 1e3
-
-
-def has_no_log_flag() -> bool:
-    out = subprocess.run([EXE, "run", "--help"], capture_output=True, text=True, check=True)
-    return "--no-log" in out.stdout
-
-
-def run_once(project: Path, env: dict[str, str], extra: list[str]) -> tuple[float, float]:
+def run_once(project: Path, env: dict[str, str], logged: bool) -> tuple[float, float]:
     """One ``eslabon run``: its wall time and its CPU time (user + system), in seconds."""
-    args = [EXE, "run", str(CHAIN), "-m", "fake:echo", "-i", f"problema={PROBLEM}", *extra]
+    args = [EXE, "run", str(CHAIN), "-m", "fake:echo", "-i", f"problema={PROBLEM}"]
+    if not logged:
+        args.append("--no-log")
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(args, cwd=project, env=env, check=True, capture_output=True)
+    done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0 or "not logged" in done.stderr:
+        raise RuntimeError(f"eslabon run failed or did not log:\n{done.stderr}")
     return wall, (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
 
 
-def in_process_ms(project: Path) -> tuple[float, float, float]:
-    """``eslabon run`` through typer's runner on the real app, log on and off interleaved:
-    median ms per run on, off, and the median of the paired differences."""
-    from typer.testing import CliRunner
-
-    from eslabon.interfaces.cli import app
-
-    runner = CliRunner()
-    args = ["run", str(CHAIN), "-m", "fake:echo", "-i", f"problema={PROBLEM}"]
-    saved = os.environ.pop("ESLABON_LOGS", None)
-    cwd = os.getcwd()
-    os.chdir(project)  # its eslabon.toml: the log goes to its .eslabon/
-    try:
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for n in range(IN_PROCESS + 3):
-            for logged in (True, False) if n % 2 == 0 else (False, True):
-                start = time.perf_counter()
-                done = runner.invoke(app, args if logged else [*args, "--no-log"])
-                if done.exit_code != 0:
-                    raise RuntimeError(done.output)
-                if n >= 3:  # the first runs load modules and make the log
-                    times[logged].append(time.perf_counter() - start)
-    finally:
-        os.chdir(cwd)
-        if saved is not None:
-            os.environ["ESLABON_LOGS"] = saved
-    on, off = times[True], times[False]
-    paired = statistics.median(a - b for a, b in zip(on, off, strict=True))
-    return statistics.median(on) * 1e3, statistics.median(off) * 1e3, paired * 1e3
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free ``level`` interval for the median of ``values``: the order
+    statistics ``(k, n - k + 1)`` with P(k <= B <= n - k) >= level, B ~ Binomial(n, 1/2)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k = 0  # the largest k whose tails each hold at most (1 - level) / 2
+    tail = 0.0
+    for i in range(n // 2 + 1):
+        tail += math.comb(n, i) / 2**n
+        if tail > (1 - level) / 2:
+            break
+        k = i + 1
+    if k == 0:  # too few pairs for that level: the whole range
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
 
 
-def fastest_quarter(times: list[float]) -> float:
-    """The mean of the fastest quarter: what a run takes when other work leaves it alone."""
-    fast = sorted(times)[: max(1, len(times) // 4)]
-    return sum(fast) / len(fast)
+def hodges_lehmann(values: list[float]) -> float:
+    """The median of the means of every pair of values (each with itself included)."""
+    return statistics.median((a + b) / 2 for i, a in enumerate(values) for b in values[i:])
 
 
 def rows(path: Path) -> int:
@@ -197,6 +180,16 @@ def rows(path: Path) -> int:
             return int(db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
         except sqlite3.OperationalError:
             return 0  # made, but nothing written
+
+
+def paired_runs(project: Path, env: dict[str, str]) -> dict[str, list[tuple[float, float]]]:
+    """``PAIRS`` pairs of runs, log on and off, the order alternating; (wall, CPU) of each."""
+    times: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
+    for n in range(PAIRS):
+        order = ("on", "off") if n % 2 == 0 else ("off", "on")  # neither always goes first
+        for way in order:
+            times[way].append(run_once(project, env, logged=way == "on"))
+    return times
 
 
 def main() -> None:
@@ -211,72 +204,42 @@ def main() -> None:
             k: v
             for k, v in os.environ.items()
             if k not in ("ESLABON_MODEL", "ESLABON_LOGS", "PYTHONDONTWRITEBYTECODE")
+            and not k.startswith("OTEL_")
         }
         env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
-        import_ms(env)  # compiles and caches
-        imported = import_ms(env)
-        print(f"import eslabon.observe.runlog in eslabon's process: {imported:.1f} ms median")
-        print(f"the parts, import + a fresh log's record: {imported + fresh_us / 1e3:.1f} ms")
-
-        # two temporary projects: the logs stay out of the repository's .eslabon
-        on_project, off_project = folder / "on", folder / "off"
-        on_project.mkdir()
-        (on_project / "eslabon.toml").write_text("[logs]\nenabled = true\n")
-        if has_no_log_flag():
-            off_project, off_args, off_how = on_project, ["--no-log"], "--no-log"
-        else:
-            off_project.mkdir()
-            (off_project / "eslabon.toml").write_text("[logs]\nenabled = false\n")
-            off_args, off_how = [], "[logs] enabled = false (eslabon run has no --no-log yet)"
-        ways = {"on": (on_project, []), "off": (off_project, off_args)}
-        for _ in range(WARMUP):
-            for project, extra in ways.values():
-                run_once(project, env, extra)
-        on_log = on_project / ".eslabon" / "logs.sqlite"
-        before = rows(on_log)
-        wall: dict[str, list[float]] = {"on": [], "off": []}
-        cpu: dict[str, list[float]] = {"on": [], "off": []}
-        for n in range(RUNS):
-            order = ("on", "off") if n % 2 == 0 else ("off", "on")  # neither always goes first
-            for way in order:
-                project, extra = ways[way]
-                seconds, used = run_once(project, env, extra)
-                wall[way].append(seconds)
-                cpu[way].append(used)
-        logged = rows(on_log) - before
-        load = os.getloadavg()[0]
+        project = folder / "project"
+        project.mkdir()
+        (project / "eslabon.toml").write_text("[logs]\nenabled = true\n", encoding="utf-8")
+        log = project / ".eslabon" / "logs.sqlite"
+        for _ in range(WARMUP):  # compiles and caches the modules, makes the log
+            run_once(project, env, logged=True)
+            run_once(project, env, logged=False)
+        before = rows(log)
+        started = time.perf_counter()
+        times = paired_runs(project, env)
+        minutes = (time.perf_counter() - started) / 60
+        written = rows(log) - before
         print(
-            f"load average {load:.1f} on {os.cpu_count()} cores during the runs"
-            + (": other work's noise in the wall times is far above 5 ms" if load > 0.5 else "")
+            f"{PAIRS} pairs of eslabon run (3 steps, fake:echo) in {minutes:.1f} min; load "
+            f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end"
         )
-        on, off = (statistics.median(wall[w]) for w in ("on", "off"))
-        for way, how in (("on", ""), ("off", f" ({off_how})")):
-            print(
-                f"eslabon run (3 steps, fake:echo), log {way + ':':4} "
-                f"{statistics.median(wall[way]):.3f} s wall, "
-                f"{statistics.median(cpu[way]):.3f} s CPU, medians of {RUNS}{how}"
-            )
-        # the figure is the wall time's; the others say how much of it is noise
-        paired = statistics.median(a - b for a, b in zip(wall["on"], wall["off"], strict=True))
-        quarter = fastest_quarter(wall["on"]) - fastest_quarter(wall["off"])
-        cpu_diff = statistics.median(cpu["on"]) - statistics.median(cpu["off"])
+        if written != PAIRS:
+            raise SystemExit(f"the log-on runs wrote {written} rows, not {PAIRS}")
+        print(f"run log: {written} rows for the {PAIRS} runs with the log on, none for the others")
+        for way, how in (("on", ""), ("off", " (--no-log)")):
+            wall = statistics.median(t[0] for t in times[way])
+            cpu = statistics.median(t[1] for t in times[way])
+            print(f"log {way + ':':4} {wall:.3f} s wall, {cpu:.3f} s CPU, medians{how}")
+        wall_diff = [(a[0] - b[0]) * 1e3 for a, b in zip(times["on"], times["off"], strict=True)]
+        cpu_diff = [(a[1] - b[1]) * 1e3 for a, b in zip(times["on"], times["off"], strict=True)]
+        low, high = median_interval(wall_diff)
+        figure = statistics.median(wall_diff)
         print(
-            f"log on - off: {(on - off) * 1e3:+.1f} ms (medians), {paired * 1e3:+.1f} ms (median "
-            f"of the pairs), {quarter * 1e3:+.1f} ms (fastest quarters), "
-            f"{cpu_diff * 1e3:+.1f} ms CPU"
+            f"log on - off, per pair: median {figure:+.2f} ms (95% interval {low:+.2f} to "
+            f"{high:+.2f}), Hodges-Lehmann {hodges_lehmann(wall_diff):+.2f} ms; CPU "
+            f"{statistics.median(cpu_diff):+.2f} ms"
         )
-        if logged != RUNS:
-            print(
-                f"note: the log on got {logged} of {RUNS} runs: eslabon run does not log (yet), "
-                "so on and off measure the same thing"
-            )
-        run_on, run_off, per_run = in_process_ms(on_project)
-        print(
-            f"eslabon run in process (typer runner), log on: {run_on:.2f} ms, off: "
-            f"{run_off:.2f} ms, medians of {IN_PROCESS}; paired difference {per_run:+.2f} ms"
-        )
-        print(f"the figure: {per_run:.2f} ms per run + {imported:.2f} ms import, once per command")
-        print(f"log_overhead_ms={per_run + imported:.2f}")
+        print(f"log_overhead_ms={figure:.2f}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ CONSTRUCTORS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "eslabon.observe.record.RunNotLogged": _MESSAGE,
     "eslabon.evaluate.pytest_plugin.CaseFailedError": _MESSAGE,
     "eslabon.observe.runlog.LogUnavailable": _MESSAGE,
+    "eslabon.observe.runlog.DuplicateRun": _MESSAGE,
+    "eslabon.observe.runlog._NotPlain": _MESSAGE,
     "eslabon.chat.adapter.AdapterError": (("no adapter folder at x",), {"hint": "tune one"}),
     "eslabon.tuning.data._Caught": (([], {"ls_structured_output_format": None}), {}),
     "eslabon.chainfile.yamlsafe.YamlLimitError": (

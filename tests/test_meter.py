@@ -347,3 +347,104 @@ def test_a_cache_hit_costs_nothing(openai: WireServer, tmp_path: Path) -> None:
     assert paid["cost"] and paid["cached"] == 0
     assert (cached["cost"], cached["cached"], cached["calls"]) == (0.0, 1, 1)
     assert "total_cost" not in cached["usage"]  # LangChain's cache mark is not a token count
+
+
+# -- Gemini and Anthropic priced end to end ------------------------------------------------------
+# published prices, USD per million tokens (input, output): what genai-prices must give them
+PUBLISHED = {"claude-haiku-4-5": (1, 5), "gemini-2.5-flash": (Decimal("0.30"), Decimal("2.50"))}
+
+
+@pytest.mark.parametrize(
+    ("provider", "name", "key_var", "own_server"),
+    [
+        ("anthropic", "claude-haiku-4-5", "ANTHROPIC_API_KEY", "anthropic_api_url"),
+        ("google_genai", "gemini-2.5-flash", "GOOGLE_API_KEY", "client_options"),
+    ],
+)
+def test_gemini_and_anthropic_calls_cost_their_published_price(
+    server: WireServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    name: str,
+    key_var: str,
+    own_server: str,
+) -> None:
+    """The real client against the loopback server, reached through the client's own setting
+    (the caller's, as ``openai_api_base`` for OpenAI): the model is the provider's, not an
+    own endpoint, so the meter prices it — invoked and streamed."""
+    monkeypatch.setenv(key_var, "test-key-meter-0123456789")
+    where: Any = {"api_endpoint": server.url} if own_server == "client_options" else server.url
+    ref = {"provider": provider, "name": name, own_server: where, "max_retries": 0}
+    chain = load_chain(write(tmp_path, "prompt: hola\n"), model=ref)
+    price_in, price_out = PUBLISHED[name]
+    for stats in (chain.invoke({})["stats"], list(chain.stream({}))[-1]["stats"]):
+        usage = stats["usage"]
+        expected = (usage["input_tokens"] * price_in + usage["output_tokens"] * price_out) / 10**6
+        assert usage["input_tokens"] > 0 and expected > 0
+        assert stats["steps"]["output"]["model"] == f"{provider}:{name}"
+        assert stats["cost"] == pytest.approx(float(expected), rel=1e-9)
+        assert stats["steps"]["output"]["cost"] == stats["cost"]
+    assert len(server.requests) == 2  # both calls went over the wire
+    # the same model behind a base_url in a chain file is another server's: unknown
+    own = {**ref, "base_url": server.url}
+    del own[own_server]
+    assert (
+        load_chain(write(tmp_path, "prompt: hola\n"), model=own).invoke({})["stats"]["cost"] is None
+    )
+
+
+# -- cached and reasoning tokens ----------------------------------------------------------------
+def test_cached_and_reasoning_tokens_reach_each_step_the_total_and_the_log(
+    tmp_path: Path,
+) -> None:
+    """A provider that reports cache reads and reasoning tokens (as OpenAI does): each step's
+    usage keeps them, the run's adds them up, the price charges cached input at its own rate,
+    and the run log keeps them."""
+    from eslabon.observe.meter import NAME_KEY, PROVIDER_KEY
+    from eslabon.observe.runlog import RunLog
+
+    def reply(text: str, cached: int, reasoning: int) -> AIMessage:
+        return AIMessage(
+            text,
+            usage_metadata={
+                "input_tokens": 1000,
+                "output_tokens": 500,
+                "total_tokens": 1500,
+                "input_token_details": {"cache_read": cached},
+                "output_token_details": {"reasoning": reasoning},
+            },
+        )
+
+    model = GenericFakeChatModel(messages=iter([reply("uno", 200, 40), reply("dos", 600, 0)]))
+    # as eslabon tags a model it builds: OpenAI's gpt-4o-mini, no base_url
+    model.metadata = {PROVIDER_KEY: "openai", NAME_KEY: "gpt-4o-mini"}
+    path = write(
+        tmp_path,
+        "steps:\n  - {id: a, prompt: primero}\n  - {id: b, prompt: 'segundo {a}'}\n",
+    )
+    logged = load_chain(path, model=model).with_log(tmp_path / "logs.sqlite")
+    stats = logged.invoke({})["stats"]
+    a, b = stats["steps"]["a"]["usage"], stats["steps"]["b"]["usage"]
+    assert a["input_token_details"] == {"cache_read": 200}
+    assert a["output_token_details"] == {"reasoning": 40}
+    assert b["input_token_details"] == {"cache_read": 600}
+    assert stats["usage"]["input_token_details"] == {"cache_read": 800}
+    assert stats["usage"]["output_token_details"] == {"reasoning": 40}
+    assert tokens(stats["usage"]) == {
+        "input_tokens": 2000,
+        "output_tokens": 1000,
+        "total_tokens": 3000,
+    }
+    # gpt-4o-mini: $0.15 input, $0.075 cached input, $0.60 output per million tokens
+    step_a = (800 * Decimal("0.15") + 200 * Decimal("0.075") + 500 * Decimal("0.60")) / 10**6
+    assert stats["steps"]["a"]["cost"] == pytest.approx(float(step_a), rel=1e-9)
+    total = (1200 * Decimal("0.15") + 800 * Decimal("0.075") + 1000 * Decimal("0.60")) / 10**6
+    assert stats["cost"] == pytest.approx(float(total), rel=1e-9)
+    logged.flush()
+    [run] = RunLog(tmp_path / "logs.sqlite").runs()
+    kept = RunLog(tmp_path / "logs.sqlite").get(run["id"])
+    assert kept is not None
+    assert kept["usage"]["input_token_details"] == {"cache_read": 800}
+    assert kept["steps"][0]["usage"]["output_token_details"] == {"reasoning": 40}
+    assert kept["cost"] == pytest.approx(float(total), rel=1e-9)

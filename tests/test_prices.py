@@ -25,6 +25,26 @@ def test_known_models_cost_what_their_providers_charge() -> None:
     assert cost("anthropic", "claude-sonnet-4-5", USAGE) == Decimal("0.0105")
 
 
+def test_mistral_cohere_and_together_cost_what_they_charge() -> None:
+    # mistral-large: $2 in, $6 out; command-r: $0.15 in, $0.60 out; Together's
+    # Llama-3.3-70B-Instruct-Turbo: $0.88 both ways
+    assert cost("mistralai", "mistral-large-latest", USAGE) == Decimal("0.005")
+    assert cost("mistral", "mistral-large-latest", USAGE) == Decimal("0.005")  # ls_provider
+    assert cost("cohere", "command-r", USAGE) == Decimal("0.00045")
+    llama = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    assert cost("together", llama, USAGE) == Decimal("0.00132")
+    assert cost("together", "no-such/model", USAGE) is None  # a model it does not list
+
+
+def test_every_mapped_provider_is_one_genai_prices_knows() -> None:
+    from genai_prices.data import providers
+
+    from eslabon.chat.prices import _PROVIDER_IDS
+
+    known = {p.id for p in providers}
+    assert set(_PROVIDER_IDS.values()) <= known, set(_PROVIDER_IDS.values()) - known
+
+
 def test_models_on_the_users_machine_cost_nothing() -> None:
     for provider in ("local", "llamacpp", "fake", "ollama"):
         assert cost(provider, "anything", USAGE) == 0
@@ -32,7 +52,8 @@ def test_models_on_the_users_machine_cost_nothing() -> None:
 
 def test_an_unknown_price_is_none_never_a_guess() -> None:
     assert cost("openai", "no-such-model", USAGE) is None
-    assert cost("mistralai", "mistral-large", USAGE) is None  # a provider eslabon has no map for
+    assert cost("mistralai", "no-such-model", USAGE) is None
+    assert cost("azure_openai", "gpt-4o-mini", USAGE) is None  # a deployment's name, not a model
     # an OpenAI-compatible server: the name may be OpenAI's, the price is not
     assert cost("openai", "gpt-4o-mini", USAGE, base_url="http://127.0.0.1:8000/v1") is None
     assert cost("openai", "gpt-4o-mini", None) is None  # no usage reported

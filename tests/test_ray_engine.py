@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,37 +252,134 @@ def veneno(x: str) -> str:
 
 
 class PoisonServer(WireServer):
-    """Asks for the tool that kills its caller whenever the question is 'veneno'."""
+    """Asks for the tool that kills its caller whenever the question is 'veneno', at once; the
+    other questions are answered after ``slow`` seconds (so they are in flight when it kills)."""
+
+    slow = 0.0
 
     def _reply_for(self, last_user: str) -> str | ToolCall:
-        return ToolCall("veneno", {"x": "1"}) if last_user == "veneno" else f"eco: {last_user}"
+        if last_user == "veneno":
+            return ToolCall("veneno", {"x": "1"})
+        time.sleep(self.slow)
+        return f"eco: {last_user}"
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_row_that_kills_its_worker_every_time_is_recorded_failed(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrency: int
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", DRIVER_KEY)
     (tmp_path / "venenos").mkdir()
     (tmp_path / "venenos" / "__init__.py").write_text("")
     (tmp_path / "venenos" / "herramientas.py").write_text(POISON)
     text = "inputs: {q: x}\nprompt: '{q}'\ntools: [venenos.herramientas:veneno]\n"
-    todo = [{"id": "veneno", "q": "veneno"}, *rows(5)]
+    # the poisoned row among others: alone on its worker (concurrency 1), or sent with 3 others
+    # at a time, which die with it and are run again (each innocent row dies at most once: it
+    # is run again with no other row that took a worker down)
+    others = rows(5 if concurrency == 1 else 15)
+    todo = [others[0], {"id": "veneno", "q": "veneno"}, *others[1:]]
     with PoisonServer() as server:
+        server.slow = 0.0 if concurrency == 1 else 0.5
         chain = load_chain(
             write(tmp_path, text), model=ref(server, timeout=5), allow_imports=["venenos"]
         )
         out = tmp_path / "out.jsonl"
-        # one row at a time per worker: the poisoned row takes no other row down with it
-        report = run_batch(chain, todo, out, engine="ray", workers=2, concurrency=1)
-        asked = [r for r in server.requests if r.body["messages"][-1]["content"] == "veneno"]
-    assert (report.done, report.failed, report.errors) == (5, 1, {"WorkerDiedError": 1})
+        report = run_batch(chain, todo, out, engine="ray", workers=2, concurrency=concurrency)
+        asked = Counter(r.body["messages"][-1]["content"] for r in server.requests)
+    assert (report.done, report.failed) == (len(others), 1)
+    assert report.errors == {"WorkerDiedError": 1}
     # tried once on each of ROW_ATTEMPTS lives of its worker, then given up: not for ever
-    assert len(asked) == ray_engine.ROW_ATTEMPTS == 3
+    assert asked.pop("veneno") == ray_engine.ROW_ATTEMPTS == 3
+    if concurrency > 1:  # rows were in flight beside it when it killed: run again, once
+        assert max(asked.values()) == 2, asked
     got = {r["id"]: r for r in records(out)}
     assert sorted(got) == sorted(r["id"] for r in todo)
     assert got["veneno"]["error"]["message"].startswith("the Ray worker running this row died")
     assert got["veneno"]["inputs"] == {"q": "veneno"} and got["veneno"]["output"] is None
-    assert all(got[r["id"]]["output"] == f"eco: {r['q']}" for r in rows(5))
+    assert all(got[r["id"]]["output"] == f"eco: {r['q']}" for r in others)
+
+
+class FakeCall:
+    """A worker call the driver made (:meth:`ray_engine._Worker.step`), and what it gives."""
+
+    def __init__(self, worker: int, rows: list[tuple[int, dict[str, Any]]]) -> None:
+        self.worker, self.rows = worker, rows
+        self.result: Any = None
+
+    def ids(self) -> list[str]:
+        return [row["id"] for _, row in self.rows]
+
+    def back(self, *ids: str) -> None:
+        """The worker returns the rows of this call named ``ids``, finished."""
+        self.result = [(t, {"id": row["id"]}, None) for t, row in self.rows if row["id"] in ids]
+
+
+def test_rows_lost_with_a_worker_are_run_again_and_never_written_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the driver's bookkeeping alone, with its calls to the workers faked: which rows go where,
+    # what a worker's death costs each row, and that a record that comes back after its row
+    # was given up on (a worker Ray reported unavailable, but alive) is not written
+    calls: list[FakeCall] = []
+
+    class Actor:
+        def __init__(self, worker: int) -> None:
+            self.worker, self.step = worker, self
+
+        def remote(self, rows: list[tuple[int, dict[str, Any]]]) -> FakeCall:
+            calls.append(FakeCall(self.worker, rows))
+            return calls[-1]
+
+    class Ray:
+        @staticmethod
+        def get(call: FakeCall) -> Any:
+            if isinstance(call.result, Exception):
+                raise call.result
+            return call.result
+
+    monkeypatch.setattr(ray_engine, "_ray", lambda: Ray)
+    todo = [{"id": f"r{i}"} for i in range(6)]
+    died = ray.exceptions.ActorDiedError
+    feed = ray_engine._Feed(
+        [Actor(0), Actor(1)], todo, 2, lambda row: {"id": row["id"], "error": "died"}
+    )
+    written: list[str] = []
+
+    def step(call: FakeCall) -> FakeCall:
+        written.extend(record["id"] for record, _ in feed.collect(call))
+        assert feed.send()
+        return calls[-1]
+
+    assert feed.send()
+    a, b = calls
+    assert (a.worker, a.ids(), b.worker, b.ids()) == (0, ["r0", "r1"], 1, ["r2", "r3"])
+    # worker 0 is reported gone with r0 and r1: it gets one of them back (one row whose worker
+    # died per worker at a time) and a fresh row
+    a.result = ray.exceptions.ActorUnavailableError("unavailable", None)
+    a2 = step(a)
+    assert (a2.worker, a2.ids()) == (0, ["r0", "r4"])
+    # it was alive: its old r0 and r1 come back with the new r0, which alone is written
+    a2.back("r0")
+    a2.result += [(a.rows[0][0], {"id": "r0"}, None), (a.rows[1][0], {"id": "r1"}, None)]
+    a3 = step(a2)
+    assert written == ["r0"] and (a3.worker, a3.ids()) == (0, ["r1"])
+    # r1 kills worker 0, and r4 with it: r4 is run again beside a fresh row, r1 elsewhere
+    a3.result = died()
+    a4 = step(a3)
+    assert (a4.worker, a4.ids()) == (0, ["r4", "r5"])
+    b.back("r2", "r3")
+    b2 = step(b)
+    assert written == ["r0", "r2", "r3"] and (b2.worker, b2.ids()) == (1, ["r1"])
+    # the third death of r1's worker: r1 is recorded failed, no call is left for worker 1
+    b2.result = died()
+    made = len(calls)
+    step(b2)
+    assert len(calls) == made and written[-1] == "r1" and feed.suspects == deque()
+    a4.back("r4", "r5")
+    written.extend(record["id"] for record, _ in feed.collect(a4))
+    assert not feed.send()  # every row done, no call left out
+    assert feed.deaths == {0: 1, 1: 3, 4: 1}
+    assert sorted(written) == [r["id"] for r in todo]
 
 
 def test_the_driver_killed_with_dash_nine_then_resume(

@@ -140,6 +140,40 @@ def test_a_damaged_log_never_fails_a_run(project: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+LOCKER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")  # held until this process is told to let go
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("ROLLBACK")
+"""
+
+
+def test_a_log_another_process_holds_never_fails_a_run(project: Path) -> None:
+    log = project / "logs.sqlite"
+    RunLog(log).record({"chain": "earlier"})
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(log)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        done = eslabon(
+            "run", str(CANONICAL), "-m", "fake:echo", "-i", "problema=x", cwd=project, log=log
+        )
+    finally:
+        locker.communicate("", timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "Resuelve paso a paso" in done.stdout  # the answer, printed in full
+    [warning] = [line for line in done.stderr.splitlines() if "not logged" in line]
+    assert warning.startswith("warning: this run was not logged:") and "locked" in warning
+    assert "Traceback" not in done.stderr
+    assert [r["chain"] for r in runs(log)] == ["earlier"]  # and the log is as it was
+
+
 def test_chat_turns_and_batch_rows_from_many_processes_all_land(project: Path) -> None:
     log = project / "logs.sqlite"
     rows = project / "rows.jsonl"
@@ -213,6 +247,31 @@ def test_python_runs_are_logged_only_when_asked(
     assert runs(log)[0]["error"].startswith("InputError")
 
 
+THREADS = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from eslabon import load_chain
+logged = load_chain(sys.argv[1], model="fake:echo").with_log(sys.argv[2])
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda n: logged.invoke({"problema": f"hilo {n}"}), range(200)))
+# no flush: what the writer thread has not written yet is written before the exit
+"""
+
+
+def test_python_runs_from_many_threads_all_land_even_without_a_flush(tmp_path: Path) -> None:
+    log = tmp_path / "logs.sqlite"
+    done = subprocess.run(
+        [sys.executable, "-c", THREADS, str(CANONICAL), str(log)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    found = RunLog(log).runs(limit=1000)
+    assert sorted(r["inputs"]["problema"] for r in found) == sorted(f"hilo {n}" for n in range(200))
+    assert len({r["id"] for r in found}) == 200
+
+
 def test_a_log_that_cannot_be_written_is_a_warning_in_python(tmp_path: Path) -> None:
     bad = tmp_path / "logs.sqlite"
     bad.write_bytes(b"garbage" * 200)
@@ -246,3 +305,38 @@ def test_a_chat_turn_is_logged_whole(project: Path) -> None:
         "final": "mejora esto: borrador para hola amigo",
     }
     assert turn["output"] == steps["final"]
+
+
+@pytest.mark.parametrize(
+    ("text", "given"),
+    [
+        (CANONICAL.read_text(encoding="utf-8"), {"problema": "¿cuántas? «dos»"}),
+        (
+            "inputs: {x: x}\nsteps:\n  - {id: datos, prompt: '{x}', output_schema: "
+            "{type: object, properties: {n: {type: integer}}, required: [n]}}\n"
+            "  - {id: fin, prompt: 'n es {datos}'}\n",
+            {"x": '{"n": 3}'},
+        ),
+    ],
+    ids=["three steps", "structured output"],
+)
+def test_a_logged_chains_rows_are_those_of_its_record(
+    tmp_path: Path, text: str, given: dict[str, str]
+) -> None:
+    """``with_log`` builds each run's rows straight from the run (fewer steps on every run's
+    path); they are what the record every other way of logging makes would give."""
+    from eslabon.observe.meter import Meter
+    from eslabon.observe.record import run_record
+    from eslabon.observe.runlog import prepared
+
+    path = write(tmp_path, text)
+    logged = load_chain(path, model="fake:echo").with_log(tmp_path / "logs.sqlite")
+    meter = Meter(None, capture_messages=True)
+    result = logged.chain.invoke(given, {"callbacks": [meter]})
+    inputs = logged.chain._values(given)
+    short = logged._rows(inputs, meter, result)
+    long = prepared(run_record(logged.chain, inputs, meter, result, kind="python"))
+    assert short is not None and long is not None
+    assert short.run[1:] == long.run[1:]  # all but the id, new for each
+    assert short.steps == long.steps and short.text == long.text
+    assert len(short.steps) == len(logged.chain.steps)

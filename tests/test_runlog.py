@@ -291,6 +291,56 @@ def test_no_secret_reaches_the_file(log: RunLog, monkeypatch: pytest.MonkeyPatch
     assert key.encode() not in raw and handed.encode() not in raw and b"Bearer" in raw
 
 
+@pytest.mark.parametrize(
+    "secret",
+    ['pa"ss\\word-0123', "contraseña-01234", "dos\nlíneas-0123", "emoji-😀-0123456"],
+    ids=["quote and backslash", "accent", "newline", "emoji"],
+)
+def test_a_secret_json_escapes_is_found_too(
+    log: RunLog, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    """A record of plain data is checked as the JSON text it is written as: with its escapes
+    undone, a password holding a quote, a backslash, a newline or an accent is found."""
+    import json as json_module
+
+    monkeypatch.setenv("DB_PASSWORD", secret)
+    run_id = log.record(
+        record(
+            inputs={"frase": f"la clave {secret} ya"},
+            output=["x", {"y": secret}],
+            steps=[step("s", messages=[{"role": "user", "content": secret}])],
+        )
+    )
+    log.close()
+    raw = _files(log)
+    for form in (
+        secret,
+        json_module.dumps(secret)[1:-1],
+        json_module.dumps(secret, ensure_ascii=False)[1:-1],
+    ):
+        assert form.encode() not in raw
+    back = log.get(run_id)
+    assert back is not None and back["inputs"] == {"frase": "la clave *** ya"}
+    assert back["output"] == ["x", {"y": "***"}]
+
+
+def test_many_records_in_one_transaction_and_a_taken_id(log: RunLog) -> None:
+    from eslabon.observe.record import RunWriter
+    from eslabon.observe.runlog import DuplicateRun
+
+    ids = log.record_many([record(chain=f"c{n}") for n in range(300)])
+    assert len(set(ids)) == 300
+    assert [r["chain"] for r in log.runs(limit=1000)][::-1] == [f"c{n}" for n in range(300)]
+    assert len(log.runs(query="c150")) == 1  # each one searchable
+    with pytest.raises(DuplicateRun):
+        log.record_many([record(chain="nuevo"), record(id=ids[0])])
+    assert not log.runs(chain="nuevo")  # none of a failed transaction is written
+    writer = RunWriter(log.path)
+    reasons = writer.write_many([record(chain="nuevo"), record(id=ids[0]), record(chain="otro")])
+    assert len(reasons) == 1 and ids[0] in reasons[0]  # the taken one, said once
+    assert len(log.runs(chain="nuevo")) == 1 and len(log.runs(chain="otro")) == 1
+
+
 def test_a_damaged_log_is_a_reason_not_a_crash(log: RunLog) -> None:
     log.path.parent.mkdir(parents=True)
     log.path.write_bytes(b"these bytes are not a database; " * 200)
@@ -584,5 +634,5 @@ def test_the_logging_benchmark_runs_and_prints_its_figure_last() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"log_overhead_ms=-?\d+\.\d{2}", lines[-1])
-    for label in ("RunLog.record", "import eslabon.observe.runlog", "log on:", "log off:"):
+    for label in ("RunLog.record", "log on:", "log off:", "95% interval", "run log: 3 rows"):
         assert any(label in line for line in lines), label

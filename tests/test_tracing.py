@@ -744,6 +744,45 @@ def test_eslabon_run_sends_its_spans_before_it_exits(tmp_path: Path) -> None:
         receiver.close()
 
 
+def test_the_projects_tracing_endpoint_exports_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[tracing] endpoint`` in eslabon.toml, no OTEL_* variable: ``eslabon run`` and a
+    chain loaded in Python (in the project's folder) both send their spans there, named by
+    ``service_name``."""
+    receiver = Collector()
+    try:
+        (tmp_path / "eslabon.toml").write_text(
+            f'[tracing]\nendpoint = "{receiver.url}"\nservice_name = "curso-proyecto"\n',
+            encoding="utf-8",
+        )
+        path = write(tmp_path, "name: cli\ninputs: {x: x}\nprompt: '{x}'\nmodel: fake:echo\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        done = subprocess.run(
+            [EXE, "run", str(path), "-i", "x=hola", "--no-log"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        spans = list(receiver.spans)  # sent before the process ended
+        [root] = roots(spans)
+        assert tree(spans, root) == ("invoke_workflow cli", [("step output", [("chat echo", [])])])
+        assert root.resource["service.name"] == "curso-proyecto"
+        # in Python: the compiled chain finds the project's [tracing] by itself
+        monkeypatch.chdir(tmp_path)
+        chain = load_chain(path)
+        assert tracing.tracing_handler(chain.project) is not None
+        chain.invoke({"x": "adiós"})
+        spans = receiver.wait(6)
+        assert len(roots(spans)) == 2
+        assert all(s.resource["service.name"] == "curso-proyecto" for s in spans)
+    finally:
+        receiver.close()
+
+
 def test_eslabon_run_with_the_collector_down_neither_fails_nor_hangs(tmp_path: Path) -> None:
     path = write(tmp_path, "name: cli\ninputs: {x: x}\nprompt: '{x}'\nmodel: fake:echo\n")
     started = time.monotonic()

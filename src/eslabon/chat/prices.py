@@ -1,7 +1,8 @@
 """What a model call cost in US dollars, from its token usage.
 
 Prices come from ``genai-prices`` (pydantic's maintained price list: its data ships inside the
-package, so it works offline, and it covers OpenAI, Gemini and Anthropic models by name), with
+package, so it works offline, and it covers OpenAI, Gemini, Anthropic, Mistral, Cohere, Together,
+Groq, DeepSeek, xAI, Fireworks and OpenRouter models by name), with
 the project's own prices first (``[prices]`` in eslabon.toml, per ``provider:model``, in USD per
 million tokens) for private or self-hosted models. Chosen over tokencost (older prices) and
 litellm's price map (fetched from GitHub when litellm is imported, and a heavy install).
@@ -22,8 +23,23 @@ __all__ = ["FREE_PROVIDERS", "Price", "cost"]
 
 # run on the user's own machine: no price per token
 FREE_PROVIDERS = frozenset({"local", "llamacpp", "fake", "ollama", "huggingface"})
-# eslabon's provider names as genai-prices names them
-_PROVIDER_IDS = {"openai": "openai", "google_genai": "google", "anthropic": "anthropic"}
+# eslabon's provider names (and LangChain's ``ls_provider``, for a model the caller built) as
+# genai-prices names them; a test checks each is one of its providers. Not azure_openai: its
+# model names are the user's deployment names.
+_PROVIDER_IDS = {
+    "openai": "openai",
+    "google_genai": "google",
+    "anthropic": "anthropic",
+    "mistralai": "mistral",
+    "mistral": "mistral",  # ChatMistralAI's ls_provider
+    "cohere": "cohere",
+    "together": "together",
+    "groq": "groq",
+    "deepseek": "deepseek",
+    "xai": "x-ai",
+    "fireworks": "fireworks",
+    "openrouter": "openrouter",
+}
 _MILLION = Decimal(1_000_000)
 
 

@@ -119,18 +119,34 @@ def _ms(seconds: float) -> float:
 
 
 def _sum_usage(calls: list[_Call]) -> dict[str, Any] | None:
-    """The calls' usage added up (LangChain's ``add_usage``); None when a call that answered
-    reported none: a partial count is not the run's usage."""
+    """The calls' usage added up; None when a call that answered reported none: a partial
+    count is not the run's usage."""
     total: Any = None
     for call in calls:
         if call.failed:
             continue
         if call.usage is None:
             return None
-        total = add_usage(total, call.usage)
+        total = call.usage if total is None else _added(total, call.usage)
     if total is None:
         return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
     return _ordered(total)
+
+
+def _added(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, Any]:
+    """LangChain's ``add_usage`` for the usual usage, counts and mappings of counts, written
+    for speed (every run adds its calls' usage, per step and in all); LangChain's own for
+    anything else."""
+    out = dict(left)
+    for key, value in right.items():
+        have = out.get(key)
+        if type(value) is int and (have is None or type(have) is int):
+            out[key] = (have or 0) + value
+        elif isinstance(value, dict) and (have is None or isinstance(have, dict)):
+            out[key] = _added(have or {}, value)
+        else:
+            return dict(add_usage(left, right))  # type: ignore[arg-type]
+    return out
 
 
 def _ordered(usage: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,17 +303,25 @@ class Meter(BaseCallbackHandler):
 
     # -- figures ------------------------------------------------------------------------------
     def _figures(self, calls: list[_Call], began: float, ended: float | None) -> dict[str, Any]:
-        answered = [c for c in calls if not c.failed]
-        firsts = [c.first for c in calls if c.first is not None]
-        last = answered[-1] if answered else (calls[-1] if calls else None)
+        # one pass over the calls: every run works its figures out, per step and in all
+        answered = cached = 0
+        first: float | None = None
+        last = calls[-1] if calls else None  # the model that answered; else the last that tried
+        for call in calls:
+            if call.first is not None and (first is None or call.first < first):
+                first = call.first
+            if not call.failed:
+                answered += 1
+                cached += call.cached
+                last = call
         return {
             "model": last.label if last is not None else None,
             "usage": _sum_usage(calls),
             "latency_ms": _ms((ended or perf_counter()) - began),
-            "ttft_ms": _ms(min(firsts) - began) if firsts else None,
-            "calls": len(answered),
+            "ttft_ms": _ms(first - began) if first is not None else None,
+            "calls": answered,
             "attempts": len(calls),
-            "cached": sum(1 for c in answered if c.cached),
+            "cached": cached,
             "cost": _sum_cost(calls, self._prices()),
         }
 
@@ -333,6 +357,14 @@ class Meter(BaseCallbackHandler):
             if call.step == step and call.messages is not None:
                 return call.messages
         return None
+
+    def first_messages(self) -> dict[str, list[BaseMessage]]:
+        """Each step's first prompt (with ``capture_messages``), in one pass over the calls."""
+        found: dict[str, list[BaseMessage]] = {}
+        for call in self._calls.values():
+            if call.step is not None and call.messages is not None and call.step not in found:
+                found[call.step] = call.messages
+        return found
 
     def reply(self, step: str) -> str | None:
         """The text of ``step``'s last model reply (with ``capture_messages``)."""
@@ -373,7 +405,7 @@ def add_stats(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, 
     """Two runs' totals added (batch totals, chat sessions): usage, latency, calls, attempts,
     and cost (None if either is unknown)."""
     usages = (first.get("usage"), second.get("usage"))
-    usage = None if None in usages else _ordered(add_usage(*usages))
+    usage = None if None in usages else _ordered(_added(*usages))  # type: ignore[arg-type]
     costs = (first.get("cost"), second.get("cost"))
     return {
         "usage": usage,

@@ -10,12 +10,18 @@ write files unasked.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
+import threading
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -47,9 +53,37 @@ def _file_hash(path: Path | None) -> str | None:
         return None
 
 
+# each chain's file hash, read at its first logged run: the file as it was loaded (an edit
+# after that is not what runs), and not read again for each of a batch's or a chat's runs
+_HASHES: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
+def _chain_hash(chain: Any, source: Path | None) -> str | None:
+    try:
+        return _HASHES[chain]
+    except KeyError:
+        pass
+    except TypeError:  # a chain that cannot be a weak key: read each time
+        return _file_hash(source)
+    found = _HASHES[chain] = _file_hash(source)
+    return found
+
+
+def _data(value: Any) -> Any:
+    """A step's output as data: text as it is (most outputs), a structured one dumped."""
+    from eslabon.running.structured import as_data
+
+    return value if type(value) is str else as_data(value)
+
+
+_ROLES = {"human": "user", "ai": "assistant"}
+
+
 def _message(message: Any) -> dict[str, Any]:
-    role = {"human": "user", "ai": "assistant"}.get(message.type, message.type)
-    return {"role": role, "content": message.text}
+    content = message.content
+    # text content as it is; blocks (images, tool calls) as LangChain's text of them
+    text = content if type(content) is str else message.text
+    return {"role": _ROLES.get(message.type, message.type), "content": text}
 
 
 def run_record(
@@ -87,7 +121,7 @@ def run_record(
         "kind": kind,
         "chain": chain.name,
         "file": str(source) if source is not None else None,
-        "file_hash": _file_hash(source),
+        "file_hash": _chain_hash(chain, source),
         "model": ", ".join(dict.fromkeys(s.label for s in chain.steps)),
         "inputs": inputs,
         "output": as_data(result["output"]) if result is not None else None,
@@ -106,25 +140,44 @@ class RunWriter:
     """Writes a command's runs to the run log; a failure to write is returned as a reason
     (the command warns), never raised: the run itself has completed."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, kept: bool = True) -> None:
         from eslabon.observe.runlog import RunLog, log_path
 
-        self.log = RunLog(path or log_path())
+        # kept: a command's process ends soon after; leaving the log open saves it the disk
+        # flushes of closing it (eslabon.observe.runlog._KEPT)
+        self.log = RunLog(path or log_path(), kept=kept)
         self._said: set[str] = set()
 
     def write(self, record: dict[str, Any]) -> str | None:
         """None when written, else why not — once per reason (a chat's every turn, a batch's
         every row would repeat it)."""
-        from eslabon.observe.runlog import LogUnavailable
+        reasons = self.write_many([record])
+        return reasons[0] if reasons else None
+
+    def write_many(self, records: list[Any]) -> list[str]:
+        """``records`` (or their rows: :func:`eslabon.observe.runlog.prepared`) in one
+        transaction; the reasons, each said once, why some were not written (none: all
+        were)."""
+        return self._once(self._failures(records))
+
+    def _failures(self, records: list[Any]) -> list[str]:
+        from eslabon.observe.runlog import DuplicateRun, LogUnavailable
 
         try:
-            self.log.record(record)
+            self.log.record_many(records)
+            return []
+        except DuplicateRun as exc:
+            if len(records) == 1:
+                return [str(exc)]
         except LogUnavailable as exc:
-            reason = str(exc)
-            if reason not in self._said:
-                self._said.add(reason)
-                return reason
-        return None
+            return [str(exc)]
+        # one record's id was taken: the others still go in, one by one
+        return [reason for record in records for reason in self._failures([record])]
+
+    def _once(self, reasons: list[str]) -> list[str]:
+        new = [r for r in dict.fromkeys(reasons) if r not in self._said]
+        self._said.update(new)
+        return new
 
 
 def _warn(reason: str | None) -> None:
@@ -132,31 +185,165 @@ def _warn(reason: str | None) -> None:
         warnings.warn(f"this run was not logged: {reason}", RunNotLogged, stacklevel=2)
 
 
+class BackgroundWriter:
+    """Writes records to the run log from one thread of its own, off the runs' path: a run
+    hands its record over (:meth:`put`, a queue append) and goes on. The thread lets records
+    gather for a moment, then writes them in one transaction — one commit, and one wake-up of
+    the thread, for many runs when they come fast (a thread that wakes for each record takes
+    Python's lock from the runs each time) — in order. :meth:`flush` waits for every record
+    put so far; the interpreter does too before it exits. A log that cannot be written is a
+    :class:`RunNotLogged` warning, once per reason. The thread ends once the writer is
+    garbage: what was put is written first."""
+
+    def __init__(self, writer: RunWriter) -> None:
+        from eslabon.observe.runlog import prepared
+
+        self.writer = writer
+        self._prepared = prepared
+        self._lock = threading.Lock()
+        self._line: _Line | None = None
+        self._pid: int | None = None
+
+    def put(self, record: dict[str, Any]) -> None:
+        # encoded here, by the run (its thread holds Python's lock anyway): the writer's thread
+        # is left the database, whose work lets go of that lock and overlaps the runs
+        rows = self._prepared(record)
+        self._running().queue.put(record if rows is None else rows)
+
+    def put_rows(self, rows: Any) -> None:
+        """A record as :func:`eslabon.observe.runlog.prepared` (or ``run_rows``) gave it."""
+        self._running().queue.put(rows)
+
+    def flush(self) -> None:
+        """Wait until every record put so far is written (or warned about)."""
+        if self._line is not None and self._pid == os.getpid():
+            self._line.wait()
+
+    def _running(self) -> _Line:
+        if self._pid != os.getpid():  # not started, or forked: the parent writes its own
+            with self._lock:
+                if self._pid != os.getpid():
+                    line = _Line(self.writer)
+                    weakref.finalize(self, line.queue.put, _STOP).atexit = False
+                    self._line, self._pid = line, os.getpid()
+        assert self._line is not None
+        return self._line
+
+
+_BATCH = 512  # at most this many records a transaction: a reader waits for none long
+_GATHER_S = 0.25  # how long records gather before they are written (unless flushed)
+_STOP = object()  # put when a BackgroundWriter is garbage: its thread ends once it has written
+
+
+class _Line:
+    """A writer thread and its queue of records (and of :meth:`wait`'s events)."""
+
+    def __init__(self, writer: RunWriter) -> None:
+        self.writer = writer
+        self.queue: SimpleQueue[Any] = SimpleQueue()
+        self.urgent = threading.Event()  # set by wait(): write now
+        # a daemon (flushed at exit by _flush_all): a thread waiting on its queue must not
+        # keep the interpreter from exiting
+        self.thread = threading.Thread(target=self._run, name="eslabon-log", daemon=True)
+        _LINES.add(self)
+        self.thread.start()
+
+    def wait(self) -> None:
+        """Until what was put so far is written (or the thread has ended)."""
+        done = threading.Event()
+        self.urgent.set()
+        self.queue.put(done)
+        while not done.wait(0.05):
+            if not self.thread.is_alive():
+                return
+
+    def _run(self) -> None:
+        try:
+            stop = False
+            while True:
+                records, done, stopped = self._take(block=not stop)
+                stop = stop or stopped
+                try:
+                    if records:
+                        for reason in self.writer.write_many(records):
+                            _warn(reason)
+                except Exception as exc:  # never let the thread die: later runs still log
+                    _warn(f"{type(exc).__name__}: {exc}")
+                for event in done:
+                    event.set()
+                if stop and not records and not done:
+                    return
+        finally:
+            _LINES.discard(self)
+
+    def _take(self, block: bool) -> tuple[list[Any], list[Any], bool]:
+        """What is in the queue: up to ``_BATCH`` records, the :meth:`wait` events among
+        them, and whether the stop mark was; ``block``: wait for the first, then let more
+        gather."""
+        records: list[Any] = []  # records, or their rows
+        done: list[threading.Event] = []
+        stop = False
+        item: Any = None
+        if block:
+            item = self.queue.get()
+            if not isinstance(item, threading.Event) and item is not _STOP:
+                self.urgent.wait(_GATHER_S)
+            self.urgent.clear()  # before taking more: a wait() from now on sets it again
+        while True:
+            if item is _STOP:
+                stop = True
+            elif isinstance(item, threading.Event):
+                done.append(item)
+            elif item is not None:
+                records.append(item)
+            if len(records) >= _BATCH:
+                return records, done, stop
+            try:
+                item = self.queue.get_nowait()
+            except Empty:
+                return records, done, stop
+
+
+_LINES: set[_Line] = set()  # the running writer threads
+
+
+@atexit.register
+def _flush_all() -> None:
+    """Every record put is written before the interpreter exits (the writers are daemons)."""
+    for line in list(_LINES):
+        if line.thread.is_alive():
+            line.wait()
+
+
 class LoggedChain(Runnable[dict[str, Any], dict[str, Any]]):
     """``chain`` whose every run (invoke, ainvoke, stream, astream, batch) is written to the
     run log; a log that cannot be written is a :class:`RunNotLogged` warning.
 
-    Records are written by one background thread, in order, off the run's path: a run returns
-    as soon as its record is built. :meth:`flush` waits for them; they are all written before
-    the interpreter exits (``concurrent.futures`` joins its threads then)."""
+    A run builds its record and hands it to a :class:`BackgroundWriter`: it returns without
+    waiting for the log. :meth:`flush` waits for the records; they are all written before
+    the interpreter exits."""
 
     def __init__(self, chain: Any, path: str | Path | None = None) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+        from eslabon.observe.runlog import run_rows
 
         self.chain = chain
-        self.writer = RunWriter(Path(path) if path is not None else None)
+        # not kept open: a Python program may log to many files, for long
+        self.writer = RunWriter(Path(path) if path is not None else None, kept=False)
         self.name = chain.name
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eslabon-log")
-
-    def _log(self, record: dict[str, Any]) -> None:
-        def write() -> None:
-            _warn(self.writer.write(record))
-
-        self._pool.submit(write)
+        self._background = BackgroundWriter(self.writer)
+        self._run_rows = run_rows
+        # what every record of this chain repeats, worked out once (the file read now)
+        source = getattr(chain.spec, "source", None)
+        self._same = {
+            "chain": chain.name,
+            "file": str(source) if source is not None else None,
+            "file_hash": _chain_hash(chain, source),
+            "model": ", ".join(dict.fromkeys(s.label for s in chain.steps)),
+        }
 
     def flush(self) -> None:
         """Wait until every run so far is in the log."""
-        self._pool.submit(lambda: None).result()
+        self._background.flush()
 
     def _start(self, input: Any, given: RunnableConfig | None) -> tuple[Meter, RunnableConfig]:
         """This run's own meter, first in its callbacks: the chain claims the first free one,
@@ -173,14 +360,47 @@ class LoggedChain(Runnable[dict[str, Any], dict[str, Any]]):
             config["callbacks"] = manager
         return meter, config
 
-    def _record(
+    def _log(
         self, input: Any, meter: Meter, result: Any = None, error: BaseException | None = None
-    ) -> dict[str, Any]:
+    ) -> None:
+        """Hand this run to the writer: as rows built straight from the run when it answered
+        (what every run costs, kept small), else as its record. Never fails the run."""
         try:
             inputs = self.chain._values(input)
         except Exception:  # the input itself was the mistake: keep what was given
             inputs = input if isinstance(input, dict) else {"input": input}
-        return run_record(self.chain, inputs, meter, result, error, kind="python")
+        rows = None
+        if error is None:
+            with suppress(Exception):  # what the short way does not expect: the long way
+                rows = self._rows(inputs, meter, result)
+        try:
+            if rows is not None:
+                self._background.put_rows(rows)
+            else:
+                record = run_record(self.chain, inputs, meter, result, error, kind="python")
+                self._background.put(record)
+        except Exception as exc:  # the run itself went well: its log must not fail it
+            _warn(f"{type(exc).__name__}: {exc}")
+
+    def _rows(self, inputs: dict[str, Any], meter: Meter, result: dict[str, Any]) -> Any:
+        """:func:`eslabon.observe.runlog.run_rows` of this run: what ``run_record`` and
+        ``prepared`` make of it, without the record in between."""
+        first = meter.first_messages()
+        figures = result["stats"]["steps"]
+        steps = [
+            (step.id, [_message(m) for m in first.get(step.id, ())], _data(result[step.id]))
+            for step in self.chain.steps
+            if step.id in figures
+        ]
+        return self._run_rows(
+            started=meter.wall,
+            kind="python",
+            **self._same,
+            inputs=inputs,
+            output=_data(result["output"]),
+            stats=result["stats"],
+            steps=steps,
+        )
 
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -189,9 +409,9 @@ class LoggedChain(Runnable[dict[str, Any], dict[str, Any]]):
         try:
             result: dict[str, Any] = self.chain.invoke(input, config)
         except Exception as exc:
-            self._log(self._record(input, meter, error=exc))
+            self._log(input, meter, error=exc)
             raise
-        self._log(self._record(input, meter, result))
+        self._log(input, meter, result)
         return result
 
     async def ainvoke(
@@ -201,9 +421,9 @@ class LoggedChain(Runnable[dict[str, Any], dict[str, Any]]):
         try:
             result: dict[str, Any] = await self.chain.ainvoke(input, config)
         except Exception as exc:
-            self._log(self._record(input, meter, error=exc))
+            self._log(input, meter, error=exc)
             raise
-        self._log(self._record(input, meter, result))
+        self._log(input, meter, result)
         return result
 
     def stream(
@@ -216,9 +436,9 @@ class LoggedChain(Runnable[dict[str, Any], dict[str, Any]]):
                 gather(result, chunk)
                 yield chunk
         except Exception as exc:
-            self._log(self._record(input, meter, error=exc))
+            self._log(input, meter, error=exc)
             raise
-        self._log(self._record(input, meter, result))
+        self._log(input, meter, result)
 
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -230,9 +450,9 @@ class LoggedChain(Runnable[dict[str, Any], dict[str, Any]]):
                 gather(result, chunk)
                 yield chunk
         except Exception as exc:
-            self._log(self._record(input, meter, error=exc))
+            self._log(input, meter, error=exc)
             raise
-        self._log(self._record(input, meter, result))
+        self._log(input, meter, result)
 
 
 def gather(result: dict[str, Any], chunk: dict[str, Any]) -> None:

@@ -4,11 +4,13 @@ Where: ``ESLABON_LOGS`` if set, else ``[logs] path`` in eslabon.toml, else
 ``.eslabon/logs.sqlite`` under the project root (:func:`log_path`). ``eslabon logs`` reads it.
 A record is a plain dict (docs/observability.md, "The run log"): the chain and its file's hash,
 the inputs, each step's rendered messages, output, usage, latency and cost. Every string passes
-through :func:`~eslabon.trust.redaction.redact` before it is written: a key never reaches the
-file.
+through :func:`~eslabon.trust.redaction.redact` before it is written (a record's text is
+checked as it is written, escapes undone; one that holds a secret is redacted string by
+string): a key never reaches the file.
 
-Many processes and threads write at once: WAL, and each record is one short
-``BEGIN IMMEDIATE`` transaction that waits a bounded time for the lock. Any failure — a damaged
+Many processes and threads write at once: WAL, and each write — a record, or a background
+writer's batch of them (:meth:`RunLog.record_many`) — is one short ``BEGIN IMMEDIATE``
+transaction that waits a bounded time for the lock. Any failure — a damaged
 file, a lock held too long, a read-only folder — is :class:`LogUnavailable` with a one-line
 reason: the caller warns, and the run never fails because of its log. Only the standard
 library's sqlite3 and json load here: this is on ``eslabon run``'s path.
@@ -16,12 +18,14 @@ library's sqlite3 and json load here: this is on ``eslabon run``'s path.
 
 from __future__ import annotations
 
+import codecs
+import functools
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUSY_TIMEOUT_S",
     "SCHEMA_VERSION",
+    "DuplicateRun",
     "LogUnavailable",
     "RunLog",
     "log_path",
@@ -113,6 +118,7 @@ _STEP_KEYS = (
     "attempts",
     "cost",
 )
+_RUN_KEYSET, _STEP_KEYSET = frozenset(_RUN_KEYS), frozenset(_STEP_KEYS)
 _RUN_COLUMNS = (
     "id, started, kind, chain, file, file_hash, model, inputs, output, error, session, "
     "batch_row, usage, latency_ms, ttft_ms, cost, extra"
@@ -125,6 +131,10 @@ _T = TypeVar("_T")
 
 class LogUnavailable(Exception):
     """The run log cannot be written or read; the message is one line saying why and the fix."""
+
+
+class DuplicateRun(LogUnavailable):
+    """A record's id is in the log already (the record is not written again)."""
 
 
 def log_path(project: Project | None = None) -> Path:
@@ -158,6 +168,8 @@ def new_id(when: datetime | None = None) -> str:
 
 
 def _utc_text(when: datetime) -> str:
+    if when.tzinfo is UTC:
+        return when.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" written as Z
     when = when.astimezone(UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
@@ -191,10 +203,25 @@ def moment(value: datetime | str | None) -> str | None:
 def _as_data(value: Any, seen: list[str], fix: Callable[[str], str] | None = None) -> Any:
     """``value`` as JSON data, each string (mapping keys too) put in ``seen`` and passed
     through ``fix``. Whatever is not JSON data is kept as its text."""
-    if isinstance(value, str):
+    kind = type(value)  # the plain types first, by identity: this runs on every value logged
+    if kind is str:
         seen.append(value)
         return fix(value) if fix else value
-    if value is None or isinstance(value, bool | int | float):
+    if kind is dict:
+        return {_as_data(str(k), seen, fix): _as_data(v, seen, fix) for k, v in value.items()}
+    if value is None or kind is int or kind is float or kind is bool:
+        return value
+    if kind is list:
+        return [_as_data(v, seen, fix) for v in value]
+    return _other_data(value, seen, fix)
+
+
+def _other_data(value: Any, seen: list[str], fix: Callable[[str], str] | None) -> Any:
+    """:func:`_as_data` of what is not a plain str, dict, list or number."""
+    if isinstance(value, str):  # a str subclass (LangChain's TextAccessor)
+        seen.append(value)
+        return fix(value) if fix else value
+    if isinstance(value, bool | int | float):
         return value
     if isinstance(value, Mapping):
         return {_as_data(str(k), seen, fix): _as_data(v, seen, fix) for k, v in value.items()}
@@ -211,29 +238,50 @@ def _as_data(value: Any, seen: list[str], fix: Callable[[str], str] | None = Non
 
 def redacted(value: Any) -> Any:
     """``value`` as JSON data with every string redacted (what is not JSON data, as its text)."""
-    seen: list[str] = []
-    data = _as_data(value, seen)
-    # one redact() over all the text rather than one per string (each call reads the
-    # environment): a secret inside any string is inside the text joined by newlines, which
-    # redact() never matches across, so unchanged text means no string holds one
-    text = "\n".join(seen)
+    return _redacted_all([value])[0]
+
+
+def _redacted_all(values: list[Any]) -> list[Any]:
+    """Each of ``values`` as :func:`redacted` gives it.
+
+    One redact() over all their text rather than one per string, or per record (each call
+    reads the environment): a secret inside any string is inside the text joined by newlines,
+    so unchanged text means no string holds one; only a value whose own text changes is
+    redacted string by string."""
+    seen: list[list[str]] = []
+    data = []
+    for value in values:
+        strings: list[str] = []
+        data.append(_as_data(value, strings))
+        seen.append(strings)
+    text = "\n".join(["\n".join(strings) for strings in seen])
     if redact(text) == text:
         return data
-    return _as_data(data, [], redact)
+    out = []
+    for value, strings in zip(data, seen, strict=True):
+        text = "\n".join(strings)
+        out.append(value if redact(text) == text else _as_data(value, [], redact))
+    return out
 
 
-def _texts(value: Any) -> Iterator[str]:
+def _gather_text(value: Any, out: list[str]) -> None:
     """The text in cleaned data, for the full-text index (mapping values, not keys)."""
     if isinstance(value, str):
-        yield value
+        out.append(value)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _texts(item)
-    elif isinstance(value, list):
+            _gather_text(item, out)
+    elif isinstance(value, list | tuple):
         for item in value:
-            yield from _texts(item)
+            _gather_text(item, out)
     elif value is not None and not isinstance(value, bool):
-        yield str(value)
+        out.append(str(value))
+
+
+def _text(value: Any) -> str:
+    out: list[str] = []
+    _gather_text(value, out)
+    return "\n".join(out)
 
 
 def _json(value: Any) -> str | None:
@@ -246,6 +294,8 @@ def _loads(text: str | None) -> Any:
 
 def _number(value: Any) -> float | None:
     """A latency or cost as a float (a Decimal cost too); anything else is unknown."""
+    if type(value) is float:  # the usual case first: this runs for every figure logged
+        return value
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -255,6 +305,8 @@ def _number(value: Any) -> float | None:
 
 
 def _count(value: Any) -> int | None:
+    if type(value) is int:  # the usual case first: this runs for every count logged
+        return value
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -268,94 +320,343 @@ def _tokens(usage: Any) -> tuple[int | None, int | None, int | None]:
     return tokens_in, tokens_out, total
 
 
-def _extra(record: Mapping[str, Any], known: tuple[str, ...]) -> str | None:
-    rest = {k: v for k, v in record.items() if k not in known}
-    return _json(rest) if rest else None
+class _NotPlain(Exception):
+    """A value that is not plain JSON data (str, number, bool, None, dict, list, tuple)."""
 
 
-def _optional_text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _not_plain(value: Any) -> Any:
+    raise _NotPlain
+
+
+def _encoder(default: Callable[[Any], Any]) -> Callable[[Any], str]:
+    """JSON text of a value (compact, non-ASCII as it is); what is not JSON data goes through
+    ``default``. The C encoder itself where there is one: ``json.dumps`` builds one for each
+    call, most of the time a small value takes."""
+    from json import encoder
+
+    c_make_encoder = getattr(encoder, "c_make_encoder", None)  # not in typeshed
+    if c_make_encoder is None:  # an interpreter without json's C speedups
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=default).encode
+    # no check for loops in the data: one ends in RecursionError (_prepare_all's long way)
+    make = c_make_encoder(
+        None, default, encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    return lambda value: "".join(make(value, 0))
+
+
+def _plain_encoder() -> Callable[[Any], str]:
+    """:func:`_encoder` of plain data only, with orjson where it is installed (langsmith,
+    which langchain-core depends on, brings it): three times json's speed on a record's text,
+    the same JSON (a NaN aside: null rather than NaN). Dates and dataclasses, which orjson
+    would encode its own way, are not plain: they take the long way, as with json."""
+    try:
+        import orjson
+    except ImportError:
+        return _encoder(_not_plain)
+    dumps = orjson.dumps
+    keep = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    return lambda value: dumps(value, default=_not_plain, option=keep).decode()
+
+
+# a record's fields as JSON text: _PLAIN for a record of plain data (anything else raises, and
+# the record takes the long way: _redacted_all), _ANY for cleaned data
+_PLAIN = _plain_encoder()
+_ANY = _encoder(str)
+
+
+# between a record's fields when they are encoded at once (_Prepared): a text no data holds (a
+# NUL and 16 random hex digits), so the encoded whole splits back into each field's own JSON
+_MARK = "\x00" + os.urandom(8).hex()
+_SPLIT = "," + _ANY(_MARK) + ","
 
 
 class _Prepared:
-    """A record turned into rows (redacted, JSON-encoded), before any lock is taken."""
+    """A record turned into rows (JSON-encoded), before any lock is taken. ``written``: all
+    the text of it that is written, as JSON, for :func:`_prepare_all`'s check for secrets.
+    ``dump`` encodes the JSON fields: all at once, in one list (one call of the encoder
+    rather than one per field: most of the time a small value's encoding takes)."""
 
-    def __init__(self, given: Mapping[str, Any]) -> None:
-        record = redacted(dict(given))  # from here on, every string is redacted
-        when = _when(record.get("started"))
-        self.id = str(record.get("id") or new_id(when))
-        kind = record.get("kind")
-        inputs, output = record.get("inputs"), record.get("output")
-        error, chain = _optional_text(record.get("error")), _optional_text(record.get("chain"))
-        usage = record.get("usage")
-        self.run = (
-            self.id,
+    def __init__(self, record: Mapping[str, Any], dump: Callable[[Any], str] = _ANY) -> None:
+        get = record.get
+        when = _when(get("started"))
+        inputs, output, usage = get("inputs"), get("output"), get("usage")
+        # the columns in the tables' order (_INSERTS), the JSON ones (_RUN_JSON) as values yet
+        run: list[Any] = [
+            _text_or_none(get("id") or new_id(when)),
             _utc_text(when),
-            str(kind or "run"),  # run, chat, batch, test or python
-            chain,
-            _optional_text(record.get("file")),
-            _optional_text(record.get("file_hash")),
-            _optional_text(record.get("model")),
-            _json(inputs),
-            _json(output),
-            error,
-            _optional_text(record.get("session")),
-            _optional_text(record.get("row")),
-            _json(usage),
+            _text_or_none(get("kind") or "run"),  # run, chat, batch, test or python
+            *map(_text_or_none, (get(k) for k in ("chain", "file", "file_hash", "model"))),
+            inputs,
+            output,
+            *map(_text_or_none, (get(k) for k in ("error", "session", "row"))),
+            usage,
             *_tokens(usage),
-            _number(record.get("latency_ms")),
-            _number(record.get("ttft_ms")),
-            _number(record.get("cost")),
-            _extra(record, _RUN_KEYS),
-        )
-        self.steps = []
+            *map(_number, (get("latency_ms"), get("ttft_ms"), get("cost"))),
+            None if record.keys() <= _RUN_KEYSET else _rest(record, _RUN_KEYSET),
+        ]
+        steps: list[list[Any]] = []
         messages: list[str] = []
-        for step in record.get("steps") or ():
+        for step in get("steps") or ():
             if not isinstance(step, dict):
                 continue  # not a step: nothing of it can be shown
-            said = step.get("messages")
-            messages.extend(_texts(said))
-            step_usage = step.get("usage")
-            self.steps.append(
-                (
-                    _optional_text(step.get("id")),
-                    _optional_text(step.get("model")),
-                    _json(said),
-                    _json(step.get("output")),
-                    _optional_text(step.get("error")),
-                    _json(step_usage),
+            said, step_usage = step.get("messages"), step.get("usage")
+            _gather_text(said, messages)
+            steps.append(
+                [
+                    _text_or_none(step.get("id")),
+                    _text_or_none(step.get("model")),
+                    said,
+                    step.get("output"),
+                    _text_or_none(step.get("error")),
+                    step_usage,
                     *_tokens(step_usage),
                     _number(step.get("latency_ms")),
                     _number(step.get("ttft_ms")),
                     _count(step.get("calls")),
                     _count(step.get("attempts")),
                     _number(step.get("cost")),
-                    _extra(step, _STEP_KEYS),
-                )
+                    None if step.keys() <= _STEP_KEYSET else _rest(step, _STEP_KEYSET),
+                ]
             )
-        self.text = (
-            chain,
-            "\n".join(_texts(inputs)),
-            "\n".join(_texts(output)),
-            "\n".join(messages),
-            error,
+        self._finish(run, steps, (inputs, output, messages), dump)
+
+    def _finish(
+        self,
+        run: list[Any],
+        steps: list[list[Any]],
+        text: tuple[Any, Any, list[str]],
+        dump: Callable[[Any], str],
+    ) -> None:
+        """The rows from ``run`` and ``steps`` (each in its table's column order, the JSON
+        columns as values yet) and ``text`` (the inputs, the output, the messages' text)."""
+        self.written = _encode_columns(run, steps, dump)
+        self.id: str = run[0]
+        self.run = tuple(run)
+        self.steps = [tuple(step) for step in steps]
+        inputs, output, messages = text
+        self.text = (run[3], _text(inputs), _text(output), "\n".join(messages), run[9])
+
+    def redacted(self) -> _Prepared:
+        """These rows with every string redacted, one by one: those of the JSON texts too."""
+        done = object.__new__(_Prepared)
+        done.run = _redacted_row(self.run, _RUN_JSON)
+        done.id = done.run[0]
+        done.steps = [_redacted_row(step, _STEP_JSON) for step in self.steps]
+        done.text = _redacted_row(self.text, ())
+        done.written = ""
+        return done
+
+
+def _redacted_row(row: tuple[Any, ...], json_columns: tuple[int, ...]) -> tuple[Any, ...]:
+    out = []
+    for n, value in enumerate(row):
+        if isinstance(value, str):
+            value = _ANY(redacted(json.loads(value))) if n in json_columns else redact(value)
+        out.append(value)
+    return tuple(out)
+
+
+def _rest(given: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """A record's (or a step's) keys that have no column: kept in ``extra``."""
+    return {k: v for k, v in given.items() if k not in known}
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if type(value) is str or value is None else str(value)
+
+
+# the columns of a run's row, and of a step's, that hold text, and those that hold JSON
+_RUN_TEXT, _STEP_TEXT = (0, 2, 3, 4, 5, 6, 9, 10, 11), (0, 1, 4)
+_RUN_JSON, _STEP_JSON = (7, 8, 12, 19), (2, 3, 5, 14)
+
+
+def _encode_columns(run: list[Any], steps: list[list[Any]], dump: Callable[[Any], str]) -> str:
+    """The JSON columns of ``run`` and ``steps`` encoded in place (None stays None), at once;
+    returns all that is written as text, as JSON: the text columns, then the JSON ones."""
+    texts = [run[n] for n in _RUN_TEXT if run[n] is not None]
+    places: list[tuple[list[Any], int]] = [(run, n) for n in _RUN_JSON]
+    for step in steps:
+        texts += [step[n] for n in _STEP_TEXT if step[n] is not None]
+        places += [(step, n) for n in _STEP_JSON]
+    values: list[Any] = [texts]
+    for row, n in places:
+        values += (_MARK, row[n])
+    written = dump(values)
+    parts = written[1:-1].split(_SPLIT)[1:]
+    if len(parts) != len(places):  # the mark in the data after all: one by one
+        parts = [dump(row[n]) for row, n in places]
+    for (row, n), encoded in zip(places, parts, strict=True):
+        row[n] = None if encoded == "null" else encoded
+    return written
+
+
+def run_rows(
+    *,
+    started: float,
+    kind: str,
+    chain: str,
+    file: str | None,
+    file_hash: str | None,
+    model: str,
+    inputs: Any,
+    output: Any,
+    stats: Mapping[str, Any],
+    steps: list[tuple[str, list[dict[str, str]], Any]],
+) -> _Prepared | None:
+    """What :func:`prepared` makes of the record of a run that answered (``stats``: its
+    meter's figures; ``steps``: each step reached, as its id, the messages it sent and its
+    output; ``started``: Unix time), built straight from the run: a logged chain's every run
+    comes here, and building the record's dicts only to read them back is a good part of the
+    work (a test compares the two). None when the values are not plain data: the record takes
+    the long way then."""
+    when = datetime.fromtimestamp(started, UTC)
+    usage = stats["usage"]
+    run: list[Any] = [
+        new_id(when),
+        _utc_text(when),
+        kind,
+        chain,
+        file,
+        file_hash,
+        model,
+        inputs,
+        output,
+        None,  # error
+        None,  # session
+        None,  # batch row
+        usage,
+        *_tokens(usage),
+        *map(_number, (stats["latency_ms"], stats["ttft_ms"], stats["cost"])),
+        None,  # extra: a record of a run has no key without a column
+    ]
+    rows: list[list[Any]] = []
+    messages: list[str] = []
+    figures_of = stats["steps"]
+    for step_id, said, step_output in steps:
+        figures = figures_of[step_id]
+        step_usage = figures.get("usage")
+        _gather_text(said, messages)
+        rows.append(
+            [
+                step_id,
+                _text_or_none(figures.get("model")),
+                said,
+                step_output,
+                None,  # error
+                step_usage,
+                *_tokens(step_usage),
+                _number(figures.get("latency_ms")),
+                _number(figures.get("ttft_ms")),
+                _count(figures.get("calls")),
+                _count(figures.get("attempts")),
+                _number(figures.get("cost")),
+                None if figures.keys() <= _STEP_KEYSET else _rest(figures, _STEP_KEYSET),
+            ]
         )
+    done = object.__new__(_Prepared)
+    try:
+        done._finish(run, rows, (inputs, output, messages), _PLAIN)
+    except Exception:  # not plain data (or a loop in it)
+        return None
+    return done
 
 
-_RUN_INSERT = (
-    "INSERT INTO runs (id, started, kind, chain, file, file_hash, model, inputs, output, error,"
-    " session, batch_row, usage, input_tokens, output_tokens, total_tokens, latency_ms, ttft_ms,"
-    " cost, extra) VALUES (" + ", ".join("?" * 20) + ")"
-)
-_STEP_INSERT = (
-    "INSERT INTO steps (run, n, id, model, messages, output, error, usage, input_tokens,"
-    " output_tokens, total_tokens, latency_ms, ttft_ms, calls, attempts, cost, extra)"
-    " VALUES (" + ", ".join("?" * 17) + ")"
-)
-_TEXT_INSERT = (
-    "INSERT INTO runs_text (rowid, chain, inputs, output, messages, error)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
+def prepared(record: Mapping[str, Any]) -> _Prepared | None:
+    """``record`` as rows, if it is plain data (None: it takes the long way when written), not
+    yet checked for secrets: :meth:`RunLog.record_many` does that, for a batch at once. A
+    background writer's runs call this themselves: only the database is left to its thread,
+    and what waits in its queue is rows of text and numbers rather than the record's dicts
+    and lists (which Python's garbage collector would go through again and again)."""
+    try:
+        return _Prepared(record, _PLAIN)
+    except Exception:  # not plain data (or a loop in it): the long way says what is wrong
+        return None
+
+
+def _prepare_all(records: Sequence[Mapping[str, Any] | _Prepared]) -> list[_Prepared]:
+    """Each record as rows (a record given as rows already: :func:`prepared`'s), with every
+    secret redacted.
+
+    A record of plain data is encoded as it is, and what it would write is checked for
+    secrets, all the batch's text at once (one redact(): each call reads the environment):
+    the JSON texts with their escapes undone, so a key holding a quote or a backslash is
+    found too. Rows that hold a secret are redacted string by string; a record of other than
+    plain data takes the long way: every string redacted (:func:`_redacted_all`), then
+    encoded."""
+    fast = [one if isinstance(one, _Prepared) else prepared(one) for one in records]
+    if not _clean([rows for rows in fast if rows is not None]):
+        fast = [rows if rows is None or _clean([rows]) else rows.redacted() for rows in fast]
+    slow = [n for n, rows in enumerate(fast) if rows is None]
+    cleaned = _redacted_all([dict(records[n]) for n in slow])  # type: ignore[arg-type]
+    for n, record in zip(slow, cleaned, strict=True):
+        fast[n] = _Prepared(record)
+    return [rows for rows in fast if rows is not None]
+
+
+def _clean(prepared: list[_Prepared]) -> bool:
+    """Whether no secret is in what ``prepared`` writes."""
+    written = "\n".join([rows.written for rows in prepared])
+    text = _unescaped(written)
+    return redact(text) == text
+
+
+def _unescaped(written: str) -> str:
+    """JSON text with its string escapes undone (the rest of it is kept as it is): non-ASCII
+    characters become Python escapes, and Python's own decoder undoes both kinds."""
+    if "\\" not in written:  # no escape in it: the text as it is
+        return written
+    return codecs.decode(written.encode("ascii", "backslashreplace"), "unicode_escape")
+
+
+# each table's columns as a record's rows give them (seq, the run's rowid, first)
+_INSERTS = {
+    "runs": "seq, id, started, kind, chain, file, file_hash, model, inputs, output, error,"
+    " session, batch_row, usage, input_tokens, output_tokens, total_tokens, latency_ms,"
+    " ttft_ms, cost, extra",
+    "steps": "run, n, id, model, messages, output, error, usage, input_tokens, output_tokens,"
+    " total_tokens, latency_ms, ttft_ms, calls, attempts, cost, extra",
+    "runs_text": "rowid, chain, inputs, output, messages, error",
+}
+_MOST_ROWS = 128  # rows one INSERT writes at most
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, rows: int) -> str:
+    width = _INSERTS[table].count(",") + 1
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"INSERT INTO {table} ({_INSERTS[table]}) VALUES " + ", ".join([row] * rows)
+
+
+def _insert(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """``rows`` into ``table``, many rows an INSERT: SQLite writes them all in one call, and
+    Python's lock is let go once for them rather than once a row — a writer thread that
+    takes it back for each row waits behind the runs each time, and its writes cannot
+    overlap them. Row counts are powers of two: a handful of statements, kept compiled."""
+    if not rows:
+        return
+    width = len(rows[0])
+    most = max(1, min(_MOST_ROWS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    done = 0
+    while done < len(rows):
+        count = 1 << (min(most, len(rows) - done).bit_length() - 1)
+        chunk = rows[done : done + count]
+        db.execute(_insert_sql(table, count), [value for row in chunk for value in row])
+        done += count
+
+
+def _insert_all(db: sqlite3.Connection, prepared: list[_Prepared]) -> None:
+    """The prepared records' rows, inside the caller's write transaction (which holds the
+    log: no other writer takes the rowids given here)."""
+    seq = db.execute("SELECT coalesce(max(seq), 0) FROM runs").fetchone()[0]
+    runs, steps, texts = [], [], []
+    for rows in prepared:
+        seq += 1
+        runs.append((seq, *rows.run))
+        steps.extend([(seq, n, *step) for n, step in enumerate(rows.steps)])
+        texts.append((seq, *rows.text))
+    _insert(db, "runs", runs)
+    _insert(db, "steps", steps)
+    _insert(db, "runs_text", texts)
 
 
 def _wal(db: sqlite3.Connection) -> None:
@@ -379,13 +680,48 @@ def _wal(db: sqlite3.Connection) -> None:
 _LEFT_BEHIND: list[sqlite3.Connection] = []
 
 
+# One connection per log a command wrote, kept after its first write and never closed: held by
+# a daemon thread, it outlives the interpreter's clean-up. The last connection to a WAL
+# database that closes checkpoints the WAL into the file and deletes it, and the next writer
+# makes the WAL again: four disk flushes in all, per command, 2 to 20 ms on a busy disk — all
+# of the log's budget for ``eslabon run``. A connection left open is what a crash leaves, and
+# WAL is made for that: the next process recovers the WAL, and checkpoints still happen, with
+# their flushes, whenever the WAL passes _CHECKPOINT_PAGES. Only the commands' writers
+# (RunWriter) keep one: a program that logs from Python closes its log at exit.
+_KEPT: dict[tuple[int, str], sqlite3.Connection] = {}
+_CHECKPOINT_PAGES = 256  # about 12 runs: the WAL a process recovers stays under a megabyte
+
+
+def _keep_open(path: Path, db: sqlite3.Connection) -> None:
+    key = (os.getpid(), str(path))
+    if key in _KEPT:
+        return  # another connection keeps the file open: this one may close
+    if not _KEPT:
+        threading.Thread(target=_hold, args=(_KEPT,), name="eslabon-log-kept", daemon=True).start()
+    _KEPT[key] = db
+
+
+def _let_go(path: Path, db: sqlite3.Connection) -> None:
+    """``db`` is closed: no longer the one kept open."""
+    key = (os.getpid(), str(path))
+    if _KEPT.get(key) is db:
+        del _KEPT[key]
+
+
+def _hold(kept: dict[tuple[int, str], sqlite3.Connection]) -> None:
+    threading.Event().wait()  # forever: the connections in ``kept`` are never garbage
+
+
 class RunLog:
     """The run log in the SQLite file ``path`` (created, with its folder, on the first record).
 
-    One instance may be shared by threads; each process opens its own connection."""
+    One instance may be shared by threads; each process opens its own connection. ``kept``:
+    after its first write, a connection to the file stays open until the process ends (a
+    command's log: see _KEPT)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, kept: bool = False) -> None:
         self.path = Path(path)
+        self.kept = kept
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -397,30 +733,41 @@ class RunLog:
 
     def record(self, record: Mapping[str, Any]) -> str:
         """Write one run; return its id. Raises :class:`LogUnavailable` on any failure."""
+        return self.record_many([record])[0]
+
+    def record_many(self, records: Sequence[Mapping[str, Any] | _Prepared]) -> list[str]:
+        """Write runs (records, or :func:`prepared`'s rows of them) in one transaction (one
+        commit for them all: what a background writer batches); return their ids. Raises
+        :class:`LogUnavailable` on any failure, and then none of them is written."""
+        rows: list[_Prepared] = []
         try:
-            rows = _Prepared(record)
+            # from here on, every string is redacted
+            rows = _prepare_all(records)
             with self._lock:
                 db = self._connection(create=True)
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     self._migrate(db)
-                    seq = db.execute(_RUN_INSERT, rows.run).lastrowid
-                    db.executemany(_STEP_INSERT, [(seq, n, *s) for n, s in enumerate(rows.steps)])
-                    db.execute(_TEXT_INSERT, (seq, *rows.text))
+                    _insert_all(db, rows)
                     db.execute("COMMIT")
                 except BaseException:
                     self._rollback(db)
                     raise
+                if self.kept:
+                    _keep_open(self.path, db)
         except LogUnavailable:
             raise
         except sqlite3.IntegrityError:
-            raise LogUnavailable(
-                f"the run log {self.path} already holds a run with id {rows.id}"
+            ids = ", ".join(one.id for one in rows)
+            raise DuplicateRun(
+                f"the run log {self.path} already holds a run with id {ids}"
+                if len(rows) == 1
+                else f"the run log {self.path} already holds a run with one of the ids {ids}"
             ) from None
         except Exception as exc:  # whatever it is, the run must not fail for it
             self.close()  # a damaged or replaced file: the next record opens it afresh
             raise LogUnavailable(self._why(exc)) from None
-        return rows.id
+        return [one.id for one in rows]
 
     def record_report(self, report: Mapping[str, Any], files: list[str]) -> str:
         """Keep one ``eslabon test`` report (redacted, as every record); return its id.
@@ -520,6 +867,7 @@ class RunLog:
                 # NORMAL in WAL mode: a commit waits for no disk flush; a power cut may lose the
                 # last records, never damage the file
                 db.execute("PRAGMA synchronous = NORMAL")
+                db.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             except BaseException:
                 db.close()
                 raise
@@ -531,6 +879,7 @@ class RunLog:
         with self._lock:
             db, self._db = self._db, None
         if db is not None and self._pid == os.getpid():
+            _let_go(self.path, db)
             with suppress(sqlite3.Error):  # a broken connection: nothing left in it to save
                 db.close()
 
