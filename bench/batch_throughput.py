@@ -17,8 +17,9 @@ concurrency 50; 2 workers x 25) and 100 (in-process 100; 2 x 50, each worker wit
 concurrency, as ``--concurrency`` is per worker). Ray's start-up — the runtime (``ray.init``),
 then a batch's workers started, eslabon imported and the chain compiled in each, up to the first
 finished row — is reported apart from its rows/s (first to last row), with the number of rows
-from which Ray finishes sooner all told. Each is run twice, the best counts. Last line:
-``ray_speedup=X``: Ray's rows/s over the in-process engine's, at 100 in flight.
+from which Ray finishes sooner all told, and the load average before and after (Ray needs both
+cores: other work on the machine lowers its figure first). Each is run twice, the best counts.
+Last line: ``ray_speedup=X``: Ray's rows/s over the in-process engine's, at 100 in flight.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ travelled with the job.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -299,19 +300,67 @@ def test_a_row_that_kills_its_worker_every_time_is_recorded_failed(
     assert all(got[r["id"]]["output"] == f"eco: {r['q']}" for r in others)
 
 
+def test_a_worker_returns_its_finished_rows_together_and_says_which_it_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a worker's side of a call, in this process (no Ray): rows finished while the driver was
+    # away come back together, a slow row does not hold back a finished one, tickets a former
+    # life of the worker had come back at once as lost, and a call the driver gave up on gives
+    # way to the next
+    from eslabon.interfaces import batch
+
+    gates: dict[str, asyncio.Event] = {}
+
+    async def run_row(chain: Any, row: dict[str, Any], *args: Any) -> dict[str, Any]:
+        await gates[row["id"]].wait()
+        return {"id": row["id"]}
+
+    monkeypatch.setattr(batch, "run_row", run_row)
+
+    async def scenario() -> None:
+        worker = ray_engine._Worker(None)  # type: ignore[arg-type]
+        worker.chain = "compiled"  # as after its first call
+        gates.update({k: asyncio.Event() for k in "abcd"})
+        rows = [(1, {"id": "a"}), (2, {"id": "b"}), (3, {"id": "c"})]
+        call = asyncio.ensure_future(worker.step(rows, []))
+        await asyncio.sleep(0.05)
+        assert not call.done()  # nothing finished yet
+        gates["a"].set()
+        gates["b"].set()
+        done, lost = await call
+        assert [ticket for ticket, _, _ in done] == [1, 2] and lost == []
+        # c still runs; 9 was sent to a former life of this worker
+        done, lost = await asyncio.wait_for(worker.step([(4, {"id": "d"})], [3, 9]), 1)
+        assert (done, lost) == ([], [9])
+        stale = asyncio.ensure_future(worker.step([], [3, 4]))
+        await asyncio.sleep(0.05)
+        call = asyncio.ensure_future(worker.step([], [3, 4]))
+        assert await asyncio.wait_for(stale, 1) == ([], [])
+        gates["d"].set()
+        done, lost = await asyncio.wait_for(call, 1)
+        assert [ticket for ticket, _, _ in done] == [4] and lost == []
+        assert list(worker.held) == [3]
+        gates["c"].set()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+
+
 class FakeCall:
     """A worker call the driver made (:meth:`ray_engine._Worker.step`), and what it gives."""
 
-    def __init__(self, worker: int, rows: list[tuple[int, dict[str, Any]]]) -> None:
-        self.worker, self.rows = worker, rows
+    def __init__(self, worker: int, rows: list[tuple[int, dict[str, Any]]], held: list[int]):
+        self.worker, self.rows, self.held = worker, rows, held
         self.result: Any = None
 
     def ids(self) -> list[str]:
         return [row["id"] for _, row in self.rows]
 
-    def back(self, *ids: str) -> None:
-        """The worker returns the rows of this call named ``ids``, finished."""
-        self.result = [(t, {"id": row["id"]}, None) for t, row in self.rows if row["id"] in ids]
+    def back(self, *ids: str, lost: tuple[int, ...] = ()) -> None:
+        """The worker returns the rows of this call named ``ids``, finished, and says it does
+        not have the tickets ``lost``."""
+        done = [(t, {"id": row["id"]}, None) for t, row in self.rows if row["id"] in ids]
+        self.result = (done, list(lost))
 
 
 def test_rows_lost_with_a_worker_are_run_again_and_never_written_twice(
@@ -326,8 +375,8 @@ def test_rows_lost_with_a_worker_are_run_again_and_never_written_twice(
         def __init__(self, worker: int) -> None:
             self.worker, self.step = worker, self
 
-        def remote(self, rows: list[tuple[int, dict[str, Any]]]) -> FakeCall:
-            calls.append(FakeCall(self.worker, rows))
+        def remote(self, rows: list[tuple[int, dict[str, Any]]], held: list[int]) -> FakeCall:
+            calls.append(FakeCall(self.worker, rows, held))
             return calls[-1]
 
     class Ray:
@@ -360,7 +409,7 @@ def test_rows_lost_with_a_worker_are_run_again_and_never_written_twice(
     assert (a2.worker, a2.ids()) == (0, ["r0", "r4"])
     # it was alive: its old r0 and r1 come back with the new r0, which alone is written
     a2.back("r0")
-    a2.result += [(a.rows[0][0], {"id": "r0"}, None), (a.rows[1][0], {"id": "r1"}, None)]
+    a2.result[0].extend([(a.rows[0][0], {"id": "r0"}, None), (a.rows[1][0], {"id": "r1"}, None)])
     a3 = step(a2)
     assert written == ["r0"] and (a3.worker, a3.ids()) == (0, ["r1"])
     # r1 kills worker 0, and r4 with it: r4 is run again beside a fresh row, r1 elsewhere
@@ -370,15 +419,24 @@ def test_rows_lost_with_a_worker_are_run_again_and_never_written_twice(
     b.back("r2", "r3")
     b2 = step(b)
     assert written == ["r0", "r2", "r3"] and (b2.worker, b2.ids()) == (1, ["r1"])
+    assert b2.held == [] and a4.held == []  # the rows each worker had before the call's own
+    # worker 0 was started again by Ray between two calls: the call after one that brought
+    # back r5 alone finds r4 missing, and r4 is run again
+    a4.back("r5")
+    a5 = step(a4)
+    assert a5.held == [a4.rows[0][0]] and a5.ids() == []
+    a5.back(lost=(a4.rows[0][0],))
+    a6 = step(a5)
+    assert (a6.worker, a6.ids()) == (0, ["r4"]) and written[-1] == "r5"
     # the third death of r1's worker: r1 is recorded failed, no call is left for worker 1
     b2.result = died()
     made = len(calls)
     step(b2)
     assert len(calls) == made and written[-1] == "r1" and feed.suspects == deque()
-    a4.back("r4", "r5")
-    written.extend(record["id"] for record, _ in feed.collect(a4))
+    a6.back("r4")
+    written.extend(record["id"] for record, _ in feed.collect(a6))
     assert not feed.send()  # every row done, no call left out
-    assert feed.deaths == {0: 1, 1: 3, 4: 1}
+    assert feed.deaths == {0: 1, 1: 3, 4: 2}
     assert sorted(written) == [r["id"] for r in todo]
 
 

@@ -304,13 +304,13 @@ def test_a_secret_json_escapes_is_found_too(
     import json as json_module
 
     monkeypatch.setenv("DB_PASSWORD", secret)
-    run_id = log.record(
-        record(
-            inputs={"frase": f"la clave {secret} ya"},
-            output=["x", {"y": secret}],
-            steps=[step("s", messages=[{"role": "user", "content": secret}])],
-        )
+    leaky = record(
+        inputs={"frase": f"la clave {secret} ya"},
+        output=["x", {"y": secret}],
+        steps=[step("s", messages=[{"role": "user", "content": secret}])],
     )
+    run_id = log.record(leaky)  # one record (a command's)
+    log.record_many([record(), leaky, record()])  # a batch (a background writer's)
     log.close()
     raw = _files(log)
     for form in (

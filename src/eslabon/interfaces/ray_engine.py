@@ -261,10 +261,10 @@ class _Worker:
         self.chain: Any = None
         self.inputs_of: list[str] = []
         self.log: tuple[Any, str] | None = None
+        self.held: dict[int, asyncio.Future[None]] = {}  # ticket -> its row, till returned
         self.finished: list[Finished] = []
         self.failure: Exception | None = None
         self.calls = 0
-        self.tasks: set[asyncio.Task[None]] = set()
         self.wake: asyncio.Event | None = None
 
     def pid(self) -> int:
@@ -294,26 +294,30 @@ class _Worker:
         gc.freeze()
         return self.wake
 
-    async def step(self, rows: list[tuple[int, dict[str, Any]]]) -> list[Finished]:
-        """Start ``rows`` (ticket, row), then return the rows finished since the last call:
-        at least one, as soon as one is."""
+    async def step(
+        self, rows: list[tuple[int, dict[str, Any]]], held: list[int]
+    ) -> tuple[list[Finished], list[int]]:
+        """Start ``rows`` (ticket, row), then return the rows finished since the last call, at
+        least one, as soon as one is; and, at once, those of ``held`` (the tickets the driver
+        thinks this worker has) it does not have: a former life of the worker had them."""
         wake = self._ready()
         self.calls += 1
         call = self.calls
+        lost = [ticket for ticket in held if ticket not in self.held]
         for ticket, row in rows:
-            task = asyncio.ensure_future(self._row(ticket, row))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.held[ticket] = asyncio.ensure_future(self._row(ticket, row))
         wake.set()  # a call the driver gave up on (it thought this worker dead) gives way
-        while call == self.calls and not self.finished and self.failure is None:
+        while call == self.calls and not (self.finished or lost or self.failure):
             wake.clear()
             await wake.wait()
         if call != self.calls:
-            return []
+            return [], []
         if self.failure is not None:
             raise self.failure
         done, self.finished = self.finished, []
-        return done
+        for ticket, _, _ in done:
+            del self.held[ticket]
+        return done, lost
 
     async def _row(self, ticket: int, row: dict[str, Any]) -> None:
         from eslabon.interfaces.batch import BatchReport, run_row
@@ -459,10 +463,12 @@ class _Feed:
 
     Each row is sent with a ticket; a record is written only if its ticket is still out (a
     row run again elsewhere has a new one), so a row is never written twice. When a worker
-    dies, every row it was running has lost an attempt: those with attempts left are
-    *suspects*, run again with at most one suspect per worker at a time, so a row that kills
-    its worker does not take the same rows down with it twice; a row whose worker died on
-    each of its :data:`ROW_ATTEMPTS` attempts is recorded failed."""
+    dies (its call fails; or Ray restarted it between two calls, and it says which of the
+    tickets the driver thinks it has it does not), every row it was running has lost an
+    attempt: those with attempts left are *suspects*, run again with at most one suspect per
+    worker at a time, so a row that kills its worker does not take the same rows down with it
+    twice; a row whose worker died on each of its :data:`ROW_ATTEMPTS` attempts is recorded
+    failed."""
 
     def __init__(
         self,
@@ -498,10 +504,11 @@ class _Feed:
             self.suspect[worker] = new[0][0]
         while len(new) < room and self.fresh:
             new.append((next(self.tickets), self.fresh.popleft()))
+        held = list(running)
         running.update(new)
         if running:  # else it has nothing to run nor to return
             rows = [(ticket, self.todo[index]) for ticket, index in new]
-            self.calls[self.actors[worker].step.remote(rows)] = worker
+            self.calls[self.actors[worker].step.remote(rows, held)] = worker
 
     def collect(self, ref: Any) -> list[tuple[dict[str, Any], str | None]]:
         """The records a call brought back (with why each was not logged, or None), and those
@@ -510,26 +517,31 @@ class _Feed:
 
         worker = self.calls.pop(ref)
         try:
-            finished: list[Finished] = _ray().get(ref)
+            finished, lost = _ray().get(ref)
         except RayTaskError as exc:
             # raised in a worker outside any row (the chain does not compile there): stop, as
             # the in-process engine does, with the error itself rather than Ray's wrapper
             cause = exc.cause
             raise (cause if isinstance(cause, Exception) else exc) from None
         except RayActorError:  # the worker died (Ray starts it again): its rows are lost
-            return self._lost(worker)
+            return self._lost(worker, list(self.running[worker]))
         records: list[tuple[dict[str, Any], str | None]] = []
         for ticket, record, unlogged in finished:
             if self.running[worker].pop(ticket, None) is not None:  # else given up on there
                 records.append((record, unlogged))
                 if self.suspect[worker] == ticket:
                     self.suspect[worker] = None
-        return records
+        return records + self._lost(worker, lost)
 
-    def _lost(self, worker: int) -> list[tuple[dict[str, Any], str | None]]:
-        lost, self.running[worker], self.suspect[worker] = self.running[worker], {}, None
+    def _lost(self, worker: int, tickets: list[int]) -> list[tuple[dict[str, Any], str | None]]:
+        """Rows that died with their worker: run again, or recorded failed at the last time."""
         failed: list[tuple[dict[str, Any], str | None]] = []
-        for index in lost.values():
+        for ticket in tickets:
+            index = self.running[worker].pop(ticket, None)
+            if index is None:
+                continue
+            if self.suspect[worker] == ticket:
+                self.suspect[worker] = None
             self.deaths[index] = self.deaths.get(index, 0) + 1
             if self.deaths[index] < ROW_ATTEMPTS:
                 self.suspects.append(index)

@@ -18,6 +18,7 @@ library's sqlite3 and json load here: this is on ``eslabon run``'s path.
 
 from __future__ import annotations
 
+import _thread
 import codecs
 import functools
 import json
@@ -595,8 +596,14 @@ def _prepare_all(records: Sequence[Mapping[str, Any] | _Prepared]) -> list[_Prep
 
 def _clean(prepared: list[_Prepared]) -> bool:
     """Whether no secret is in what ``prepared`` writes."""
-    written = "\n".join([rows.written for rows in prepared])
-    text = _unescaped(written)
+    if len(prepared) == 1 and "\\" in prepared[0].written:
+        # one record (a command's): its strings through json, rather than the escapes undone
+        # by the unicode_escape codec, whose loading (0.2 to 0.5 ms) is more than its work
+        strings: list[str] = []
+        _as_data(json.loads(prepared[0].written), strings)
+        text = "\n".join(strings)
+    else:
+        text = _unescaped("\n".join([rows.written for rows in prepared]))
     return redact(text) == text
 
 
@@ -685,11 +692,11 @@ _LEFT_BEHIND: list[sqlite3.Connection] = []
 # database that closes checkpoints the WAL into the file and deletes it, and the next writer
 # makes the WAL again: four disk flushes in all, per command, 2 to 20 ms on a busy disk — all
 # of the log's budget for ``eslabon run``. A connection left open is what a crash leaves, and
-# WAL is made for that: the next process recovers the WAL, and checkpoints still happen, with
-# their flushes, whenever the WAL passes _CHECKPOINT_PAGES. Only the commands' writers
-# (RunWriter) keep one: a program that logs from Python closes its log at exit.
+# WAL is made for that: the next process recovers the WAL (reading it: about 0.5 ms a
+# megabyte), and checkpoints still happen, with their flushes, whenever the WAL passes SQLite's
+# 1000 pages (about 50 runs). Only the commands' writers (RunWriter) keep one: a program that
+# logs from Python closes its log at exit.
 _KEPT: dict[tuple[int, str], sqlite3.Connection] = {}
-_CHECKPOINT_PAGES = 256  # about 12 runs: the WAL a process recovers stays under a megabyte
 
 
 def _keep_open(path: Path, db: sqlite3.Connection) -> None:
@@ -697,7 +704,10 @@ def _keep_open(path: Path, db: sqlite3.Connection) -> None:
     if key in _KEPT:
         return  # another connection keeps the file open: this one may close
     if not _KEPT:
-        threading.Thread(target=_hold, args=(_KEPT,), name="eslabon-log-kept", daemon=True).start()
+        # _thread's, not threading's: Thread.start() waits until the thread runs, tens of ms
+        # on a busy machine; this one holds _KEPT from the moment it is asked for, and never
+        # keeps the interpreter from exiting
+        _thread.start_new_thread(_hold, (_KEPT,))
     _KEPT[key] = db
 
 
@@ -709,7 +719,9 @@ def _let_go(path: Path, db: sqlite3.Connection) -> None:
 
 
 def _hold(kept: dict[tuple[int, str], sqlite3.Connection]) -> None:
-    threading.Event().wait()  # forever: the connections in ``kept`` are never garbage
+    forever = _thread.allocate_lock()
+    forever.acquire()
+    forever.acquire()  # never returns: the connections in ``kept`` are never garbage
 
 
 class RunLog:
@@ -867,7 +879,6 @@ class RunLog:
                 # NORMAL in WAL mode: a commit waits for no disk flush; a power cut may lose the
                 # last records, never damage the file
                 db.execute("PRAGMA synchronous = NORMAL")
-                db.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             except BaseException:
                 db.close()
                 raise
