@@ -21,12 +21,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from eslabon import load_chain
-from eslabon.errors import MissingCredentialsError, UserError
+from eslabon.errors import EslabonRuntimeError, MissingCredentialsError, UserError
 from eslabon.interfaces import ray_engine
 from eslabon.interfaces.batch import run_batch
 from helpers import ROOT, write
@@ -295,7 +296,8 @@ def test_a_row_that_kills_its_worker_every_time_is_recorded_failed(
         assert max(asked.values()) == 2, asked
     got = {r["id"]: r for r in records(out)}
     assert sorted(got) == sorted(r["id"] for r in todo)
-    assert got["veneno"]["error"]["message"].startswith("the Ray worker running this row died")
+    message = "the Ray worker running this row was lost on each of its 3 attempts"
+    assert got["veneno"]["error"]["message"].startswith(message)
     assert got["veneno"]["inputs"] == {"q": "veneno"} and got["veneno"]["output"] is None
     assert all(got[r["id"]]["output"] == f"eco: {r['q']}" for r in others)
 
@@ -346,98 +348,296 @@ def test_a_worker_returns_its_finished_rows_together_and_says_which_it_lacks(
     asyncio.run(scenario())
 
 
+def gated_rows(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, asyncio.Event], list[str]]:
+    """``run_row`` faked for a worker in this process: each row waits for its gate, then row
+    ``x`` raises an error outside its own (as an unwritable run log would), row ``parado`` is
+    stopped by ``CancelledError``, the others finish. Returns the gates and the rows started."""
+    from eslabon.interfaces import batch
+
+    gates: dict[str, asyncio.Event] = {}
+    started: list[str] = []
+
+    async def run_row(chain: Any, row: dict[str, Any], *args: Any) -> dict[str, Any]:
+        started.append(row["id"])
+        await gates.setdefault(row["id"], asyncio.Event()).wait()
+        if row["id"] == "x":
+            raise RuntimeError("boom")
+        if row["id"] == "parado":
+            raise asyncio.CancelledError
+        return {"id": row["id"]}
+
+    monkeypatch.setattr(batch, "run_row", run_row)
+    return gates, started
+
+
+def new_worker() -> ray_engine._Worker:
+    worker = ray_engine._Worker(None)  # type: ignore[arg-type]
+    worker.chain = "compiled"  # as after its first call
+    return worker
+
+
+def test_a_worker_returns_again_the_rows_of_a_reply_the_driver_never_got(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a reply lost on the way (Ray failed the call, the worker lived): the driver, probing,
+    # still holds its tickets; the worker returns those rows again rather than calling them
+    # lost, which would cost them an attempt as if the worker had died
+    gates, _ = gated_rows(monkeypatch)
+
+    async def scenario() -> None:
+        worker = new_worker()
+        call = asyncio.ensure_future(worker.step([(1, {"id": "a"}), (2, {"id": "b"})], []))
+        await asyncio.sleep(0.01)
+        gates["a"].set()
+        done, _ = await asyncio.wait_for(call, 1)
+        assert [ticket for ticket, _, _ in done] == [1]
+        done, lost = await asyncio.wait_for(worker.step([], [1, 2]), 1)  # the reply was lost
+        assert [(ticket, record) for ticket, record, _ in done] == [(1, {"id": "a"})]
+        assert lost == []
+        done, lost = await asyncio.wait_for(worker.step([], [1, 2]), 1)  # that one too
+        assert [ticket for ticket, _, _ in done] == [1] and lost == []
+        gates["b"].set()
+        done, lost = await asyncio.wait_for(worker.step([], [2]), 1)
+        assert [ticket for ticket, _, _ in done] == [2] and lost == []
+        # the driver got that reply: 1, returned two calls ago, is no longer this worker's
+        done, lost = await asyncio.wait_for(worker.step([], [1]), 1)
+        assert done == [] and lost == [1]
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_fails_returns_its_finished_rows_then_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # row x fails outside its own error while no call is waiting, after y finished: y (it ran,
+    # it cost) comes back first, the worker starts no more rows, and the next call raises
+    gates, started = gated_rows(monkeypatch)
+
+    async def scenario() -> None:
+        worker = new_worker()
+        gates["c"] = asyncio.Event()
+        gates["c"].set()
+        rows = [(1, {"id": "c"}), (2, {"id": "y"}), (3, {"id": "x"})]
+        done, _ = await asyncio.wait_for(worker.step(rows, []), 1)
+        assert [ticket for ticket, _, _ in done] == [1]
+        gates["y"].set()
+        await asyncio.sleep(0.01)
+        gates["x"].set()
+        await asyncio.sleep(0.01)
+        done, lost = await asyncio.wait_for(worker.step([(4, {"id": "z"})], [2, 3]), 1)
+        assert [ticket for ticket, _, _ in done] == [2] and lost == []
+        with pytest.raises(RuntimeError, match="boom"):
+            await asyncio.wait_for(worker.step([], [3, 4]), 1)
+        assert started == ["c", "y", "x"]  # z was not started
+
+    asyncio.run(scenario())
+
+
+def test_a_row_stopped_by_cancelled_error_stops_the_batch_rather_than_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # run_row lets CancelledError through (it stops an in-process batch); a worker's only row
+    # stopped so must not leave its call waiting for ever
+    gates, _ = gated_rows(monkeypatch)
+
+    async def scenario() -> None:
+        worker = new_worker()
+        gates["parado"] = asyncio.Event()
+        gates["parado"].set()
+        with pytest.raises(EslabonRuntimeError, match=r"'parado'.* stopped by CancelledError"):
+            await asyncio.wait_for(worker.step([(1, {"id": "parado"})], []), 1)
+
+    asyncio.run(scenario())
+
+
+class FakeRay:
+    """Ray as the driver's bookkeeping (:class:`ray_engine._Feed`) uses it, with the calls to
+    the workers faked: each call is kept, and gives what the test sets."""
+
+    def __init__(self) -> None:
+        self.calls: list[FakeCall] = []
+        self.killed: list[int] = []
+
+    def actors(self, count: int) -> list[FakeActor]:
+        return [FakeActor(self, worker) for worker in range(count)]
+
+    @staticmethod
+    def get(call: FakeCall) -> Any:
+        if isinstance(call.result, Exception):
+            raise call.result
+        assert call.result is not None, "a call collected before it gave anything"
+        return call.result
+
+    def kill(self, actor: FakeActor, no_restart: bool) -> None:
+        assert no_restart
+        self.killed.append(actor.worker)
+
+    def ticket(self, row_id: str) -> int:
+        """The ticket ``row_id`` was last sent with."""
+        return [t for call in self.calls for t, row in call.rows if row["id"] == row_id][-1]
+
+
+class FakeActor:
+    def __init__(self, ray: FakeRay, worker: int) -> None:
+        self.ray, self.worker, self.step = ray, worker, self
+
+    def remote(self, rows: list[tuple[int, dict[str, Any]]], held: list[int]) -> FakeCall:
+        self.ray.calls.append(FakeCall(self.ray, self.worker, rows, held))
+        return self.ray.calls[-1]
+
+
 class FakeCall:
     """A worker call the driver made (:meth:`ray_engine._Worker.step`), and what it gives."""
 
-    def __init__(self, worker: int, rows: list[tuple[int, dict[str, Any]]], held: list[int]):
-        self.worker, self.rows, self.held = worker, rows, held
+    def __init__(
+        self, ray: FakeRay, worker: int, rows: list[tuple[int, dict[str, Any]]], held: list[int]
+    ) -> None:
+        self.ray, self.worker, self.rows, self.held = ray, worker, rows, held
         self.result: Any = None
 
     def ids(self) -> list[str]:
         return [row["id"] for _, row in self.rows]
 
-    def back(self, *ids: str, lost: tuple[int, ...] = ()) -> None:
-        """The worker returns the rows of this call named ``ids``, finished, and says it does
-        not have the tickets ``lost``."""
-        done = [(t, {"id": row["id"]}, None) for t, row in self.rows if row["id"] in ids]
-        self.result = (done, list(lost))
+    def back(self, *ids: str, lost: tuple[str, ...] = ()) -> None:
+        """The worker returns the rows named ``ids`` (as last sent), finished, and says it
+        does not have the rows ``lost``."""
+        done = [(self.ray.ticket(i), {"id": i}, None) for i in ids]
+        self.result = (done, [self.ray.ticket(i) for i in lost])
 
 
-def test_rows_lost_with_a_worker_are_run_again_and_never_written_twice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # the driver's bookkeeping alone, with its calls to the workers faked: which rows go where,
-    # what a worker's death costs each row, and that a record that comes back after its row
-    # was given up on (a worker Ray reported unavailable, but alive) is not written
-    calls: list[FakeCall] = []
+UNAVAILABLE = ray.exceptions.ActorUnavailableError("the actor is restarting", None)
+GONE = ray.exceptions.ActorDiedError()  # what Ray raises once it cannot restart a worker
 
-    class Actor:
-        def __init__(self, worker: int) -> None:
-            self.worker, self.step = worker, self
 
-        def remote(self, rows: list[tuple[int, dict[str, Any]]], held: list[int]) -> FakeCall:
-            calls.append(FakeCall(self.worker, rows, held))
-            return calls[-1]
+class Driver:
+    """A :class:`ray_engine._Feed` on :class:`FakeRay`, and the ids it has written."""
 
-    class Ray:
-        @staticmethod
-        def get(call: FakeCall) -> Any:
-            if isinstance(call.result, Exception):
-                raise call.result
-            return call.result
+    def __init__(self, ray: FakeRay, rows: int, workers: int, concurrency: int) -> None:
+        self.ray = ray
+        self.written: list[str] = []
+        todo = [{"id": f"r{i}"} for i in range(rows)]
+        self.feed = ray_engine._Feed(ray.actors(workers), todo, concurrency, self.died)
+        assert self.feed.send()
 
-    monkeypatch.setattr(ray_engine, "_ray", lambda: Ray)
-    todo = [{"id": f"r{i}"} for i in range(6)]
-    died = ray.exceptions.ActorDiedError
-    feed = ray_engine._Feed(
-        [Actor(0), Actor(1)], todo, 2, lambda row: {"id": row["id"], "error": "died"}
-    )
-    written: list[str] = []
+    @staticmethod
+    def died(row: dict[str, Any]) -> dict[str, Any]:
+        return {"id": row["id"], "error": "died"}
 
-    def step(call: FakeCall) -> FakeCall:
-        written.extend(record["id"] for record, _ in feed.collect(call))
-        assert feed.send()
-        return calls[-1]
+    def step(self, call: FakeCall) -> FakeCall:
+        """Collect ``call``, send again: the last call made."""
+        self.written.extend(record["id"] for record, _ in self.feed.collect(call))
+        self.feed.send()
+        return self.ray.calls[-1]
 
-    assert feed.send()
-    a, b = calls
+
+@pytest.fixture
+def fake_ray(monkeypatch: pytest.MonkeyPatch) -> FakeRay:
+    fake = FakeRay()
+    monkeypatch.setattr(ray_engine, "_ray", lambda: fake)
+    return fake
+
+
+def test_rows_lost_with_a_worker_are_run_again_and_never_written_twice(fake_ray: FakeRay) -> None:
+    # the driver's bookkeeping alone: which rows go where, that a call Ray fails without an
+    # answer costs nothing until the worker says which rows it lacks, and what a death costs
+    driver = Driver(fake_ray, rows=6, workers=2, concurrency=2)
+    a, b = fake_ray.calls
     assert (a.worker, a.ids(), b.worker, b.ids()) == (0, ["r0", "r1"], 1, ["r2", "r3"])
-    # worker 0 is reported gone with r0 and r1: it gets one of them back (one row whose worker
-    # died per worker at a time) and a fresh row
-    a.result = ray.exceptions.ActorUnavailableError("unavailable", None)
-    a2 = step(a)
-    assert (a2.worker, a2.ids()) == (0, ["r0", "r4"])
-    # it was alive: its old r0 and r1 come back with the new r0, which alone is written
-    a2.back("r0")
-    a2.result[0].extend([(a.rows[0][0], {"id": "r0"}, None), (a.rows[1][0], {"id": "r1"}, None)])
-    a3 = step(a2)
-    assert written == ["r0"] and (a3.worker, a3.ids()) == (0, ["r1"])
-    # r1 kills worker 0, and r4 with it: r4 is run again beside a fresh row, r1 elsewhere
-    a3.result = died()
-    a4 = step(a3)
-    assert (a4.worker, a4.ids()) == (0, ["r4", "r5"])
+    t0, t1 = (ticket for ticket, _ in a.rows)
+    # Ray fails worker 0's call (dead, restarting, or unreachable: it cannot say which): no row
+    # is charged, and the worker is only probed, with no rows, until it answers
+    a.result = UNAVAILABLE
+    a2 = driver.step(a)
+    assert (a2.worker, a2.ids(), a2.held) == (0, [], [t0, t1]) and driver.feed.deaths == {}
+    # the reply of a probe lost with its node, then the worker still restarting: no charge
+    a2.result = ray.exceptions.ObjectLostError("00ff", None, "")
+    a3 = driver.step(a2)
+    assert (a3.worker, a3.ids(), a3.held) == (0, [], [t0, t1])
+    a3.result = UNAVAILABLE
+    a4 = driver.step(a3)
+    assert (a4.worker, a4.ids(), a4.held) == (0, [], [t0, t1]) and driver.feed.deaths == {}
+    # it was alive all along: it returns r0 (and a record whose ticket is not out, dropped)
+    a4.back("r0")
+    a4.result[0].append((999, {"id": "r0"}, None))
+    a5 = driver.step(a4)
+    assert driver.written == ["r0"] and (a5.worker, a5.ids(), a5.held) == (0, ["r4"], [t1])
+    # now it dies: the call fails, and its next life says it lacks r1 and r4, which lose an
+    # attempt; it gets back one of them (one suspect per worker at a time) and a fresh row
+    a5.result = UNAVAILABLE
+    a6 = driver.step(a5)
+    assert a6.ids() == [] and driver.feed.deaths == {}
+    a6.back(lost=("r1", "r4"))
+    a7 = driver.step(a6)
+    assert driver.feed.deaths == {1: 1, 4: 1} and (a7.worker, a7.ids()) == (0, ["r1", "r5"])
     b.back("r2", "r3")
-    b2 = step(b)
-    assert written == ["r0", "r2", "r3"] and (b2.worker, b2.ids()) == (1, ["r1"])
-    assert b2.held == [] and a4.held == []  # the rows each worker had before the call's own
-    # worker 0 was started again by Ray between two calls: the call after one that brought
-    # back r5 alone finds r4 missing, and r4 is run again
-    a4.back("r5")
-    a5 = step(a4)
-    assert a5.held == [a4.rows[0][0]] and a5.ids() == []
-    a5.back(lost=(a4.rows[0][0],))
-    a6 = step(a5)
-    assert (a6.worker, a6.ids()) == (0, ["r4"]) and written[-1] == "r5"
-    # the third death of r1's worker: r1 is recorded failed, no call is left for worker 1
-    b2.result = died()
-    made = len(calls)
-    step(b2)
-    assert len(calls) == made and written[-1] == "r1" and feed.suspects == deque()
-    a6.back("r4")
-    written.extend(record["id"] for record, _ in feed.collect(a6))
-    assert not feed.send()  # every row done, no call left out
-    assert feed.deaths == {0: 1, 1: 3, 4: 2}
-    assert sorted(written) == [r["id"] for r in todo]
+    b2 = driver.step(b)
+    assert driver.written == ["r0", "r2", "r3"] and (b2.worker, b2.ids()) == (1, ["r4"])
+    # r1 kills worker 0 again, and r5 with it
+    a7.result = UNAVAILABLE
+    a8 = driver.step(a7)
+    a8.back(lost=("r1", "r5"))
+    a9 = driver.step(a8)
+    assert driver.feed.deaths == {1: 2, 4: 1, 5: 1} and (a9.worker, a9.ids()) == (0, ["r1"])
+    # the third time Ray cannot restart it: r1 is recorded failed, worker 0 gets no more
+    a9.result = GONE
+    made = len(fake_ray.calls)
+    driver.step(a9)
+    assert len(fake_ray.calls) == made and driver.written[-1] == "r1"
+    assert fake_ray.killed == [0] and driver.feed.suspects == deque([5])
+    b2.back("r4")
+    b3 = driver.step(b2)
+    assert (b3.worker, b3.ids()) == (1, ["r5"])
+    b3.back("r5")
+    driver.written.extend(record["id"] for record, _ in driver.feed.collect(b3))
+    assert not driver.feed.send()  # every row done, no call left out
+    assert {call.worker for call in fake_ray.calls[made:]} == {1}
+    assert driver.feed.deaths == {1: 3, 4: 1, 5: 1}
+    assert sorted(driver.written) == [f"r{i}" for i in range(6)]
+
+
+def test_a_worker_restarting_over_several_calls_costs_its_rows_one_attempt(
+    fake_ray: FakeRay,
+) -> None:
+    # before probing, each call sent to a worker Ray was still restarting failed and charged
+    # its rows again, so a row was recorded failed after one real death
+    driver = Driver(fake_ray, rows=3, workers=1, concurrency=3)
+    (call,) = fake_ray.calls
+    for _ in range(ray_engine.ROW_ATTEMPTS + 2):
+        call.result = UNAVAILABLE
+        call = driver.step(call)
+        assert call.ids() == []
+    call.back(lost=("r0", "r1", "r2"))
+    call = driver.step(call)
+    assert driver.written == [] and driver.feed.deaths == {0: 1, 1: 1, 2: 1}
+    assert call.ids() == ["r0"]  # one suspect at a time
+
+
+def test_a_worker_gone_for_good_gets_no_more_rows_and_with_none_left_the_batch_stops(
+    fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(ray_engine, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    driver = Driver(fake_ray, rows=4, workers=2, concurrency=1)
+    a, b = fake_ray.calls
+    # worker 0 answers no call for PROBE_SECONDS: given up (and killed: it may be alive)
+    a.result = UNAVAILABLE
+    a2 = driver.step(a)
+    clock[0] += ray_engine.PROBE_SECONDS
+    a2.result = UNAVAILABLE
+    a3 = driver.step(a2)  # just within the bound: probed again
+    assert a3.worker == 0 and a3.ids() == [] and fake_ray.killed == []
+    clock[0] += 1
+    a3.result = UNAVAILABLE
+    made = len(fake_ray.calls)
+    driver.step(a3)
+    assert fake_ray.killed == [0] and driver.feed.deaths == {0: 1}
+    assert len(fake_ray.calls) == made  # worker 1 is busy, worker 0 gone
+    # worker 1 cannot be restarted: no worker is left, and the batch stops rather than hang
+    b.result = GONE
+    with pytest.raises(EslabonRuntimeError, match=r"every Ray worker is gone.*4 rows were not"):
+        driver.step(b)
+    assert fake_ray.killed == [0, 1] and driver.feed.deaths == {0: 1, 1: 1}
+    assert driver.written == []
 
 
 def test_the_driver_killed_with_dash_nine_then_resume(

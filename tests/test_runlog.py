@@ -169,6 +169,50 @@ def test_search_ignores_accents_and_reads_inputs_outputs_prompts_errors(log: Run
     assert found("   ") == {accent, prompt, answer, failed}  # no words: no filter
 
 
+def _indexed(log: RunLog) -> list[int]:
+    with sqlite3.connect(log.path) as db:
+        return [row[0] for row in db.execute("SELECT rowid FROM runs_text ORDER BY rowid")]
+
+
+def test_a_run_is_indexed_by_the_first_search_after_it(
+    log: RunLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runlog, "_INDEX_CHUNK", 2)  # several transactions' worth
+    ids = [log.record(record(inputs={"frase": f"pera {n}"})) for n in range(5)]
+    assert _indexed(log) == []  # writing a run does not index it
+    assert {r["id"] for r in log.runs(query="pera")} == set(ids)
+    assert _indexed(log) == [1, 2, 3, 4, 5]
+    later = log.record(record(inputs={"frase": "pera madura"}))
+    assert _indexed(log) == [1, 2, 3, 4, 5]
+    assert [r["id"] for r in log.runs(query="madura")] == [later]
+    assert len(_indexed(log)) == 6
+    log.runs()  # a listing without a query leaves the index alone
+    log.record(record(inputs={"frase": "manzana"}))
+    log.runs(limit=50)
+    assert len(_indexed(log)) == 6
+
+
+def test_searches_at_once_index_each_run_once(log: RunLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runlog, "_INDEX_CHUNK", 3)
+    log.record_many([record(inputs={"frase": f"uva {n}"}) for n in range(40)])
+    found: list[int] = []
+    errors: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            found.append(len(RunLog(log.path).runs(limit=100, query="uva")))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and found == [40] * 4
+    assert _indexed(log) == list(range(1, 41))
+
+
 def test_stats_per_model_and_per_chain_count_unknown_costs_apart(log: RunLog) -> None:
     gpt, local, own = "openai:gpt-4o-mini", "local", "openai:qwen2.5-7b"
     log.record(record(started="2026-11-27T10:00:00Z", cost=0.0002))
@@ -446,6 +490,62 @@ def test_a_read_only_folder_or_file(tmp_path: Path) -> None:
         assert "cannot be written" in line and "ESLABON_LOGS" in line, line
 
 
+SEARCH_READ_ONLY = """
+import sys
+from eslabon.observe.runlog import LogUnavailable, RunLog
+for path in sys.argv[1:]:
+    log = RunLog(path)
+    print(len(log.runs()))  # reading needs no write
+    try:
+        print(len(log.runs(query="traductor")))
+    except LogUnavailable as exc:
+        print(exc)
+"""
+
+
+def test_a_search_that_cannot_index_a_read_only_log_says_why(tmp_path: Path) -> None:
+    paths = [tmp_path / "unindexed.sqlite", tmp_path / "indexed.sqlite"]
+    for path in paths:
+        made = RunLog(path)
+        made.record(record())
+        if path.name == "indexed.sqlite":
+            assert len(made.runs(query="traductor")) == 1  # indexed while it could be written
+        made.close()
+        path.chmod(0o444)
+    done = subprocess.run(
+        [*_unprivileged(), sys.executable, "-c", SEARCH_READ_ONLY, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    listed, searched, listed_too, found = done.stdout.splitlines()
+    assert listed == listed_too == found == "1"
+    assert "cannot be written" in searched and "full-text index" in searched, searched
+
+
+def test_a_log_of_the_first_format_is_upgraded_and_searched_whole(log: RunLog) -> None:
+    # version 1 indexed each run as it was written: those rows stay, later runs are added
+    old = log.record(record(inputs={"frase": "higo viejo"}))
+    log.runs(query="higo")
+    with sqlite3.connect(log.path) as db:
+        db.execute("PRAGMA user_version = 1")
+    log.close()
+    reopened = RunLog(log.path)
+    new = reopened.record(record(inputs={"frase": "higo nuevo"}))
+    assert {r["id"] for r in reopened.runs(query="higo")} == {old, new}
+    with sqlite3.connect(log.path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_a_row_edited_by_hand_does_not_break_search(log: RunLog) -> None:
+    edited = log.record(record(inputs={"frase": "kiwi"}))
+    with sqlite3.connect(log.path) as db:
+        db.execute("UPDATE runs SET inputs = 'kiwi a mano, no JSON' WHERE id = ?", (edited,))
+    assert [r["id"] for r in log.runs(query="mano")] == [edited]
+
+
 def test_a_file_where_the_folder_should_be(tmp_path: Path) -> None:
     (tmp_path / "eslabon-folder").write_text("a file\n")
     log = RunLog(tmp_path / "eslabon-folder" / "logs.sqlite")
@@ -542,12 +642,41 @@ def test_many_processes_and_threads_write_without_losing_a_row(tmp_path: Path) -
         logged = [row[0] for row in db.execute("SELECT id FROM runs")]
         inputs = [row[0] for row in db.execute("SELECT inputs FROM runs")]
         assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 200
-        assert db.execute("SELECT COUNT(*) FROM runs_text").fetchone()[0] == 200
     assert sorted(logged) == sorted(ids)  # every row exactly once
     assert len({json.loads(i)["q"] for i in inputs}) == 200
     log = RunLog(path)
     assert len(log.runs(limit=500, query="concurrente")) == 200
+    with sqlite3.connect(path) as db:  # the search indexed each run once
+        assert db.execute("SELECT COUNT(*) FROM runs_text").fetchone()[0] == 200
     assert {s["chain"]: s["runs"] for s in log.stats()["chains"]} == {"concurrente": 200}
+
+
+COMMAND = """
+import os, sys
+from eslabon.observe import runlog
+runlog._WAL_LIMIT = int(sys.argv[2])
+log = runlog.RunLog(sys.argv[1], kept=True)  # as a command's writer: never closed
+for n in range(int(sys.argv[3])):
+    log.record({"chain": "c", "inputs": {"q": "x" * 3000}, "output": str(n)})
+os._exit(0)  # as a command that ends: the connection is left open, the WAL not checkpointed
+"""
+
+
+def test_the_wal_stays_small_when_commands_log_one_after_another(tmp_path: Path) -> None:
+    # each process recovers the WAL from the file and cannot know it was checkpointed: without
+    # a checkpoint that truncates it, the WAL grew with every command, for ever
+    path = tmp_path / "logs.sqlite"
+    wal = Path(f"{path}-wal")
+    limit, env = 64 * 1024, {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    sizes = []
+    for _ in range(4):  # four commands, each writing more than the limit
+        subprocess.run(
+            [sys.executable, "-c", COMMAND, str(path), str(limit), "12"], env=env, check=True
+        )
+        sizes.append(wal.stat().st_size if wal.exists() else 0)
+    one_write = 48 * 1024  # a record's pages, about
+    assert max(sizes) <= limit + one_write, sizes
+    assert len(RunLog(path).runs(limit=100)) == 48
 
 
 def test_one_log_shared_by_threads_and_a_forked_process(log: RunLog) -> None:
@@ -634,5 +763,6 @@ def test_the_logging_benchmark_runs_and_prints_its_figure_last() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"log_overhead_ms=-?\d+\.\d{2}", lines[-1])
-    for label in ("RunLog.record", "log on:", "log off:", "95% interval", "run log: 3 rows"):
+    labels = ("RunLog.record", "whole commands, 3 pairs", "forked runs, 5 pairs", "95% interval")
+    for label in (*labels, "run log: one row for each run with the log on"):
         assert any(label in line for line in lines), label

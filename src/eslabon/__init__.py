@@ -110,6 +110,7 @@ MOVED = {
     "inprocess": "chat",
     "huggingface": "chat",
     "adapter": "chat",
+    "speedups": "chat",
     # rag
     "retrieval": "rag",
     "embeddings": "rag",

@@ -22,9 +22,13 @@ row is in OUT exactly once whatever dies: a worker killed mid-row is restarted b
 (``max_restarts``) and the driver sends the rows it was running again (:class:`_Feed`); each row
 goes out with a ticket and only a record whose ticket is still out is written; a driver killed
 with ``kill -9`` is resumed like any batch (Ray ends the workers of a driver that died). A row
-whose worker dies on each of its :data:`ROW_ATTEMPTS` attempts (out of memory, a native crash)
-is recorded failed (``WorkerDiedError``) and the batch goes on; the rows that died beside it
-are run again with no other such row, so they are not taken down with it again.
+whose worker is lost on each of its :data:`ROW_ATTEMPTS` attempts (it died: out of memory, a
+native crash; or Ray cannot restart it, or it stops answering) is recorded failed
+(``WorkerDiedError``) and the batch goes on; the rows that died beside it are run again with no
+other such row, so they are not taken down with it again. A call Ray fails without an answer
+costs no row an attempt by itself: only the rows the worker's next life says it lacks do. A
+worker Ray cannot restart, or that answers no call for :data:`PROBE_SECONDS`, is given up (its
+rows lose an attempt); with none left the batch stops, and ``--resume`` goes on.
 
 An error raised in a worker outside a row (the chain does not compile there: a key missing from
 the worker's environment, a file missing on its node) stops the batch and is raised in the
@@ -57,7 +61,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,7 @@ from eslabon.errors import EslabonRuntimeError, MissingDependencyError, UserErro
 
 __all__ = [
     "ADDRESSES",
+    "PROBE_SECONDS",
     "ROW_ATTEMPTS",
     "BucketLimiter",
     "Recipe",
@@ -81,10 +86,14 @@ ADDRESSES = ("local", "auto")  # or ray://HOST:PORT (a cluster's client server)
 # A row runs on at most this many lives of a worker: one that kills its worker every time is
 # recorded failed rather than retried for ever (Ray restarts the worker each time)
 ROW_ATTEMPTS = 3
+# A worker that answers no call for this long is given up (its rows run elsewhere): Ray answers
+# a call to a worker it is restarting after about a second, and a restart takes seconds
+PROBE_SECONDS = 120.0
 
 
 class WorkerDiedError(EslabonRuntimeError):
-    """The Ray worker running a row died on each of the row's attempts."""
+    """The Ray worker running a row was lost (it died, or was given up) on each of the row's
+    attempts."""
 
 
 @dataclass
@@ -263,6 +272,7 @@ class _Worker:
         self.log: tuple[Any, str] | None = None
         self.held: dict[int, asyncio.Future[None]] = {}  # ticket -> its row, till returned
         self.finished: list[Finished] = []
+        self.returned: list[Finished] = []  # what the last call returned (its reply may be lost)
         self.failure: Exception | None = None
         self.calls = 0
         self.wake: asyncio.Event | None = None
@@ -299,38 +309,62 @@ class _Worker:
     ) -> tuple[list[Finished], list[int]]:
         """Start ``rows`` (ticket, row), then return the rows finished since the last call, at
         least one, as soon as one is; and, at once, those of ``held`` (the tickets the driver
-        thinks this worker has) it does not have: a former life of the worker had them."""
+        thinks this worker has) it does not have: a former life of the worker had them. Rows
+        the last call returned whose tickets come back in ``held`` are returned again (that
+        reply never reached the driver: it ran them, it did not die with them).
+
+        A row that failed outside its own error (:meth:`_row`) stops the worker: it starts no
+        more rows, returns those finished before, then raises that error."""
         wake = self._ready()
         self.calls += 1
         call = self.calls
         lost = [ticket for ticket in held if ticket not in self.held]
-        for ticket, row in rows:
-            self.held[ticket] = asyncio.ensure_future(self._row(ticket, row))
+        again: list[Finished] = []
+        if lost and self.returned:  # rare: the driver had no reply to the last call
+            missing = set(lost)
+            again = [item for item in self.returned if item[0] in missing]
+            found = {ticket for ticket, _, _ in again}
+            lost = [ticket for ticket in lost if ticket not in found]
+        if self.failure is None:  # else the batch stops: no more model calls
+            for ticket, row in rows:
+                self.held[ticket] = asyncio.ensure_future(self._row(ticket, row))
         wake.set()  # a call the driver gave up on (it thought this worker dead) gives way
-        while call == self.calls and not (self.finished or lost or self.failure):
+        while call == self.calls and not (self.finished or again or lost or self.failure):
             wake.clear()
             await wake.wait()
         if call != self.calls:
             return [], []
-        if self.failure is not None:
+        if self.failure is not None and not (self.finished or again):
             raise self.failure
         done, self.finished = self.finished, []
         for ticket, _, _ in done:
             del self.held[ticket]
+        if again:
+            done = again + done
+        self.returned = done
         return done, lost
 
     async def _row(self, ticket: int, row: dict[str, Any]) -> None:
-        from eslabon.interfaces.batch import BatchReport, run_row
-
-        report = BatchReport()
         try:
+            from eslabon.interfaces.batch import BatchReport, run_row
+
+            report = BatchReport()
             record = await run_row(self.chain, row, self.inputs_of, report, self.log)
         except Exception as exc:  # not the row's own error (run_row records those): stop
             self.failure = exc
+        except BaseException as exc:
+            # asyncio.CancelledError (run_row lets it through) stops an in-process batch; here
+            # too, as an error that travels back to the driver (Ray would take a raised
+            # CancelledError for a cancelled call)
+            self.failure = EslabonRuntimeError(
+                f"row {row.get('id')!r}: its run in a Ray worker was stopped by "
+                f"{type(exc).__name__}"
+            )
         else:
             self.finished.append((ticket, record, report.unlogged))
-        assert self.wake is not None
-        self.wake.set()
+        finally:  # the call waiting for this row (maybe its only one) returns
+            assert self.wake is not None
+            self.wake.set()
 
 
 def run_batch_ray(
@@ -401,7 +435,8 @@ class _Run:
         # a worker that dies is started again (max_restarts); the driver, not Ray, runs again
         # the rows it was running (max_task_retries=0: a worker's rows live in it, a call
         # retried on its successor would not bring them back), and only a record that comes
-        # back is written, so none is lost or written twice.
+        # back is written, so none is lost or written twice. A call sent while Ray restarts the
+        # worker fails too (max_task_retries=0), never run: _Feed probes before charging rows.
         # num_cpus=0: a worker waits on the network and reserves no CPU of the cluster's;
         # SPREAD: on a cluster, the workers go over its nodes rather than packed on one
         actor = ray.remote(
@@ -436,12 +471,13 @@ class _Run:
             self.on_row(record, self.report)
 
     def died(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The record of a row whose worker died on each of its attempts."""
+        """The record of a row whose worker was lost on each of its attempts."""
         from eslabon.interfaces.batch import _error_record
 
         error = WorkerDiedError(
-            f"the Ray worker running this row died on each of its {ROW_ATTEMPTS} attempts "
-            "(killed, out of memory, or a crash); --resume --retry-failed runs it again"
+            f"the Ray worker running this row was lost on each of its {ROW_ATTEMPTS} attempts "
+            "(it died: killed, out of memory, a crash; or it stopped answering); --resume "
+            "--retry-failed runs it again"
         )
         inputs_of = self.chain.spec.input_names()
         models = {s.id: s.label for s in self.chain.steps}
@@ -458,17 +494,24 @@ class _Run:
 
 
 class _Feed:
-    """Which rows run where: each worker has up to ``concurrency`` rows in flight and one call
-    (:meth:`_Worker.step`) outstanding, which brings it new rows and returns its finished ones.
+    """Which rows run where: each worker has at most ``concurrency`` rows out to it (sent, and
+    neither returned nor given up on) and at most one call (:meth:`_Worker.step`) outstanding,
+    which brings it new rows and returns its finished ones.
 
     Each row is sent with a ticket; a record is written only if its ticket is still out (a
-    row run again elsewhere has a new one), so a row is never written twice. When a worker
-    dies (its call fails; or Ray restarted it between two calls, and it says which of the
-    tickets the driver thinks it has it does not), every row it was running has lost an
-    attempt: those with attempts left are *suspects*, run again with at most one suspect per
-    worker at a time, so a row that kills its worker does not take the same rows down with it
-    twice; a row whose worker died on each of its :data:`ROW_ATTEMPTS` attempts is recorded
-    failed."""
+    row run again elsewhere has a new one), so a row is never written twice.
+
+    A call that fails with no answer from its worker (a Ray error other than the worker's own
+    exception) charges nothing: Ray reports a worker that died, one it is restarting (the call
+    never reached it) and one briefly unreachable alike. The worker is *probed* instead: sent
+    calls that start nothing and ask which of its rows it lacks, until one is answered; no
+    rows go to it meanwhile. The rows a life of the worker that answers lacks died with a
+    former one: those with attempts left are *suspects*, run again with at most one suspect
+    per worker at a time, so a row that kills its worker does not take the same rows down
+    with it twice; a row lost so on each of its :data:`ROW_ATTEMPTS` attempts is recorded
+    failed. A worker dead for good (``ActorDiedError``: killed, or Ray could not restart it)
+    or unanswering for :data:`PROBE_SECONDS` is given up: its rows are lost with it (an
+    attempt each) and it gets no more."""
 
     def __init__(
         self,
@@ -485,20 +528,30 @@ class _Feed:
         self.running: list[dict[int, int]] = [{} for _ in actors]  # per worker: ticket -> row
         self.suspect: list[int | None] = [None] * len(actors)  # per worker: its suspect's ticket
         self.calls: dict[Any, int] = {}  # each outstanding call -> its worker
+        self.probing: dict[int, float] = {}  # worker not answering -> since when (monotonic)
+        self.gone: set[int] = set()  # workers given up
 
     def send(self) -> bool:
-        """Every worker without a call outstanding gets one, with new rows if it has room;
-        False when no call is outstanding (every row is done)."""
+        """Every worker without a call outstanding gets one, with new rows if it has room (and
+        answers); False when no call is outstanding (every row is done)."""
         waiting = set(self.calls.values())
         for worker in range(len(self.actors)):
-            if worker not in waiting:
+            if worker not in waiting and worker not in self.gone:
                 self._send(worker)
+        if not self.calls and (self.fresh or self.suspects):  # every worker given up
+            raise EslabonRuntimeError(
+                f"--engine ray: every Ray worker is gone (dead for good, or unanswering for "
+                f"{PROBE_SECONDS:.0f} s); {len(self.fresh) + len(self.suspects)} rows were not "
+                "run: OUT holds the others, --resume runs them"
+            )
         return bool(self.calls)
 
     def _send(self, worker: int) -> None:
         running = self.running[worker]
         new: list[tuple[int, int]] = []
         room = self.concurrency - len(running)
+        if worker in self.probing:  # only asked what it holds: it may be dead or restarting
+            room = 0
         if room > 0 and self.suspects and self.suspect[worker] is None:
             new.append((next(self.tickets), self.suspects.popleft()))
             self.suspect[worker] = new[0][0]
@@ -513,7 +566,7 @@ class _Feed:
     def collect(self, ref: Any) -> list[tuple[dict[str, Any], str | None]]:
         """The records a call brought back (with why each was not logged, or None), and those
         of rows its worker died on for the last time."""
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
         worker = self.calls.pop(ref)
         try:
@@ -523,8 +576,10 @@ class _Feed:
             # the in-process engine does, with the error itself rather than Ray's wrapper
             cause = exc.cause
             raise (cause if isinstance(cause, Exception) else exc) from None
-        except RayActorError:  # the worker died (Ray starts it again): its rows are lost
-            return self._lost(worker, list(self.running[worker]))
+        except RayError as exc:  # no answer (the worker, or its reply's node, is gone)
+            return self._unanswered(worker, exc)
+        if self.probing:
+            self.probing.pop(worker, None)  # it answers: what it lacks is below
         records: list[tuple[dict[str, Any], str | None]] = []
         for ticket, record, unlogged in finished:
             if self.running[worker].pop(ticket, None) is not None:  # else given up on there
@@ -532,6 +587,26 @@ class _Feed:
                 if self.suspect[worker] == ticket:
                     self.suspect[worker] = None
         return records + self._lost(worker, lost)
+
+    def _unanswered(self, worker: int, exc: Exception) -> list[tuple[dict[str, Any], str | None]]:
+        """A call to ``worker`` failed with no answer: probed, or given up (see the class)."""
+        from ray.exceptions import ActorDiedError
+
+        now = time.monotonic()
+        since = self.probing.setdefault(worker, now)
+        # ActorDiedError: dead for good (max_restarts=-1, so killed, or its restart failed);
+        # a restartable worker's death is ActorUnavailableError. A preempted node's worker is
+        # restarted elsewhere
+        dead = isinstance(exc, ActorDiedError) and not exc.preempted
+        if not dead and now - since <= PROBE_SECONDS:
+            return []
+        self.gone.add(worker)
+        del self.probing[worker]
+        # one only unreachable may still be running its rows: stopped, as they run elsewhere
+        # (best effort: the batch's end kills every worker again)
+        with suppress(Exception):
+            _ray().kill(self.actors[worker], no_restart=True)
+        return self._lost(worker, list(self.running[worker]))
 
     def _lost(self, worker: int, tickets: list[int]) -> list[tuple[dict[str, Any], str | None]]:
         """Rows that died with their worker: run again, or recorded failed at the last time."""

@@ -52,7 +52,7 @@ __all__ = [
 
 ENV_VAR = "ESLABON_LOGS"
 BUSY_TIMEOUT_S = 1.5  # a run waits at most this long for a log another process holds
-SCHEMA_VERSION = 1  # PRAGMA user_version; each version's statements are in _MIGRATIONS
+SCHEMA_VERSION = 2  # PRAGMA user_version; each version's statements are in _MIGRATIONS
 
 # _MIGRATIONS[n] takes a log from version n to n + 1: a later schema appends, never edits.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -77,6 +77,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             chain, inputs, output, messages, error,
             tokenize = 'unicode61 remove_diacritics 2')""",
     ),
+    # 2: runs_text is filled by searches (_index_new), not by writes; an eslabon of version 1
+    # would write index rows above runs it never indexed (a search would skip those runs for
+    # good), so it must refuse this log rather than share it
+    ("-- runs_text: indexed by searches",),
 )
 
 # each `eslabon test`'s whole report (its --json), for --compare last; files: the chain files it
@@ -396,12 +400,10 @@ class _Prepared:
             None if record.keys() <= _RUN_KEYSET else _rest(record, _RUN_KEYSET),
         ]
         steps: list[list[Any]] = []
-        messages: list[str] = []
         for step in get("steps") or ():
             if not isinstance(step, dict):
                 continue  # not a step: nothing of it can be shown
             said, step_usage = step.get("messages"), step.get("usage")
-            _gather_text(said, messages)
             steps.append(
                 [
                     _text_or_none(step.get("id")),
@@ -419,23 +421,15 @@ class _Prepared:
                     None if step.keys() <= _STEP_KEYSET else _rest(step, _STEP_KEYSET),
                 ]
             )
-        self._finish(run, steps, (inputs, output, messages), dump)
+        self._finish(run, steps, dump)
 
-    def _finish(
-        self,
-        run: list[Any],
-        steps: list[list[Any]],
-        text: tuple[Any, Any, list[str]],
-        dump: Callable[[Any], str],
-    ) -> None:
+    def _finish(self, run: list[Any], steps: list[list[Any]], dump: Callable[[Any], str]) -> None:
         """The rows from ``run`` and ``steps`` (each in its table's column order, the JSON
-        columns as values yet) and ``text`` (the inputs, the output, the messages' text)."""
+        columns as values yet). The full-text index is not written here: see _index_new."""
         self.written = _encode_columns(run, steps, dump)
         self.id: str = run[0]
         self.run = tuple(run)
         self.steps = [tuple(step) for step in steps]
-        inputs, output, messages = text
-        self.text = (run[3], _text(inputs), _text(output), "\n".join(messages), run[9])
 
     def redacted(self) -> _Prepared:
         """These rows with every string redacted, one by one: those of the JSON texts too."""
@@ -443,7 +437,6 @@ class _Prepared:
         done.run = _redacted_row(self.run, _RUN_JSON)
         done.id = done.run[0]
         done.steps = [_redacted_row(step, _STEP_JSON) for step in self.steps]
-        done.text = _redacted_row(self.text, ())
         done.written = ""
         return done
 
@@ -531,12 +524,10 @@ def run_rows(
         None,  # extra: a record of a run has no key without a column
     ]
     rows: list[list[Any]] = []
-    messages: list[str] = []
     figures_of = stats["steps"]
     for step_id, said, step_output in steps:
         figures = figures_of[step_id]
         step_usage = figures.get("usage")
-        _gather_text(said, messages)
         rows.append(
             [
                 step_id,
@@ -556,7 +547,7 @@ def run_rows(
         )
     done = object.__new__(_Prepared)
     try:
-        done._finish(run, rows, (inputs, output, messages), _PLAIN)
+        done._finish(run, rows, _PLAIN)
     except Exception:  # not plain data (or a loop in it)
         return None
     return done
@@ -655,15 +646,83 @@ def _insert_all(db: sqlite3.Connection, prepared: list[_Prepared]) -> None:
     """The prepared records' rows, inside the caller's write transaction (which holds the
     log: no other writer takes the rowids given here)."""
     seq = db.execute("SELECT coalesce(max(seq), 0) FROM runs").fetchone()[0]
-    runs, steps, texts = [], [], []
+    runs, steps = [], []
     for rows in prepared:
         seq += 1
         runs.append((seq, *rows.run))
         steps.extend([(seq, n, *step) for n, step in enumerate(rows.steps)])
-        texts.append((seq, *rows.text))
     _insert(db, "runs", runs)
     _insert(db, "steps", steps)
-    _insert(db, "runs_text", texts)
+
+
+_INDEX_CHUNK = 100  # runs indexed per transaction: a writer waits for none long (≈ 50 ms for
+# runs of 27 KB of text each)
+
+
+def _last_indexed(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT rowid FROM runs_text ORDER BY rowid DESC LIMIT 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _data_or_text(text: str | None) -> Any:
+    """A JSON column's data, or the column's text as it is (a row edited by hand)."""
+    try:
+        return _loads(text)
+    except ValueError:
+        return text
+
+
+def _index_new(db: sqlite3.Connection) -> None:
+    """Bring the full-text index (``runs_text``) up to date: add the runs written since.
+
+    A run is indexed by the first search after it, not as it is written: tokenizing its text
+    was about a fifth of what logging a run cost (``bench/overhead.py``), paid by every run
+    for the few that are ever searched. The text is read back from the columns (already
+    redacted), each chunk in a write transaction of its own; a search that finds another
+    doing it waits for it and goes on from where that one stopped. A search with nothing to
+    index takes no lock (readers never wait for writers in WAL mode)."""
+    newest = db.execute("SELECT coalesce(max(seq), 0) FROM runs").fetchone()[0]
+    if _last_indexed(db) >= newest:
+        return
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            last = _last_indexed(db)
+            if last >= newest:
+                db.execute("COMMIT")
+                return
+            runs = db.execute(
+                "SELECT seq, chain, inputs, output, error FROM runs WHERE seq > ? AND seq <= ?"
+                " ORDER BY seq LIMIT ?",
+                (last, newest, _INDEX_CHUNK),
+            ).fetchall()
+            if not runs:
+                db.execute("COMMIT")
+                return
+            said: dict[int, list[str]] = {}
+            for run, messages in db.execute(
+                "SELECT run, messages FROM steps WHERE run > ? AND run <= ? ORDER BY run, n",
+                (last, runs[-1][0]),
+            ):
+                _gather_text(_data_or_text(messages), said.setdefault(run, []))
+            texts = [
+                (
+                    seq,
+                    chain,
+                    _text(_data_or_text(inputs)),
+                    _text(_data_or_text(output)),
+                    "\n".join(said.get(seq, ())),
+                    error,
+                )
+                for seq, chain, inputs, output, error in runs
+            ]
+            _insert(db, "runs_text", texts)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
 
 
 def _wal(db: sqlite3.Connection) -> None:
@@ -692,11 +751,40 @@ _LEFT_BEHIND: list[sqlite3.Connection] = []
 # database that closes checkpoints the WAL into the file and deletes it, and the next writer
 # makes the WAL again: four disk flushes in all, per command, 2 to 20 ms on a busy disk — all
 # of the log's budget for ``eslabon run``. A connection left open is what a crash leaves, and
-# WAL is made for that: the next process recovers the WAL (reading it: about 0.5 ms a
-# megabyte), and checkpoints still happen, with their flushes, whenever the WAL passes SQLite's
-# 1000 pages (about 50 runs). Only the commands' writers (RunWriter) keep one: a program that
-# logs from Python closes its log at exit.
+# WAL is made for that: the next process recovers the WAL, reading all of it (≈ 0.35 ms a
+# megabyte here), so the WAL must stay small: see _trim_wal. Only the commands' writers
+# (RunWriter) keep one: a program that logs from Python closes its log at exit.
 _KEPT: dict[tuple[int, str], sqlite3.Connection] = {}
+
+# Past this size the WAL is checkpointed into the file and truncated (about 16 runs of a 3-step
+# chain): recovering it costs the next command at most ≈ 0.35 ms, and the checkpoint's copy and
+# two disk flushes come once per that many runs.
+_WAL_LIMIT = 1 << 20
+
+
+def _trim_wal(db: sqlite3.Connection, path: Path) -> None:
+    """Checkpoint and truncate the WAL once it passes :data:`_WAL_LIMIT`.
+
+    SQLite's own automatic checkpoint does not do it for logs written by one command after
+    another: it copies the WAL into the file, but the WAL starts over only if the writer knows
+    it was copied — kept in shared memory, which the next process rebuilds from the WAL itself,
+    without that knowledge. So each command appended to a WAL that grew for ever (17 MB after
+    200 runs), read all of it on opening (6.6 ms) and copied all of it again at every commit.
+    A truncated WAL starts over. Never waits: if another process is using the log, a later
+    write does it."""
+    try:
+        if os.stat(f"{path}-wal").st_size <= _WAL_LIMIT:
+            return
+    except OSError:
+        return
+    # never an error: what was written is written (busy, or a broken connection: the WAL stays
+    # as it was, and a later write tries again)
+    with suppress(sqlite3.Error):
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
 
 def _keep_open(path: Path, db: sqlite3.Connection) -> None:
@@ -765,6 +853,7 @@ class RunLog:
                 except BaseException:
                     self._rollback(db)
                     raise
+                _trim_wal(db, self.path)
                 if self.kept:
                     _keep_open(self.path, db)
         except LogUnavailable:
@@ -808,6 +897,7 @@ class RunLog:
                 except BaseException:
                     self._rollback(db)
                     raise
+                _trim_wal(db, self.path)
         except LogUnavailable:
             raise
         except Exception as exc:  # the tests ran: keeping their report must not fail them
@@ -957,7 +1047,8 @@ class RunLog:
         ``chain``, started at or after ``since``."""
         where: list[str] = []
         args: list[Any] = []
-        if query and query.strip():
+        searched = query is not None and bool(query.strip())
+        if query is not None and searched:
             where.append("seq IN (SELECT rowid FROM runs_text WHERE runs_text MATCH ?)")
             args.append(_match(query))
         if chain:
@@ -971,6 +1062,15 @@ class RunLog:
         sql += " seq DESC LIMIT ?"
 
         def work(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            if searched:
+                try:
+                    _index_new(db)
+                    _trim_wal(db, self.path)
+                except sqlite3.Error as exc:
+                    raise LogUnavailable(
+                        f"{self._why(exc)} (a search first adds the runs written since the"
+                        " last search to the log's full-text index)"
+                    ) from None
             return [_run_dict(row) for row in db.execute(sql, (*args, limit))]
 
         return self._read(work, [])
@@ -1133,12 +1233,12 @@ def _run_dict(row: Any) -> dict[str, Any]:
         "file": file,
         "file_hash": file_hash,
         "model": model,
-        "inputs": _loads(inputs),
-        "output": _loads(output),
+        "inputs": _data_or_text(inputs),
+        "output": _data_or_text(output),
         "error": error,
         "session": session,
         "row": batch_row,
-        "usage": _loads(usage),
+        "usage": _data_or_text(usage),
         "latency_ms": latency,
         "ttft_ms": ttft,
         "cost": cost,
@@ -1153,10 +1253,10 @@ def _step_dict(row: Any) -> dict[str, Any]:
     data = {
         "id": step_id,
         "model": model,
-        "messages": _loads(messages),
-        "output": _loads(output),
+        "messages": _data_or_text(messages),
+        "output": _data_or_text(output),
         "error": error,
-        "usage": _loads(usage),
+        "usage": _data_or_text(usage),
         "latency_ms": latency,
         "ttft_ms": ttft,
         "calls": calls,

@@ -23,6 +23,7 @@ from eslabon.chainfile.loader import load_spec, problems_in
 from eslabon.chainfile.spec import Chain, Retry, Step
 from eslabon.chat.models import build_from_spec, is_chat_model, parse_or_raise, resolve_model_ref
 from eslabon.chat.modelspec import ModelSpec, ref_label
+from eslabon.chat.speedups import install as _install_speedups
 from eslabon.errors import UserError
 from eslabon.running.history import History
 from eslabon.running.runtime import CompiledChain, CompiledStep, Retrieval, StructuredOutput
@@ -42,6 +43,9 @@ __all__ = ["ModelArg", "compile_chain", "load_chain", "step_prompt"]
 # what may stand for a model: provider:model or an alias, a model mapping, a LangChain chat
 # model, or None (the file's own, ESLABON_MODEL, or local)
 ModelArg = str | Mapping[str, Any] | BaseChatModel | None
+
+
+_install_speedups()  # LangChain asks each model call a question with a fixed answer
 
 
 def step_prompt(step: Step, base_dir: Path, embeddings: str | None = None) -> ChatPromptTemplate:

@@ -1,0 +1,119 @@
+"""The memo eslabon puts on LangChain's per-call signature check (eslabon.chat.speedups)."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import inspect
+import os
+import subprocess
+import sys
+from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import chat_models
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+import eslabon.running.compile  # noqa: F401  (installs the memo, as compiling a chain does)
+from eslabon.chat import speedups
+from helpers import ROOT
+
+
+def test_compiling_installs_it_once() -> None:
+    assert speedups.installed()
+    memo = chat_models._signature_parameters
+    speedups.install()
+    assert chat_models._signature_parameters is memo
+
+
+def test_it_answers_what_inspect_answers() -> None:
+    parameters = chat_models._signature_parameters
+
+    class A:
+        def run(self, messages: list[Any], run_manager: Any = None) -> None: ...
+
+    class B(A):
+        def run(self, messages: list[Any]) -> None:  # type: ignore[override]
+            ...
+
+    def plain(x: int, *, y: int = 2) -> None: ...
+
+    for obj in (A().run, A().run, B().run, A.run, plain, functools.partial(plain, 1), len):
+        assert list(parameters(obj)) == list(inspect.signature(obj).parameters), obj
+    # the same function bound and unbound: each keeps its own answer
+    assert "self" in parameters(A.run) and "self" not in parameters(A().run)
+    assert "run_manager" in parameters(A().run) and "run_manager" not in parameters(B().run)
+
+
+def test_a_function_that_goes_away_takes_its_entry_with_it() -> None:
+    parameters = chat_models._signature_parameters
+    cells = parameters.__closure__  # type: ignore[attr-defined]
+    tables = [c.cell_contents for c in cells if isinstance(c.cell_contents, WeakKeyDictionary)]
+    assert len(tables) == 2  # bound methods' and other callables'
+
+    def make() -> Any:
+        def temporary(a: int) -> None: ...
+
+        return temporary
+
+    gc.collect()  # what earlier tests left behind goes first
+    before = sum(len(t) for t in tables)
+    function = make()
+    parameters(function)
+    assert sum(len(t) for t in tables) == before + 1
+    del function
+    gc.collect()
+    assert sum(len(t) for t in tables) == before
+
+
+class _WithManager(chat_models.BaseChatModel):
+    seen: ClassVar[list[bool]] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "with-manager"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.seen.append(run_manager is not None)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("con"))])
+
+
+class _WithoutManager(chat_models.BaseChatModel):
+    @property
+    def _llm_type(self) -> str:
+        return "without-manager"
+
+    def _generate(  # type: ignore[override]
+        self, messages: list[BaseMessage], stop: list[str] | None = None
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("sin"))])
+
+
+def test_models_with_and_without_a_run_manager_are_called_as_before() -> None:
+    with_manager = _WithManager()
+    for _ in range(3):  # the second and third calls are answered by the memo
+        assert with_manager.invoke("hola").content == "con"
+        assert _WithoutManager().invoke("hola").content == "sin"
+    assert with_manager.seen == [True, True, True]
+
+
+def test_it_can_be_left_out() -> None:
+    code = (
+        "import eslabon.running.compile\n"
+        "from eslabon.chat import speedups\n"
+        "print(speedups.installed())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ESLABON_NO_SPEEDUPS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
