@@ -247,6 +247,35 @@ def test_python_runs_are_logged_only_when_asked(
     assert runs(log)[0]["error"].startswith("InputError")
 
 
+def test_the_log_reads_its_own_meter_and_hands_it_to_no_other_run(tmp_path: Path) -> None:
+    from eslabon.observe.meter import Meter, handed_meter
+
+    log = tmp_path / "logs.sqlite"
+    chain = load_chain(CANONICAL, model="fake:echo")
+    logged = chain.with_log(log)
+    mine = Meter(chain.prices)  # a caller's own meter, in the callbacks: left free
+    result = logged.invoke({"problema": "uno"}, {"callbacks": [mine]})
+    assert mine.owner is None and result["stats"]["calls"] == 3
+    # a stream left after its first chunk: the meter was handed over for that step alone
+    chunks = logged.stream({"problema": "dos"})
+    next(chunks)
+    assert handed_meter() is None
+    other = chain.invoke({"problema": "tres"})
+    assert other["stats"]["calls"] == 3
+    rest = list(chunks)
+    assert rest[-1]["stats"]["calls"] == 3
+
+    async def streamed() -> None:
+        async for _ in logged.astream({"problema": "cuatro"}):
+            assert handed_meter() is None  # not across the yields either
+
+    asyncio.run(streamed())
+    logged.flush()
+    found = {r["inputs"]["problema"]: r for r in runs(log)}
+    assert set(found) == {"uno", "dos", "cuatro"}  # the plain run is not logged
+    assert all(len(r["steps"]) == 3 and r["steps"][0]["messages"] for r in found.values())
+
+
 THREADS = """
 import sys
 from concurrent.futures import ThreadPoolExecutor

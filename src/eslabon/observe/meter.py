@@ -16,7 +16,9 @@ Which model answered: eslabon tags each model it builds with its ``provider:name
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import Decimal
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from eslabon.chat.modelspec import ModelSpec
     from eslabon.chat.prices import Price
 
-__all__ = ["Meter", "add_stats", "find_meter", "tag_model"]
+__all__ = ["Meter", "add_stats", "find_meter", "metered", "tag_model"]
 
 # the metadata keys eslabon puts on the models it builds
 MODEL_KEY = "eslabon_model"
@@ -388,6 +390,30 @@ def _usage_of(response: LLMResult) -> UsageMetadata | None:
             input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs
         )
     return None
+
+
+# The meter the next chain run started in this context is to use (see :func:`metered`)
+_HANDED: ContextVar[Meter | None] = ContextVar("eslabon_meter", default=None)
+
+
+@contextmanager
+def metered(meter: Meter) -> Iterator[None]:
+    """The chain run started inside this block measures with ``meter`` (claimed by the first
+    run: one run inside it, as a tool, gets its own). Rather than ``meter`` in the run's
+    ``config["callbacks"]``: a handler given there is a handler of the chain run itself, and
+    LangChain's dispatch to it and to every child run's copy of it cost ≈ 70 µs a 3-step run
+    on the 2-core development machine, against ≈ 3 µs for the chain's own meter, added to its
+    children's callbacks."""
+    token = _HANDED.set(meter)
+    try:
+        yield
+    finally:
+        _HANDED.reset(token)
+
+
+def handed_meter() -> Meter | None:
+    """The meter :func:`metered` hands to the chain run starting now, if free."""
+    return _HANDED.get()
 
 
 def find_meter(callbacks: Any) -> Meter | None:

@@ -40,7 +40,7 @@ from eslabon.chainfile.suggest import did_you_mean
 from eslabon.chat.modelspec import ModelSpec
 from eslabon.chat.provider_errors import translate_model_error
 from eslabon.errors import EslabonError, InputError
-from eslabon.observe.meter import Meter, find_meter
+from eslabon.observe.meter import Meter, find_meter, handed_meter
 from eslabon.running.history import ChainWithHistory, History, with_history
 from eslabon.running.runcore import Call, Emit, Flow, Stream, adrive, arun, drive, run
 from eslabon.running.structured import OutputSchema, as_json_text, result_model, structured_flow
@@ -508,6 +508,10 @@ class CompiledChain(Runnable[dict[str, Any], dict[str, Any]]):
         """The meter of run ``run_id``: the caller's (in its callbacks) if free, else a new one
         added to them. (A chain run inside this one, as a tool, gets its own: this one is
         claimed; its calls count here too, in the step that ran it.)"""
+        handed = handed_meter()
+        if handed is not None and handed.claim(run_id):
+            callbacks.add_handler(handed)
+            return handed
         meter = find_meter(callbacks)
         if meter is None or not meter.claim(run_id):
             meter = Meter(self.prices)
