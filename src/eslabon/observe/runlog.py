@@ -403,23 +403,14 @@ class _Prepared:
         for step in get("steps") or ():
             if not isinstance(step, dict):
                 continue  # not a step: nothing of it can be shown
-            said, step_usage = step.get("messages"), step.get("usage")
             steps.append(
-                [
+                _step_row(
                     _text_or_none(step.get("id")),
-                    _text_or_none(step.get("model")),
-                    said,
+                    step.get("messages"),
                     step.get("output"),
                     _text_or_none(step.get("error")),
-                    step_usage,
-                    *_tokens(step_usage),
-                    _number(step.get("latency_ms")),
-                    _number(step.get("ttft_ms")),
-                    _count(step.get("calls")),
-                    _count(step.get("attempts")),
-                    _number(step.get("cost")),
-                    None if step.keys() <= _STEP_KEYSET else _rest(step, _STEP_KEYSET),
-                ]
+                    step,  # a record's step holds its own figures
+                )
             )
         self._finish(run, steps, dump)
 
@@ -448,6 +439,30 @@ def _redacted_row(row: tuple[Any, ...], json_columns: tuple[int, ...]) -> tuple[
             value = _ANY(redacted(json.loads(value))) if n in json_columns else redact(value)
         out.append(value)
     return tuple(out)
+
+
+def _step_row(
+    step_id: str | None, said: Any, output: Any, error: str | None, figures: Mapping[str, Any]
+) -> list[Any]:
+    """A step's row in the ``steps`` table's column order (the JSON ones as values yet):
+    ``figures`` holds its model, usage, times, calls, attempts and cost, and any key without
+    a column (kept in ``extra``)."""
+    usage = figures.get("usage")
+    return [
+        step_id,
+        _text_or_none(figures.get("model")),
+        said,
+        output,
+        error,
+        usage,
+        *_tokens(usage),
+        _number(figures.get("latency_ms")),
+        _number(figures.get("ttft_ms")),
+        _count(figures.get("calls")),
+        _count(figures.get("attempts")),
+        _number(figures.get("cost")),
+        None if figures.keys() <= _STEP_KEYSET else _rest(figures, _STEP_KEYSET),
+    ]
 
 
 def _rest(given: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
@@ -526,25 +541,7 @@ def run_rows(
     rows: list[list[Any]] = []
     figures_of = stats["steps"]
     for step_id, said, step_output in steps:
-        figures = figures_of[step_id]
-        step_usage = figures.get("usage")
-        rows.append(
-            [
-                step_id,
-                _text_or_none(figures.get("model")),
-                said,
-                step_output,
-                None,  # error
-                step_usage,
-                *_tokens(step_usage),
-                _number(figures.get("latency_ms")),
-                _number(figures.get("ttft_ms")),
-                _count(figures.get("calls")),
-                _count(figures.get("attempts")),
-                _number(figures.get("cost")),
-                None if figures.keys() <= _STEP_KEYSET else _rest(figures, _STEP_KEYSET),
-            ]
-        )
+        rows.append(_step_row(step_id, said, step_output, None, figures_of[step_id]))
     done = object.__new__(_Prepared)
     try:
         done._finish(run, rows, _PLAIN)
@@ -719,10 +716,16 @@ def _index_new(db: sqlite3.Connection) -> None:
             _insert(db, "runs_text", texts)
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                with suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
+            _rollback(db)
             raise
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # the connection is dropped next; SQLite rolls back what it did not commit
 
 
 def _wal(db: sqlite3.Connection) -> None:
@@ -851,7 +854,7 @@ class RunLog:
                     _insert_all(db, rows)
                     db.execute("COMMIT")
                 except BaseException:
-                    self._rollback(db)
+                    _rollback(db)
                     raise
                 _trim_wal(db, self.path)
                 if self.kept:
@@ -895,7 +898,7 @@ class RunLog:
                     )
                     db.execute("COMMIT")
                 except BaseException:
-                    self._rollback(db)
+                    _rollback(db)
                     raise
                 _trim_wal(db, self.path)
         except LogUnavailable:
@@ -926,13 +929,6 @@ class RunLog:
             return None
 
         return self._read(work, None)
-
-    def _rollback(self, db: sqlite3.Connection) -> None:
-        try:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the connection is dropped next; SQLite rolls back what it did not commit
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the schema to :data:`SCHEMA_VERSION`, inside the caller's write transaction."""
@@ -1026,7 +1022,7 @@ class RunLog:
                         self._migrate(db)
                         db.execute("COMMIT")
                     except BaseException:
-                        self._rollback(db)
+                        _rollback(db)
                         raise
                 return work(db)
         except (LogUnavailable, UserError):
