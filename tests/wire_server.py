@@ -270,6 +270,9 @@ class WireServer:
         self._rng = random.Random(seed)
         self.in_flight = 0  # chat requests being answered right now
         self.max_in_flight = 0
+        # client port -> monotonic time its chat request arrived, while it is being answered
+        # (a test can tell whose requests are in flight from the ports a process holds)
+        self.answering: dict[int, float] = {}
         # a str is answered as text; a ToolCall as the protocol's own tool call
         self.replies: deque[str | ToolCall] = deque()
         self.failures: deque[tuple[str, str | None]] = deque()
@@ -318,11 +321,13 @@ class WireServer:
                 with server._lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.answering[self.client_address[1]] = time.monotonic()
                 try:
                     self._answer()
                 finally:
                     with server._lock:
                         server.in_flight -= 1
+                        server.answering.pop(self.client_address[1], None)
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
