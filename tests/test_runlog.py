@@ -13,6 +13,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -366,6 +367,36 @@ def test_a_secret_json_escapes_is_found_too(
     back = log.get(run_id)
     assert back is not None and back["inputs"] == {"frase": "la clave *** ya"}
     assert back["output"] == ["x", {"y": "***"}]
+
+
+def test_the_check_on_the_text_as_written_never_misses_a_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_surely_clean reads the JSON as it is written (escapes not undone): whenever it says
+    clean, redacting the strings themselves changes nothing. Random texts of letters, the
+    characters JSON escapes, accents and a long and a short key, encoded by both encoders."""
+    import random
+
+    long_key, short_key = "sk-long-0123456789", "hx12ab"
+    monkeypatch.setenv("SOME_API_KEY", long_key)
+    monkeypatch.setattr(redaction, "_SECRETS", {short_key})
+    pieces = ["a", "b", " ", "-", "\n", '"', "\\", "\t", "\x01", "ñ", "😀", "://u:p@h", "@"]
+    pieces += [long_key, short_key, long_key[:7], short_key[2:]]
+    rng = random.Random(5)
+    said_clean = 0
+    for _ in range(3000):
+        strings = ["".join(rng.choices(pieces, k=rng.randint(0, 6))) for _ in range(3)]
+        truth = all(redaction.redact(text) == text for text in strings)
+        for written in (
+            runlog._PLAIN(strings),
+            json.dumps(strings, ensure_ascii=False, separators=(",", ":")),
+        ):
+            if runlog._surely_clean([written]):
+                said_clean += 1
+                assert truth, strings
+            rows: Any = SimpleNamespace(written=written)
+            assert runlog._clean([rows]) == truth, strings
+    assert said_clean > 1000  # the quick answer is the usual one
 
 
 def test_many_records_in_one_transaction_and_a_taken_id(log: RunLog) -> None:

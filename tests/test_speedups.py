@@ -8,9 +8,11 @@ import inspect
 import os
 import subprocess
 import sys
+import typing
 from typing import Any, ClassVar
 from weakref import WeakKeyDictionary
 
+import pytest
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import chat_models
 from langchain_core.messages import AIMessage, BaseMessage
@@ -105,15 +107,95 @@ def test_models_with_and_without_a_run_manager_are_called_as_before() -> None:
     assert with_manager.seen == [True, True, True]
 
 
+class _Duck:
+    def tap_output_aiter(self, run_id: Any, output: Any) -> Any:
+        return output
+
+    def tap_output_iter(self, run_id: Any, output: Any) -> Any:
+        return output
+
+
+class _Blocked:
+    def __init__(self) -> None:
+        self.tap_output_aiter = lambda run_id, output: output
+        self.tap_output_iter = None  # a method blocked
+
+
+class _GivenLater:
+    def __init__(self) -> None:  # the members are the instance's, not its class's
+        self.tap_output_aiter = lambda run_id, output: output
+        self.tap_output_iter = lambda run_id, output: output
+
+
+class _HalfDuck:
+    def tap_output_iter(self, run_id: Any, output: Any) -> Any:
+        return output
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12 keeps the members itself")
+def test_the_streaming_handler_check_answers_as_python_does() -> None:
+    """The check LangChain makes of each handler at every model call: the protocol's members
+    worked out once, the answer the same as Python 3.11's own for every kind of object."""
+    from langchain_core.tracers._streaming import _StreamingCallbackHandler
+    from langchain_core.tracers.event_stream import _AstreamEventsCallbackHandler
+    from langchain_core.tracers.log_stream import LogStreamCallbackHandler
+
+    from eslabon.observe.meter import Meter
+
+    protocol: Any = _StreamingCallbackHandler
+    assert getattr(type(protocol), "_members_kept", False)
+    python_s = typing._ProtocolMeta.__instancecheck__  # type: ignore[attr-defined]
+
+    class Later(_StreamingCallbackHandler[Any]):  # a class made from the protocol afterwards
+        def tap_output_aiter(self, run_id: Any, output: Any) -> Any:
+            return output
+
+        def tap_output_iter(self, run_id: Any, output: Any) -> Any:
+            return output
+
+    objects = [
+        Meter(None),
+        LogStreamCallbackHandler(auto_close=False),
+        _AstreamEventsCallbackHandler(),
+        _Duck(),
+        _Blocked(),
+        _GivenLater(),
+        _HalfDuck(),
+        Later(),
+        object(),
+        "text",
+    ]
+    answers = [isinstance(one, protocol) for one in objects]
+    assert answers == [python_s(protocol, one) for one in objects]
+    assert answers == [False, True, True, True, False, True, False, True, False, False]
+    assert isinstance(Later(), Later) and not isinstance(_Duck(), Later)
+
+
+def test_a_streaming_handler_still_streams_the_model() -> None:
+    """astream_events (a streaming handler in the callbacks) still gets the model's tokens."""
+    from eslabon.chat.fake import EchoChatModel
+
+    async def events() -> list[str]:
+        return [
+            e["event"] async for e in EchoChatModel().astream_events("uno dos tres", version="v2")
+        ]
+
+    import asyncio
+
+    seen = asyncio.run(events())
+    assert seen.count("on_chat_model_stream") >= 2
+
+
 def test_it_can_be_left_out() -> None:
     code = (
         "import eslabon.running.compile\n"
         "from eslabon.chat import speedups\n"
-        "print(speedups.installed())\n"
+        "from langchain_core.tracers._streaming import _StreamingCallbackHandler as P\n"
+        "print(speedups.installed(), hasattr(type(P), '_members_kept'))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ESLABON_NO_SPEEDUPS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False False"

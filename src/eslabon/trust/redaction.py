@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["add_secret", "hide_secrets", "is_secret_setting", "redact"]
+__all__ = [
+    "add_secret",
+    "has_userinfo",
+    "hide_secrets",
+    "is_secret_setting",
+    "redact",
+    "secrets_in_reach",
+]
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _SECRETS: set[str] = set()
@@ -27,12 +34,23 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")  # user:password@ in a URL
 _SHORT = 8  # below this, a key is replaced only where it stands alone, not inside other words
 
 
-def redact(text: str) -> str:
-    """Replace known keys and the values of secret-looking environment variables with ***."""
+def secrets_in_reach() -> set[str]:
+    """What :func:`redact` replaces, as it stands now: the keys eslabon used, and the values
+    of secret-looking environment variables."""
     # secret-looking variables eslabon never used: only long values (a short one such as
     # PASSWORD_MIN_LENGTH=8 would blank every "8"); keys eslabon used are in _SECRETS
     values = {v for k, v in os.environ.items() if len(v) >= _SHORT and _SECRET_NAME.search(k)}
-    for value in sorted(values | _SECRETS, key=len, reverse=True):
+    return values | _SECRETS
+
+
+def has_userinfo(text: str) -> bool:
+    """Whether ``text`` holds what :func:`redact` hides as ``user:password@`` in a URL."""
+    return "@" in text and _USERINFO.search(text) is not None
+
+
+def redact(text: str) -> str:
+    """Replace known keys and the values of secret-looking environment variables with ***."""
+    for value in sorted(secrets_in_reach(), key=len, reverse=True):
         if value not in text:
             continue
         if len(value) >= _SHORT:
