@@ -133,9 +133,10 @@ class _HalfDuck:
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12 keeps the members itself")
-def test_the_streaming_handler_check_answers_as_python_does() -> None:
+async def test_the_streaming_handler_check_answers_as_python_does() -> None:
     """The check LangChain makes of each handler at every model call: the protocol's members
-    worked out once, the answer the same as Python 3.11's own for every kind of object."""
+    worked out once, the answer the same as Python 3.11's own for every kind of object.
+    (Async: LangChain's streaming handlers take the running event loop when made.)"""
     from langchain_core.tracers._streaming import _StreamingCallbackHandler
     from langchain_core.tracers.event_stream import _AstreamEventsCallbackHandler
     from langchain_core.tracers.log_stream import LogStreamCallbackHandler

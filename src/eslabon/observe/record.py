@@ -71,9 +71,11 @@ def _chain_hash(chain: Any, source: Path | None) -> str | None:
 
 def _data(value: Any) -> Any:
     """A step's output as data: text as it is (most outputs), a structured one dumped."""
+    if type(value) is str:
+        return value
     from eslabon.running.structured import as_data
 
-    return value if type(value) is str else as_data(value)
+    return as_data(value)
 
 
 _ROLES = {"human": "user", "ai": "assistant"}
