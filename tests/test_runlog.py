@@ -577,6 +577,24 @@ def test_a_row_edited_by_hand_does_not_break_search(log: RunLog) -> None:
     assert [r["id"] for r in log.runs(query="mano")] == [edited]
 
 
+@pytest.mark.parametrize("searched", [True, False], ids=["indexed", "not indexed yet"])
+def test_runs_deleted_by_hand_leave_no_stale_match(log: RunLog, searched: bool) -> None:
+    """The newest run deleted with sqlite3 (which leaves its steps: foreign keys are off
+    unless asked), before or after a search indexed it: a new run is written with a seq of
+    its own, is not found by the deleted run's words, and is found by its own."""
+    log.record(record(inputs={"frase": "manzana"}))
+    gone = log.record(record(inputs={"frase": "frambuesa"}))
+    if searched:
+        assert [r["id"] for r in log.runs(query="frambuesa")] == [gone]
+    with sqlite3.connect(log.path) as db:
+        db.execute("DELETE FROM runs WHERE id = ?", (gone,))
+    new = log.record(record(inputs={"frase": "granada"}, steps=[step("nuevo")]))
+    assert log.runs(query="frambuesa") == []
+    assert [r["id"] for r in log.runs(query="granada")] == [new]
+    assert log.get(new) is not None and log.get(gone) is None
+    assert [s["id"] for s in log.get(new)["steps"]] == ["nuevo"]  # its own, not the leftovers
+
+
 def test_a_file_where_the_folder_should_be(tmp_path: Path) -> None:
     (tmp_path / "eslabon-folder").write_text("a file\n")
     log = RunLog(tmp_path / "eslabon-folder" / "logs.sqlite")

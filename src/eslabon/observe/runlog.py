@@ -662,8 +662,16 @@ def _insert(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> 
 
 def _insert_all(db: sqlite3.Connection, prepared: list[_Prepared]) -> None:
     """The prepared records' rows, inside the caller's write transaction (which holds the
-    log: no other writer takes the rowids given here)."""
-    seq = db.execute("SELECT coalesce(max(seq), 0) FROM runs").fetchone()[0]
+    log: no other writer takes the rowids given here). Above every seq the steps and the
+    full-text index hold too: runs deleted by hand (docs/observability.md invites one's own
+    SQL; SQLite leaves foreign keys unenforced unless asked) leave their steps and index rows
+    behind, and a new run given such a seq could not be written, or would be found by the
+    deleted run's words and never indexed."""
+    seq = db.execute(
+        "SELECT max(coalesce((SELECT max(seq) FROM runs), 0),"
+        " coalesce((SELECT max(run) FROM steps), 0))"
+    ).fetchone()[0]
+    seq = max(seq, _last_indexed(db))
     runs, steps = [], []
     for rows in prepared:
         seq += 1
