@@ -139,20 +139,29 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def fresh_request_of(pid: int, server: WireServer, within: float = 0.1) -> bool:
-    """Whether a request from process ``pid`` reached the server less than ``within`` s ago."""
+def fresh_request_of(pid: int, server: WireServer, within: float = 0.1) -> int:
+    """How many chat requests the server is answering, if one of them came from process
+    ``pid`` less than ``within`` s ago (told by its client port); else 0."""
     import psutil
 
     now = time.monotonic()
     with server._lock:
         ports = {port for port, at in server.answering.items() if now - at < within}
+        in_flight = server.in_flight
     if not ports:
-        return False
+        return 0
+    server_port = server._httpd.server_address[1]
     try:
-        mine = {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")}
+        # only its connections to the server: a port of its others (to Ray's own processes)
+        # may be the same number as another process's connection to the server
+        mine = {
+            c.laddr.port
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == server_port
+        }
     except psutil.Error:
-        return False
-    return bool(ports & mine)
+        return 0
+    return in_flight if ports & mine else 0
 
 
 def alive(pid: int) -> bool:
@@ -236,9 +245,10 @@ def test_a_worker_killed_mid_run_is_restarted_and_no_row_is_lost_or_duplicated(
             # (the server's in-flight count alone may all be the other worker's rows)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                if len(server.requests) >= 8 and fresh_request_of(pids[0], server):
-                    killed.append(server.in_flight)
+                in_flight = fresh_request_of(pids[0], server) if len(server.requests) >= 8 else 0
+                if in_flight:
                     os.kill(pids[0], signal.SIGKILL)
+                    killed.append(in_flight)
                     return
                 time.sleep(0.005)
 

@@ -144,7 +144,7 @@ async def test_the_streaming_handler_check_answers_as_python_does() -> None:
     from eslabon.observe.meter import Meter
 
     protocol: Any = _StreamingCallbackHandler
-    assert getattr(type(protocol), "_members_kept", False)
+    assert type(protocol) is speedups.KeptMembersMeta
     python_s = typing._ProtocolMeta.__instancecheck__  # type: ignore[attr-defined]
 
     class Later(_StreamingCallbackHandler[Any]):  # a class made from the protocol afterwards
@@ -172,6 +172,46 @@ async def test_the_streaming_handler_check_answers_as_python_does() -> None:
     assert isinstance(Later(), Later) and not isinstance(_Duck(), Later)
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12 keeps the members itself")
+def test_a_class_made_from_the_protocol_still_travels() -> None:
+    """The metaclass pickles by reference: a handler class made from the protocol (which gets
+    it) goes by cloudpickle, as Ray ships it, into a process where eslabon installed it too."""
+    import pickle
+
+    import cloudpickle
+    from langchain_core.tracers._streaming import _StreamingCallbackHandler
+
+    assert pickle.loads(pickle.dumps(type(_StreamingCallbackHandler))) is speedups.KeptMembersMeta
+
+    def made_here() -> type:
+        class Mine(_StreamingCallbackHandler[Any]):
+            def tap_output_aiter(self, run_id: Any, output: Any) -> Any:
+                return output
+
+            def tap_output_iter(self, run_id: Any, output: Any) -> Any:
+                return output
+
+        return Mine
+
+    code = (
+        "import pickle, sys\n"
+        "import eslabon.running.compile\n"
+        "from langchain_core.tracers._streaming import _StreamingCallbackHandler as P\n"
+        "mine = pickle.loads(sys.stdin.buffer.read())\n"
+        "print(type(P).__name__, isinstance(mine(), P), isinstance(object(), P))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=cloudpickle.dumps(made_here()),
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["KeptMembersMeta", "True", "False"]
+
+
 def test_a_streaming_handler_still_streams_the_model() -> None:
     """astream_events (a streaming handler in the callbacks) still gets the model's tokens."""
     from eslabon.chat.fake import EchoChatModel
@@ -192,7 +232,7 @@ def test_it_can_be_left_out() -> None:
         "import eslabon.running.compile\n"
         "from eslabon.chat import speedups\n"
         "from langchain_core.tracers._streaming import _StreamingCallbackHandler as P\n"
-        "print(speedups.installed(), hasattr(type(P), '_members_kept'))\n"
+        "print(speedups.installed(), type(P).__name__ == 'KeptMembersMeta')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ESLABON_NO_SPEEDUPS": "1"}
     done = subprocess.run(

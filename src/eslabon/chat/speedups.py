@@ -57,37 +57,51 @@ def _memo(inspect_parameters: _Parameters) -> _Parameters:
     return parameters
 
 
+# a protocol's members, worked out once: (all of them, the methods among them, all methods?)
+_MEMBERS: dict[type, tuple[tuple[str, ...], frozenset[str], bool]] = {}
+
+
+class KeptMembersMeta(type(typing.Protocol)):  # type: ignore[misc]
+    """The metaclass :func:`_keep_members` gives a protocol (Python 3.11's ``_ProtocolMeta``
+    with its members worked out once). At module level, so that a class made from the
+    protocol afterwards (which gets it too) pickles by reference, also into a process where
+    eslabon has not installed it."""
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        kept = _MEMBERS.get(cls)
+        if kept is None:  # a class made from the protocol later: Python's own check
+            return bool(super().__instancecheck__(instance))
+        members, methods, methods_only = kept
+        # typing._ProtocolMeta.__instancecheck__ of Python 3.11, step for step
+        if methods_only and issubclass(instance.__class__, cls):
+            return True
+        if all(
+            hasattr(instance, member)
+            # a method is blocked by setting it to None
+            and (member not in methods or getattr(instance, member) is not None)
+            for member in members
+        ):
+            return True
+        return ABCMeta.__instancecheck__(cls, instance)
+
+
 def _keep_members(protocol: type) -> None:
     """``isinstance(x, protocol)`` with the protocol's members worked out once, as Python 3.12
     does (Python 3.11's ``typing._ProtocolMeta.__instancecheck__`` otherwise, step by step)."""
-    meta = type(protocol)
-    if sys.version_info >= (3, 12) or getattr(meta, "_members_kept", False):
+    if sys.version_info >= (3, 12) or type(protocol) is KeptMembersMeta:
         return
     get_members = getattr(typing, "_get_protocol_attrs", None)
-    if get_members is None or not getattr(protocol, "_is_runtime_protocol", False):
+    if (
+        get_members is None
+        or type(protocol) is not type(typing.Protocol)
+        or not getattr(protocol, "_is_runtime_protocol", False)
+    ):
         return  # not the typing module or the protocol this was written for
     members = tuple(sorted(get_members(protocol)))
     methods = frozenset(m for m in members if callable(getattr(protocol, m, None)))
-    methods_only = len(methods) == len(members)
-
-    class KeptMembers(meta):  # type: ignore[valid-type,misc]
-        _members_kept = True
-
-        def __instancecheck__(cls, instance: Any) -> bool:
-            if cls is not protocol:  # a class made from it later: Python's own check
-                return bool(super().__instancecheck__(instance))
-            if methods_only and issubclass(instance.__class__, cls):
-                return True
-            if all(
-                hasattr(instance, member)
-                # a method is blocked by setting it to None
-                and (member not in methods or getattr(instance, member) is not None)
-                for member in members
-            ):
-                return True
-            return ABCMeta.__instancecheck__(cls, instance)
-
-    protocol.__class__ = KeptMembers
+    _MEMBERS[protocol] = (members, methods, len(methods) == len(members))
+    # a class's metaclass, changed in place
+    protocol.__class__ = KeptMembersMeta  # type: ignore[method-assign]
 
 
 def install() -> None:
