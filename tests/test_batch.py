@@ -118,7 +118,8 @@ def test_a_torn_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
 
 
 def test_the_rate_limit_spaces_requests(server: WireServer, tmp_path: Path) -> None:
-    chain = load_chain(write(tmp_path, CHAIN), model=ref(server))
+    # no faults here: a timeout a loaded machine could hit (0.5 s) would send a row twice
+    chain = load_chain(write(tmp_path, CHAIN), model=ref(server, timeout=5))
     run_batch(chain, rows(12), tmp_path / "out.jsonl", concurrency=8, rate=10.0)
     times = sorted(r.at for r in server.requests)
     assert len(times) == 12
