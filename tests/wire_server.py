@@ -270,9 +270,13 @@ class WireServer:
         self._rng = random.Random(seed)
         self.in_flight = 0  # chat requests being answered right now
         self.max_in_flight = 0
-        # client port -> monotonic time its chat request arrived, while it is being answered
-        # (a test can tell whose requests are in flight from the ports a process holds)
+        # client port -> monotonic time its chat request was recorded (body and all), while it
+        # is being answered (a test can tell whose requests are in flight from a process's ports)
         self.answering: dict[int, float] = {}
+        # chat requests after the first ``hold_after`` wait (≤ 60 s) until ``released`` is set:
+        # a test that kills a client mid-run knows the run cannot have finished first
+        self.hold_after: int | None = None
+        self.released = threading.Event()
         # a str is answered as text; a ToolCall as the protocol's own tool call
         self.replies: deque[str | ToolCall] = deque()
         self.failures: deque[tuple[str, str | None]] = deque()
@@ -321,7 +325,6 @@ class WireServer:
                 with server._lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    server.answering[self.client_address[1]] = time.monotonic()
                 try:
                     self._answer()
                 finally:
@@ -394,6 +397,13 @@ class WireServer:
                     server.requests.append(
                         Recorded(provider, path, headers, body, stream, fault=fault)
                     )
+                    # recorded whole (a client killed after its headers sent no body)
+                    server.answering[self.client_address[1]] = time.monotonic()
+                    held = (
+                        server.hold_after is not None and len(server.requests) > server.hold_after
+                    )
+                if held:
+                    server.released.wait(60)
                 if server.delay:
                     time.sleep(server.delay)
                 if fault == "drop":  # close the connection without a word
