@@ -119,7 +119,8 @@ def install() -> None:
 
 
 def installed() -> bool:
-    """Whether the memos are in place."""
+    """Whether the signature memo is in place (:func:`install` gives the streaming-handler
+    protocol its metaclass in the same call; ``type(protocol) is KeptMembersMeta`` tells)."""
     from langchain_core.language_models import chat_models
 
     current = getattr(chat_models, "_signature_parameters", None)
